@@ -1,0 +1,49 @@
+"""fanout: fan thousands of independent Python calls out to workers, get futures back.
+
+    import fanout
+
+    with fanout.Executor(seed=42) as ex:
+        results = list(ex.map(simulate, range(10_000)))
+
+The same code runs on the ``local`` backend (processes and an embedded store; the
+default) and, by naming another backend, on serverless workers.
+"""
+
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
+
+from .context import checkpoint, restore, task_rng, task_seed
+from .errors import (
+    ConfigurationError,
+    FanoutError,
+    RemoteError,
+    SerializationError,
+    TaskTimeout,
+    WorkerLost,
+)
+from .executor import Executor, MapIterator
+from .future import Future
+from .job import Job
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "ConfigurationError",
+    "Executor",
+    "FanoutError",
+    "Future",
+    "Job",
+    "MapIterator",
+    "RemoteError",
+    "SerializationError",
+    "TaskTimeout",
+    "WorkerLost",
+    "as_completed",
+    "checkpoint",
+    "restore",
+    "task_rng",
+    "task_seed",
+    "wait",
+]

@@ -1,0 +1,98 @@
+"""What a backend provides; the executor, ``Job`` and the CLI use nothing else.
+
+A backend owns a store (where payloads and records live) and a way to run chunks. The
+task protocol, the worker runtime and the collector are shared; a backend only moves
+bytes and starts work.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..collector import JobRun
+from ..future import Future
+from ..options import TaskOptions
+from ..protocol import JobSpec, ResultRecord
+
+
+@dataclass
+class JobRequest:
+    """One ``map``/``starmap``/``map_reduce`` call, serialized and ready to upload."""
+
+    kind: str
+    function: bytes
+    function_name: str
+    payloads: Iterable[bytes]  # one pickled (args, kwargs) per task, in task order
+    options: TaskOptions
+    seed: int
+    reducer: bytes | None = None
+    reducer_name: str | None = None
+    progress: Any = None  # a tqdm-like bar, or None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    spec: JobSpec
+    state: str  # running | finished | cancelled
+    summary: dict[str, Any] | None
+    owner: str | None  # where the driving client runs, for messages
+    orphaned: bool  # running, but its driving client process is gone
+
+
+class Backend(ABC):
+    name: str
+
+    # -- running work (an executor's backend) ----------------------------------------------
+
+    @abstractmethod
+    def start_job(self, request: JobRequest) -> JobRun: ...
+
+    @abstractmethod
+    def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
+               options: TaskOptions, seed: int) -> Future: ...
+
+    @abstractmethod
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
+
+    # -- jobs, also from a process that did not start them ---------------------------------
+
+    @abstractmethod
+    def job_info(self, job_id: str) -> JobInfo: ...
+
+    @abstractmethod
+    def list_jobs(self, limit: int = 50) -> list[JobInfo]: ...
+
+    @abstractmethod
+    def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]: ...
+
+    @abstractmethod
+    def records(self, job_id: str) -> list[ResultRecord]: ...
+
+    @abstractmethod
+    def record(self, job_id: str, task_index: int) -> ResultRecord | None: ...
+
+    @abstractmethod
+    def counts(self, job_id: str) -> dict[str, int]: ...
+
+    @abstractmethod
+    def load_value(self, record: ResultRecord) -> bytes: ...
+
+    @abstractmethod
+    def cancel_job(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]: ...
+
+    def logs(self, job_id: str, task_index: int, stream: str = "both") -> str:
+        record = self.record(job_id, task_index)
+        if record is None:
+            return ""
+        if stream == "stdout":
+            return record.stdout
+        if stream == "stderr":
+            return record.stderr
+        return record.stdout + record.stderr

@@ -1,0 +1,294 @@
+"""The local backend: worker processes on this machine, results in an embedded store."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...collector import LIVE_RUNS, JobRun
+from ...future import Future
+from ...options import TaskOptions, plan_tier
+from ...protocol import (
+    CANCELLED,
+    SUCCEEDED,
+    Chunk,
+    JobSpec,
+    ResultRecord,
+    TaskRef,
+    client_id,
+    now,
+)
+from ...serialization import package_versions, python_version
+from ...seeding import derive_seed
+from ..base import Backend, JobInfo, JobRequest
+from .pool import Dispatch, Supervisor
+from .store import LocalStore, Owner, new_job_id
+
+#: How long submitted calls may wait to be grouped into one job while workers are busy.
+SUBMIT_LINGER_SECONDS = 0.02
+SUBMIT_BATCH_MAX = 4096
+PAYLOAD_OBJECT = "payload-0.bin"
+
+
+@dataclass
+class _SubmitBatch:
+    job_id: str
+    function: bytes
+    function_name: str
+    options: TaskOptions
+    opened: float
+    payloads: list[bytes] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    futures: list[Future] = field(default_factory=list)
+
+
+class LocalBackend(Backend):
+    """Options: ``max_workers`` (default: CPU count), ``home`` (default: ``FANOUT_HOME``)."""
+
+    name = "local"
+
+    def __init__(self, max_workers: int | None = None, home: str | None = None) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0:
+            raise ValueError(f"max_workers must be an integer greater than 0, got {max_workers!r}")
+        self.max_workers = max_workers
+        self.store = LocalStore(home)
+        self._lock = threading.Lock()
+        self._batches: dict[tuple[object, TaskOptions], _SubmitBatch] = {}
+        self._supervisor: Supervisor | None = None
+        self._closed = False
+
+    # -- running work ----------------------------------------------------------------------
+
+    def _pool(self) -> Supervisor:
+        with self._lock:
+            if self._supervisor is None:
+                self._supervisor = Supervisor(
+                    self.store, self.max_workers, self._pull_submits, self._submit_deadline
+                )
+            return self._supervisor
+
+    def worker_pids(self) -> list[int]:
+        return [] if self._supervisor is None else self._supervisor.worker_pids()
+
+    def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
+                   payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
+                   job_seed: int, reducer: bytes | None = None,
+                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
+        """Upload one job: function once, all arguments into one payload object, manifest."""
+        self.store.write_object(job_id, "function.pkl", function)
+        if reducer is not None:
+            self.store.write_object(job_id, "reducer.pkl", reducer)
+        refs: list[TaskRef] = []
+        seed_iter = iter(seeds) if seeds is not None else None
+        with self.store.open_payload(job_id, PAYLOAD_OBJECT) as handle:
+            offset = 0
+            for index, blob in enumerate(payloads):
+                handle.write(blob)
+                seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
+                refs.append(TaskRef(index, PAYLOAD_OBJECT, offset, len(blob), seed))
+                offset += len(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tier = plan_tier(options)
+        size = options.chunksize
+        manifest = [
+            Chunk(job_id, number, tier, 1, tuple(refs[start:start + size]))
+            for number, start in enumerate(range(0, len(refs), size))
+        ]
+        spec = JobSpec(
+            job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
+            options=options, python=python_version(), packages=package_versions(),
+            created=time.time(), client=client_id(), has_reducer=reducer is not None,
+            reducer=reducer_name,
+        )
+        self.store.create_job(spec, manifest, Owner.me())
+        return spec, manifest
+
+    def start_job(self, request: JobRequest) -> JobRun:
+        self._check_open()
+        job_id = new_job_id()
+        spec, manifest = self._write_job(
+            job_id, request.kind, request.function, request.function_name, request.payloads,
+            None, request.options, request.seed, request.reducer, request.reducer_name,
+        )
+        futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
+        reduce_future = Future(job_id, -1, self) if request.reducer is not None else None
+        if request.progress is not None:
+            request.progress.reset(total=spec.n_tasks)
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
+        self._start(run, manifest)
+        return run
+
+    def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
+        LIVE_RUNS[run.job_id] = run
+        self._pool().post("run", run, [Dispatch(run, chunk) for chunk in manifest])
+
+    def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
+               options: TaskOptions, seed: int) -> Future:
+        with self._lock:
+            self._check_open()
+            key = (fn_key, options)
+            batch = self._batches.get(key)
+            if batch is None:
+                batch = _SubmitBatch(new_job_id(), function, function_name, options,
+                                     time.monotonic())
+                self._batches[key] = batch
+            future = Future(batch.job_id, len(batch.futures), self)
+            batch.futures.append(future)
+            batch.payloads.append(payload)
+            batch.seeds.append(seed)
+            first = len(batch.futures) == 1
+        if first:
+            self._pool().wake()
+        return future
+
+    def _submit_deadline(self) -> float | None:
+        with self._lock:
+            if not self._batches:
+                return None
+            return min(b.opened for b in self._batches.values()) + SUBMIT_LINGER_SECONDS
+
+    def _pull_submits(self, now_wanted: bool) -> list[Dispatch]:
+        """Called by the supervisor: turn waiting ``submit`` calls into jobs."""
+        clock = time.monotonic()
+        with self._lock:
+            ready = [
+                key for key, b in self._batches.items()
+                if now_wanted or len(b.futures) >= SUBMIT_BATCH_MAX
+                or clock - b.opened >= SUBMIT_LINGER_SECONDS
+            ]
+            batches = [self._batches.pop(key) for key in ready]
+        dispatches: list[Dispatch] = []
+        for batch in batches:
+            spec, manifest = self._write_job(
+                batch.job_id, "submit", batch.function, batch.function_name, batch.payloads,
+                batch.seeds, batch.options, batch.options.seed or 0,
+            )
+            run = JobRun(spec, batch.futures, self.store.load_value)
+            LIVE_RUNS[run.job_id] = run
+            dispatches.extend(Dispatch(run, chunk) for chunk in manifest)
+        return dispatches
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            supervisor = self._supervisor
+        if supervisor is None:
+            return
+        if supervisor.alive:
+            supervisor.post("shutdown", cancel_futures)
+        if wait:
+            supervisor.join()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def _info(self, job_id: str) -> JobInfo:
+        try:
+            row = self.store.job(job_id)
+        except KeyError:
+            raise KeyError(
+                f"no job {job_id!r} in the local store at {self.store.home}; "
+                "`fanout jobs` lists the jobs there"
+            ) from None
+        orphaned = (
+            row.state == "running" and job_id not in LIVE_RUNS
+            and (row.owner is None or not row.owner.alive())
+        )
+        owner = f"pid {row.owner.pid} on {row.owner.host}" if row.owner else None
+        return JobInfo(job_id, row.spec, row.state, row.summary, owner, orphaned)
+
+    def job_info(self, job_id: str) -> JobInfo:
+        return self._info(job_id)
+
+    def list_jobs(self, limit: int = 50) -> list[JobInfo]:
+        return [self._info(row.job_id) for row in self.store.jobs(limit)]
+
+    def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]:
+        return self.store.results_since(job_id, seq)
+
+    def records(self, job_id: str) -> list[ResultRecord]:
+        return self.store.results(job_id)
+
+    def record(self, job_id: str, task_index: int) -> ResultRecord | None:
+        return self.store.result(job_id, task_index)
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        self._info(job_id)
+        self.store.prune_dead_workers()
+        return self.store.counts(job_id)
+
+    def load_value(self, record: ResultRecord) -> bytes:
+        return self.store.load_value(record)
+
+    def cancel_job(self, job_id: str) -> None:
+        info = self._info(job_id)
+        if info.state != "running":
+            return
+        run = LIVE_RUNS.get(job_id)
+        if run is not None and self._supervisor is not None and self._supervisor.alive:
+            self._supervisor.post("cancel", job_id)
+            run.stored.wait(60)
+            return
+        self.store.set_job_state(job_id, "cancelled", only_if="running")
+        if info.orphaned:
+            # Nobody drives this job: record the cancellation of its unfinished tasks here.
+            done = {r.task_index for r in self.store.results(job_id)}
+            stamp = now()
+            self.store.put_results([
+                ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
+                for i in range(info.spec.n_tasks) if i not in done
+            ])
+            self.store.set_job_state(job_id, "cancelled", summary=self.store.summarize(job_id))
+
+    def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
+        """Re-run the tasks of ``job_id`` that did not succeed, wait, return the counts."""
+        info = self._info(job_id)
+        if job_id in LIVE_RUNS and not LIVE_RUNS[job_id].done.is_set():
+            raise RuntimeError(f"job {job_id} is still running in this process; wait for it")
+        if info.state == "running" and not info.orphaned:
+            raise RuntimeError(
+                f"job {job_id} is still running ({info.owner}); wait for it to finish or "
+                f"cancel it (`fanout cancel {job_id}`) before retrying"
+            )
+        self._check_open()
+        records = {r.task_index: r for r in self.store.results(job_id)}
+        chunks: list[Chunk] = []
+        for chunk in self.store.manifest(job_id):
+            todo = tuple(t for t in chunk.tasks
+                         if records.get(t.index) is None or records[t.index].status != SUCCEEDED)
+            if todo:
+                attempt = 1 + max((records[t.index].attempt for t in todo if t.index in records),
+                                  default=0)
+                chunks.append(Chunk(job_id, chunk.index, chunk.tier, attempt, todo))
+        spec = info.spec
+        reduce_record = self.store.result(job_id, -1) if spec.has_reducer else None
+        needs_reduce = spec.has_reducer and (
+            reduce_record is None or reduce_record.status != SUCCEEDED
+        )
+        if not chunks and not needs_reduce:
+            return self.store.counts(job_id)
+        self.store.set_job_state(job_id, "running", owner=Owner.me())
+        futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
+        reduce_future = Future(job_id, -1, self) if needs_reduce else None
+        if progress is not None:
+            progress.reset(total=len(futures))
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, progress)
+        if reduce_record is not None:
+            run.reduce_attempt = reduce_record.attempt + 1
+        self._start(run, chunks)
+        run.stored.wait()
+        return self.store.counts(job_id)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(max_workers={self.max_workers}, home={str(self.store.home)!r})"
+

@@ -1,0 +1,563 @@
+"""Supervised worker processes for the local backend.
+
+One supervisor thread owns every worker process and every piece of pool state, so there
+are no locks around them; other threads talk to it through :meth:`Supervisor.post`.
+
+Why not ``ProcessPoolExecutor``: it breaks the whole pool when one worker dies and cannot
+stop a single task. Here a worker that dies (SIGKILL, ``os._exit``, segfault, the OOM
+killer) or overruns its task's ``timeout`` costs only its in-flight task: that task is
+charged an attempt and re-queued on a fresh process, and the worker's other queued tasks
+are re-queued uncharged. Results never travel only in memory: a worker commits each record
+to the store and then reports it, so a future resolves only from a stored result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ...collector import JobRun
+from ...errors import ConfigurationError, TaskTimeout, WorkerLost
+from ...protocol import CANCELLED, FAILED, REDUCE_INDEX, Chunk, ResultRecord, now
+from ...runtime import exception_fields
+from .store import LocalStore
+
+log = logging.getLogger("fanout.local")
+
+#: Seconds between checks for a cancel issued by another process (``fanout cancel``).
+CANCEL_POLL_SECONDS = 0.5
+STDERR_TAIL_ON_DEATH = 8 * 1024
+MAX_STARTUP_FAILURES = 3
+
+
+@dataclass
+class Dispatch:
+    """A chunk (or a job's reduce step) waiting for, or held by, a worker."""
+
+    run: JobRun
+    chunk: Chunk
+    done: int = 0  # tasks of this chunk already reported
+
+    @property
+    def is_reduce(self) -> bool:
+        return self.chunk.index == REDUCE_INDEX
+
+    @property
+    def size(self) -> int:
+        return 1 if self.is_reduce else len(self.chunk.tasks)
+
+    def current_task(self) -> int:
+        return REDUCE_INDEX if self.is_reduce else self.chunk.tasks[self.done].index
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    worker_id: str
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    ready: bool = False
+    pid: int = 0
+    log_paths: list[str] = field(default_factory=list)
+    inflight: deque[Dispatch] = field(default_factory=deque)
+    task_started: float = 0.0
+
+    @classmethod
+    def spawn(cls, store: LocalStore, worker_id: str) -> WorkerProcess:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # Workers import what the client can import (a project folder, a test directory).
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fanout.backends.local.worker", "--fd", str(theirs.fileno()),
+             "--home", str(store.home), "--worker-id", worker_id],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,  # only until it is ready: start-up errors come back to us
+            env=env,
+            start_new_session=False,
+        )
+        theirs.close()
+        return cls(worker_id, proc, Connection(ours.detach()))
+
+    def stderr_tail(self) -> str:
+        if len(self.log_paths) < 2:
+            return ""
+        try:
+            with open(self.log_paths[1], "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - STDERR_TAIL_ON_DEATH))
+                return handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        for path in self.log_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+class Supervisor:
+    """Runs dispatches on up to ``max_workers`` processes; see the module docstring."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        max_workers: int,
+        pull_submits: Callable[[bool], list[Dispatch]],
+        next_submit_deadline: Callable[[], float | None],
+    ) -> None:
+        self.store = store
+        self.max_workers = max_workers
+        self._pull_submits = pull_submits
+        self._next_submit_deadline = next_submit_deadline
+        self._queue: deque[Dispatch] = deque()
+        self._workers: list[WorkerProcess] = []
+        self._runs: dict[str, JobRun] = {}
+        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._stopping = False
+        self._cancel_futures = False
+        self._last_cancel_poll = 0.0
+        self._spawned = 0
+        self._startup_failures = 0
+        self._thread = threading.Thread(target=self._loop, name="fanout-supervisor", daemon=False)
+        self._thread.start()
+
+    # -- called from other threads ---------------------------------------------------------
+
+    def post(self, *message: Any) -> None:
+        self._inbox.append(message)
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in list(self._workers) if w.ready]
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                self._read_inbox()
+                self._poll_external_cancels()
+                idle = any(w.ready and not w.inflight for w in self._workers) or (
+                    len(self._workers) < self.max_workers
+                )
+                for dispatch in self._pull_submits(idle or self._stopping):
+                    self._add(dispatch)
+                if self._stopping and not self._queue and not self._busy():
+                    if self._next_submit_deadline() is None:
+                        break
+                self._spawn_workers()
+                self._assign()
+                self._wait_and_handle()
+                self._enforce_timeouts()
+        except BaseException:  # pragma: no cover - a bug here must not hang the client
+            log.exception("fanout supervisor crashed; failing outstanding tasks")
+            self._fail_everything("the fanout supervisor thread crashed (see the log)")
+            raise
+        finally:
+            self._stop_workers()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _busy(self) -> bool:
+        return any(w.inflight for w in self._workers)
+
+    def _read_inbox(self) -> None:
+        while self._inbox:
+            message = self._inbox.popleft()
+            kind = message[0]
+            if kind == "run":
+                run, dispatches = message[1], message[2]
+                self._runs[run.job_id] = run
+                for dispatch in dispatches:
+                    self._add(dispatch)
+                self._maybe_finish(run)
+            elif kind == "cancel":
+                self._cancel_job(message[1])
+            elif kind == "shutdown":
+                self._stopping = True
+                if message[1]:
+                    self._cancel_queued()
+
+    def _add(self, dispatch: Dispatch) -> None:
+        self._runs.setdefault(dispatch.run.job_id, dispatch.run)
+        if self._stopping and self._cancel_futures and not dispatch.is_reduce:
+            self._cancel_tasks(dispatch.run, [t.index for t in dispatch.chunk.tasks],
+                               dispatch.chunk.attempt, only_pending=True)
+            remaining = tuple(t for t in dispatch.chunk.tasks
+                              if not dispatch.run.future(t.index).done())
+            if not remaining:
+                return
+            dispatch = Dispatch(dispatch.run, _rechunk(dispatch.chunk, remaining))
+        self._queue.append(dispatch)
+
+    def _spawn_workers(self) -> None:
+        wanted = min(self.max_workers, len(self._queue) + sum(1 for w in self._workers
+                                                              if w.inflight))
+        while len(self._workers) < wanted:
+            self._spawned += 1
+            worker_id = f"{socket.gethostname()}/w{self._spawned}-{os.getpid()}"
+            self._workers.append(WorkerProcess.spawn(self.store, worker_id))
+
+    def _assign(self) -> None:
+        ready = [w for w in self._workers if w.ready]
+        if not ready:
+            return
+        # Keep a second chunk queued at each worker only while there is plenty of work, so
+        # short tasks never wait for a round trip and long ones are not hoarded at the tail.
+        depth = 2 if len(self._queue) > 2 * len(ready) else 1
+        for level in range(1, depth + 1):
+            for worker in ready:
+                while len(worker.inflight) < level and self._queue:
+                    dispatch = self._claim(self._queue.popleft())
+                    if dispatch is None:
+                        continue
+                    if not worker.inflight:
+                        worker.task_started = time.monotonic()
+                    worker.inflight.append(dispatch)
+                    try:
+                        if dispatch.is_reduce:
+                            worker.conn.send(("reduce", dispatch.chunk.job_id,
+                                              dispatch.chunk.attempt))
+                        else:
+                            worker.conn.send(("chunk", dispatch.chunk))
+                    except OSError:
+                        break  # it died; the death is handled when its socket reports EOF
+
+    def _claim(self, dispatch: Dispatch) -> Dispatch | None:
+        """Mark the chunk's futures running; drop tasks whose futures were cancelled."""
+        run = dispatch.run
+        if run.cancelled:
+            return None
+        if dispatch.is_reduce:
+            return dispatch
+        keep = []
+        dropped = []
+        for task in dispatch.chunk.tasks:
+            state = run.future(task.index).claim()
+            if state == "cancelled":
+                dropped.append(task.index)
+            elif state != "done":
+                keep.append(task)
+        if dropped:
+            self._cancel_tasks(run, dropped, dispatch.chunk.attempt, only_pending=False)
+        if not keep:
+            return None
+        if len(keep) == len(dispatch.chunk.tasks):
+            return dispatch
+        return Dispatch(run, _rechunk(dispatch.chunk, tuple(keep)))
+
+    def _next_timeout(self) -> float | None:
+        deadlines = []
+        for worker in self._workers:
+            limit = self._limit(worker)
+            if limit is not None:
+                deadlines.append(worker.task_started + limit)
+        submit = self._next_submit_deadline()
+        if submit is not None:
+            deadlines.append(submit)
+        if self._runs:
+            deadlines.append(self._last_cancel_poll + CANCEL_POLL_SECONDS)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    @staticmethod
+    def _limit(worker: WorkerProcess) -> float | None:
+        if not worker.inflight or worker.inflight[0].is_reduce:
+            return None
+        return worker.inflight[0].run.spec.options.timeout
+
+    def _wait_and_handle(self) -> None:
+        conns: list[Any] = [w.conn for w in self._workers]
+        ready = wait([*conns, self._wake_r], timeout=self._next_timeout())
+        if self._wake_r in ready:
+            os.read(self._wake_r, 65536)
+        by_conn = {id(w.conn): w for w in self._workers}
+        for conn in ready:
+            worker = by_conn.get(id(conn))
+            if worker is not None:
+                self._drain(worker)
+
+    def _drain(self, worker: WorkerProcess) -> None:
+        try:
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            self._lost(worker, "died")
+
+    def _handle(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            worker.pid = message[2]
+            worker.log_paths = list(message[3])
+            if worker.proc.stderr is not None:  # its fd 2 now goes to the capture file
+                worker.proc.stderr.close()
+            return
+        if kind != "result":
+            return
+        record: ResultRecord = message[1]
+        if not worker.inflight:
+            return
+        head = worker.inflight[0]
+        head.done += 1
+        if head.done >= head.size:
+            worker.inflight.popleft()
+        worker.task_started = time.monotonic()
+        self._deliver(head.run, record)
+
+    def _deliver(self, run: JobRun, record: ResultRecord) -> None:
+        run.deliver(record)
+        self._maybe_finish(run)
+
+    def _maybe_finish(self, run: JobRun) -> None:
+        if run.job_id not in self._runs or not run.map_finished:
+            return
+        if run.reduce_future is not None and not run.reduce_future.done():
+            if run.needs_reduce():
+                if not run.reduce_queued:
+                    run.reduce_queued = True
+                    chunk = Chunk(run.job_id, REDUCE_INDEX, "lambda", run.reduce_attempt, ())
+                    self._queue.appendleft(Dispatch(run, chunk))
+                return
+            run.fail_reduce()
+        if run.done.is_set():
+            del self._runs[run.job_id]
+            state = "cancelled" if run.cancelled else "finished"
+            self.store.set_job_state(run.job_id, state, summary=self.store.summarize(run.job_id))
+            run.close()
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def _enforce_timeouts(self) -> None:
+        clock = time.monotonic()
+        for worker in list(self._workers):
+            limit = self._limit(worker)
+            if limit is not None and clock - worker.task_started > limit:
+                self._kill(worker)
+                self._lost(worker, "timeout")
+
+    @staticmethod
+    def _kill(worker: WorkerProcess) -> None:
+        try:
+            worker.proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _lost(self, worker: WorkerProcess, reason: str, charge: bool = True) -> None:
+        """A worker is gone: charge its in-flight task, re-queue everything else it held."""
+        if worker not in self._workers:
+            return
+        self._workers.remove(worker)
+        worker.conn.close()
+        try:
+            worker.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill(worker)
+            worker.proc.wait()
+        if not worker.ready:
+            self._startup_failed(worker)
+            return
+        self._startup_failures = 0
+        tail = worker.stderr_tail()
+        worker.cleanup()
+        self.store.worker_gone([worker.worker_id])
+        code = worker.proc.returncode
+        requeue: list[Dispatch] = []
+        for position, dispatch in enumerate(worker.inflight):
+            run, chunk = dispatch.run, dispatch.chunk
+            if run.cancelled:
+                continue
+            if dispatch.is_reduce and charge:
+                self._charge(run, chunk, REDUCE_INDEX, reason, code, tail, worker, requeue)
+                continue
+            rest = chunk.tasks[dispatch.done:]
+            if position == 0 and rest and charge:
+                self._charge(run, chunk, rest[0].index, reason, code, tail, worker, requeue)
+                rest = rest[1:]
+            if rest:
+                requeue.append(Dispatch(run, _rechunk(chunk, rest)))
+        self._queue.extendleft(reversed(requeue))
+
+    def _startup_failed(self, worker: WorkerProcess) -> None:
+        """A worker died before it was ready: retry a few times, then fail loudly."""
+        output = b""
+        if worker.proc.stderr is not None:
+            output = worker.proc.stderr.read()[-STDERR_TAIL_ON_DEATH:]
+            worker.proc.stderr.close()
+        self._startup_failures += 1
+        if self._startup_failures < MAX_STARTUP_FAILURES:
+            return
+        why = (
+            f"{self._startup_failures} local worker processes in a row died while starting "
+            f"({_describe_exit(worker.proc.returncode)}); fanout cannot run tasks with "
+            f"{sys.executable}. Their last output:\n{output.decode(errors='replace')}"
+        )
+        self._queue.clear()
+        self._fail_everything(why, ConfigurationError)
+
+    def _charge(self, run: JobRun, chunk: Chunk, index: int, reason: str, code: int | None,
+                tail: str, worker: WorkerProcess, requeue: list[Dispatch]) -> None:
+        retries = run.spec.options.retries
+        if chunk.attempt <= retries:
+            if index == REDUCE_INDEX:
+                run.reduce_attempt = chunk.attempt + 1
+                requeue.append(Dispatch(run, Chunk(run.job_id, REDUCE_INDEX, chunk.tier,
+                                                   chunk.attempt + 1, ())))
+            else:
+                task = next(t for t in chunk.tasks if t.index == index)
+                requeue.append(Dispatch(run, Chunk(chunk.job_id, chunk.index, chunk.tier,
+                                                   chunk.attempt + 1, (task,))))
+            return
+        what = "the reduce step" if index == REDUCE_INDEX else f"task {index}"
+        attempts = f"{chunk.attempt} attempt{'s' if chunk.attempt > 1 else ''}"
+        exc: Exception
+        if reason == "timeout":
+            exc = TaskTimeout(
+                f"{what} of job {run.job_id} ran longer than timeout={run.spec.options.timeout}s"
+                f" on each of {attempts} and was stopped; raise timeout= or split the task"
+            )
+        else:
+            signal_name = _describe_exit(code)
+            exc = WorkerLost(
+                f"the worker process running {what} of job {run.job_id} {signal_name} on each of "
+                f"{attempts} (retries={retries}); see future.logs() for its last stderr"
+            )
+        started = now()
+        record = ResultRecord(run.job_id, index, FAILED, chunk.attempt, worker.worker_id,
+                              started, started, stderr=tail, extra={"lost": reason})
+        for key, value in exception_fields(exc).items():
+            setattr(record, key, value)
+        record.traceback = f"{record.exc_type}: {exc}\n" + (
+            f"\nlast stderr of the worker:\n{tail}" if tail else "")
+        self._deliver(run, self.store.put_result(record))
+
+    # -- cancelling ------------------------------------------------------------------------
+
+    def _cancel_tasks(self, run: JobRun, indexes: list[int], attempt: int,
+                      only_pending: bool) -> None:
+        records = []
+        stamp = now()
+        for index in indexes:
+            future = run.future(index)
+            if future.done() or (only_pending and future.running()):
+                continue
+            future.cancel()
+            records.append(ResultRecord(run.job_id, index, CANCELLED, attempt, "", stamp, stamp))
+        if records:
+            for stored in self.store.put_results(records):
+                self._deliver(run, stored)
+
+    def _cancel_queued(self) -> None:
+        self._cancel_futures = True
+        queued, self._queue = self._queue, deque()
+        for dispatch in queued:
+            self._add(dispatch)
+
+    def _cancel_job(self, job_id: str) -> None:
+        run = self._runs.get(job_id)
+        if run is None or run.cancelled:
+            return
+        run.cancelled = True
+        self._queue = deque(d for d in self._queue if d.run is not run)
+        for worker in list(self._workers):
+            if any(d.run is run for d in worker.inflight):
+                others = [d for d in worker.inflight if d.run is not run]
+                worker.inflight = deque(others)
+                self._kill(worker)
+                self._lost(worker, "cancelled", charge=False)
+        stamp = now()
+        records = [ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
+                   for i in run.open_tasks()]
+        for stored in self.store.put_results(records):
+            self._deliver(run, stored)
+        if run.reduce_future is not None and not run.reduce_future.done():
+            run.fail_reduce()
+        self._maybe_finish(run)
+
+    def _poll_external_cancels(self) -> None:
+        clock = time.monotonic()
+        if not self._runs or clock - self._last_cancel_poll < CANCEL_POLL_SECONDS:
+            return
+        self._last_cancel_poll = clock
+        for job_id, state in self.store.job_states(self._runs).items():
+            if state == "cancelled":
+                self._cancel_job(job_id)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _stop_workers(self) -> None:
+        for worker in self._workers:
+            try:
+                worker.conn.send(("stop",))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        for worker in self._workers:
+            try:
+                worker.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(worker)
+                worker.proc.wait()
+            worker.conn.close()
+            worker.cleanup()
+        self.store.worker_gone(w.worker_id for w in self._workers)
+        self._workers.clear()
+
+    def _fail_everything(self, why: str, error: type[Exception] = WorkerLost) -> None:
+        for run in list(self._runs.values()):
+            futures = [run.future(i) for i in run.open_tasks()]
+            if run.reduce_future is not None:
+                futures.append(run.reduce_future)
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error(why))
+            run.done.set()
+            run.close()
+        self._runs.clear()
+
+
+def _rechunk(chunk: Chunk, tasks: tuple[Any, ...]) -> Chunk:
+    return Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt, tasks)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    if code is None:
+        return "vanished"
+    return f"exited with status {code}"

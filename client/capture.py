@@ -1,0 +1,102 @@
+"""Capturing a task's stdout and stderr, keeping only a bounded tail.
+
+Two strategies, one interface. A worker process that owns its file descriptors redirects
+fds 1 and 2 into files once and, per task, reads back only what that task appended: this
+also catches output from C extensions and child processes, and costs two ``fstat`` calls
+per task. Where the runtime shares its process (tests, in-process emulation), only Python's
+``sys.stdout``/``sys.stderr`` can be redirected.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, redirect_stderr, redirect_stdout
+from typing import Protocol
+
+from .protocol import LOG_TAIL_BYTES
+
+
+def _decode_tail(data: bytes, limit: int) -> str:
+    if len(data) > limit:
+        data = b"[... earlier output truncated ...]\n" + data[-limit:]
+    return data.decode("utf-8", errors="replace")
+
+
+class Captured:
+    stdout: str = ""
+    stderr: str = ""
+
+
+class Capture(Protocol):
+    def task(self) -> AbstractContextManager[Captured]: ...
+
+
+class FdCapture:
+    """Redirects this process's fds 1 and 2 to files; for dedicated worker processes."""
+
+    ROTATE_BYTES = 32 * 1024 * 1024
+
+    def __init__(self, directory: str | None = None, limit: int = LOG_TAIL_BYTES) -> None:
+        self.limit = limit
+        self.files = []
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
+                prefix=f"fanout-{os.getpid()}-{name}-", dir=directory, delete=False
+            )
+            sys.stdout.flush() if fd == 1 else sys.stderr.flush()
+            os.dup2(handle.fileno(), fd)
+            self.files.append(handle)
+        self.paths = [f.name for f in self.files]
+
+    def close(self) -> None:
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    @contextmanager
+    def task(self) -> Iterator[Captured]:
+        captured = Captured()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        starts = [os.fstat(fd).st_size for fd in (1, 2)]
+        try:
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            texts = []
+            for fd, start in zip((1, 2), starts, strict=True):
+                end = os.fstat(fd).st_size
+                if end <= start:
+                    texts.append("")
+                    continue
+                begin = max(start, end - self.limit - 1)
+                texts.append(_decode_tail(os.pread(fd, end - begin, begin), self.limit))
+                if end > self.ROTATE_BYTES:
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+            captured.stdout, captured.stderr = texts
+
+
+class StreamCapture:
+    """Redirects ``sys.stdout``/``sys.stderr`` only; for a runtime sharing its process."""
+
+    def __init__(self, limit: int = LOG_TAIL_BYTES) -> None:
+        self.limit = limit
+
+    @contextmanager
+    def task(self) -> Iterator[Captured]:
+        captured = Captured()
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                yield captured
+        finally:
+            captured.stdout = _decode_tail(out.getvalue().encode(), self.limit)
+            captured.stderr = _decode_tail(err.getvalue().encode(), self.limit)

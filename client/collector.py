@@ -1,0 +1,180 @@
+"""Result records become future outcomes here, the same way on every backend.
+
+A :class:`JobRun` is the client's live view of one job: one future per task (and one for
+the reduce step), a progress bar, and :meth:`JobRun.deliver`, which a backend calls with
+each record it learns of — from a worker's message locally, from a poll on AWS.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import CancelledError, InvalidStateError
+from typing import Any
+
+from . import serialization
+from .errors import RemoteError, SerializationError
+from .future import Future
+from .protocol import CANCELLED, FAILED, REDUCE_INDEX, SUCCEEDED, JobSpec, ResultRecord
+
+
+class RemoteTraceback(Exception):
+    """Attached as ``__cause__`` of a re-raised task exception, as ProcessPoolExecutor does."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def rebuild_exception(record: ResultRecord) -> BaseException:
+    """The task's own exception when it unpickles here; a RemoteError otherwise."""
+    exc: BaseException | None = None
+    if record.exc_pickle:
+        try:
+            loaded = pickle.loads(record.exc_pickle)
+            if isinstance(loaded, BaseException):
+                exc = loaded
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RemoteError(record.exc_type or "Exception", record.exc_message or "",
+                          record.traceback or "")
+    if record.traceback:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{record.traceback.rstrip()}\n"""')
+    return exc
+
+
+def resolve(future: Future, record: ResultRecord, load_value: Callable[[ResultRecord], bytes]
+            ) -> None:
+    """Settle ``future`` from ``record`` unless the future is already settled."""
+    if future.done():
+        return
+    try:
+        if record.status == SUCCEEDED:
+            try:
+                value = serialization.loads(load_value(record))
+            except Exception as exc:
+                failure: BaseException = SerializationError(
+                    f"task {record.task_index} of job {record.job_id} succeeded, but its result "
+                    f"cannot be unpickled in this process: {exc!r}. Import the modules that "
+                    "define the result's types here."
+                )
+                failure.__cause__ = exc
+                future.set_exception(failure)
+            else:
+                future.set_result(value)
+        elif record.status == CANCELLED:
+            if future.cancel():
+                future.set_running_or_notify_cancel()
+            else:
+                future.set_exception(CancelledError(
+                    f"task {record.task_index} of job {record.job_id} was cancelled"))
+        else:
+            future.set_exception(rebuild_exception(record))
+    except InvalidStateError:
+        pass  # another thread settled it first: the first outcome stands
+
+
+class JobRun:
+    """One job as this client process follows it."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        futures: list[Future],
+        load_value: Callable[[ResultRecord], bytes],
+        reduce_future: Future | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.spec = spec
+        self.futures = futures
+        self.reduce_future = reduce_future
+        self.progress = progress
+        self._load_value = load_value
+        self._lock = threading.Lock()
+        self._by_index = {f.task_index: f for f in futures}
+        self._open = set(self._by_index)
+        self.done = threading.Event()  # every future is settled
+        self.stored = threading.Event()  # ...and the job's final state is in the store
+        self.counts = {SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
+        self.first_failure: ResultRecord | None = None
+        self.cancelled = False
+        self.reduce_queued = False
+        self.reduce_attempt = 1
+        if not self._open and reduce_future is None:
+            self.done.set()
+
+    def future(self, task_index: int) -> Future:
+        return self._by_index[task_index]
+
+    def open_tasks(self) -> list[int]:
+        with self._lock:
+            return sorted(self._open)
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    @property
+    def map_finished(self) -> bool:
+        return not self._open
+
+    def deliver(self, record: ResultRecord) -> None:
+        """Apply a stored record; duplicates and stale records are ignored."""
+        if record.task_index == REDUCE_INDEX:
+            if self.reduce_future is not None:
+                resolve(self.reduce_future, record, self._load_value)
+                self._finish()
+            return
+        with self._lock:
+            if record.task_index not in self._open:
+                return
+            self._open.discard(record.task_index)
+            self.counts[record.status] = self.counts.get(record.status, 0) + 1
+            if record.status == FAILED and (
+                self.first_failure is None or record.task_index < self.first_failure.task_index
+            ):
+                self.first_failure = record
+            now_finished = not self._open
+        resolve(self._by_index[record.task_index], record, self._load_value)
+        if self.progress is not None:
+            self.progress.update(1)
+        if now_finished and self.reduce_future is None:
+            self._finish()
+
+    def needs_reduce(self) -> bool:
+        """True when every map task succeeded and the reducer has yet to run."""
+        return (
+            self.reduce_future is not None and self.map_finished and not self.reduce_future.done()
+            and self.counts[SUCCEEDED] == len(self.futures)
+        )
+
+    def fail_reduce(self) -> None:
+        """Settle the reduce future with the first failure in task order (as map raises)."""
+        assert self.reduce_future is not None
+        if self.first_failure is not None:
+            resolve(self.reduce_future, self.first_failure, self._load_value)
+        else:
+            if self.reduce_future.cancel():
+                self.reduce_future.set_running_or_notify_cancel()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done.set()
+
+    def close(self) -> None:
+        """Called once the job's final state is stored: release the bar, wake waiters."""
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+        self.done.set()
+        self.stored.set()
+
+
+#: Jobs this process is driving right now, so ``Job.attach`` here shares their futures.
+LIVE_RUNS: weakref.WeakValueDictionary[str, JobRun] = weakref.WeakValueDictionary()

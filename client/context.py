@@ -1,0 +1,99 @@
+"""What a running task can ask of fanout: its seed, its RNG, and its checkpoint.
+
+These are plain functions (not methods) because they are called from user code deep inside
+a task, where no executor object is in reach; the worker runtime sets the current task.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from . import serialization
+
+if TYPE_CHECKING:
+    import numpy
+
+    from .protocol import TaskStore
+
+
+@dataclass
+class TaskContext:
+    job_id: str
+    task_index: int
+    attempt: int
+    seed: int
+    store: TaskStore
+    _rng: Any = field(default=None, repr=False)
+
+
+_current: TaskContext | None = None
+
+
+def _context(api: str) -> TaskContext:
+    if _current is None:
+        raise RuntimeError(f"fanout.{api}() can only be called inside a running fanout task")
+    return _current
+
+
+@contextmanager
+def running(ctx: TaskContext) -> Iterator[TaskContext]:
+    """Make ``ctx`` the current task and seed the global RNGs from its seed."""
+    global _current
+    previous = _current
+    _current = ctx
+    random.seed(ctx.seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # legacy np.random.* users get a deterministic stream too
+        numpy.random.seed(ctx.seed % 2**32)
+    try:
+        yield ctx
+    finally:
+        _current = previous
+
+
+def current_task() -> TaskContext | None:
+    return _current
+
+
+def task_seed() -> int:
+    """The deterministic seed of the running task, derived from (job seed, task index)."""
+    return _context("task_seed").seed
+
+
+def task_rng() -> numpy.random.Generator:
+    """The running task's ``numpy.random.Generator``, seeded from :func:`task_seed`.
+
+    Repeated calls in one task return the same generator, so draws continue the stream.
+    """
+    ctx = _context("task_rng")
+    if ctx._rng is None:
+        try:
+            import numpy
+        except ImportError as exc:  # pragma: no cover - numpy is an optional extra
+            raise RuntimeError(
+                "fanout.task_rng() needs numpy: pip install 'fanout[numpy]', "
+                "or use fanout.task_seed() with the random module"
+            ) from exc
+        ctx._rng = numpy.random.default_rng(ctx.seed)
+    return ctx._rng
+
+
+def checkpoint(obj: Any) -> None:
+    """Save progress of the running task; a retry of this task gets it from :func:`restore`."""
+    ctx = _context("checkpoint")
+    data = cloudpickle.dumps(obj, protocol=serialization.PROTOCOL)
+    ctx.store.put_checkpoint(ctx.job_id, ctx.task_index, bytes(data))
+
+
+def restore() -> Any:
+    """The last object this task passed to :func:`checkpoint` on any attempt, or None."""
+    ctx = _context("restore")
+    data = ctx.store.get_checkpoint(ctx.job_id, ctx.task_index)
+    return None if data is None else serialization.loads(data)

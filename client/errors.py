@@ -1,0 +1,45 @@
+"""The exceptions fanout raises.
+
+Each one names a different remedy: fix the code (``RemoteError``), give the task more time
+(``TaskTimeout``), look at the machine (``WorkerLost``), change what is sent
+(``SerializationError``) or change the set-up (``ConfigurationError``).
+"""
+
+from __future__ import annotations
+
+
+class FanoutError(Exception):
+    """Base class of every error fanout raises itself."""
+
+
+class RemoteError(FanoutError):
+    """A task failed on a worker with an exception the client cannot rebuild.
+
+    Carries the remote exception's type name and traceback text so nothing is lost even
+    when the exception object itself did not survive pickling.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.remote_message, self.remote_traceback))
+
+
+class TaskTimeout(FanoutError, TimeoutError):
+    """A task ran past its ``timeout=`` on every allowed attempt and was stopped."""
+
+
+class WorkerLost(FanoutError):
+    """The process running a task died (killed, crashed, out of memory) on every attempt."""
+
+
+class SerializationError(FanoutError, TypeError):
+    """A function, argument or result could not be pickled; the message names which."""
+
+
+class ConfigurationError(FanoutError):
+    """The set-up is wrong (store, backend, Python versions); the message says how to fix it."""

@@ -1,0 +1,269 @@
+"""``fanout.Executor``: a ``concurrent.futures.Executor`` whose tasks survive their workers.
+
+Where the standard library documents executor behaviour, this one behaves the same, so
+code written for ``ProcessPoolExecutor`` keeps working: ``map`` is ordered and raises
+``TimeoutError`` from the iterator, ``submit`` after ``shutdown`` raises ``RuntimeError``,
+``shutdown(cancel_futures=True)`` cancels what has not started, and a task's exception is
+re-raised with the remote traceback as its ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import itertools
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import serialization
+from .backends import Backend, JobRequest, create_backend
+from .future import Future
+from .options import TaskOptions
+from .seeding import derive_seed, fresh_seed
+
+_FUNCTION_CACHE_SIZE = 256
+_live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Like the stdlib's executors: work already submitted completes before exit."""
+    for backend in list(_live_backends):
+        backend.shutdown(wait=True)
+
+
+class _Shared:
+    """State shared by an executor and the views ``options()`` returns."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.lock = threading.Lock()
+        self.shutdown = False
+        self.functions: OrderedDict[int, tuple[Callable[..., Any], bytes, str]] = OrderedDict()
+        self.job_counters: dict[int, itertools.count[int]] = {}
+        self.submit_counters: dict[int, itertools.count[int]] = {}
+
+    def function(self, fn: Callable[..., Any]) -> tuple[bytes, str]:
+        """Pickle ``fn`` once; keep it alive so its id stays a valid cache key."""
+        with self.lock:
+            hit = self.functions.get(id(fn))
+            if hit is not None and hit[0] is fn:
+                self.functions.move_to_end(id(fn))
+                return hit[1], hit[2]
+        blob = serialization.dumps_function(fn)
+        name = serialization.function_name(fn)
+        with self.lock:
+            self.functions[id(fn)] = (fn, blob, name)
+            if len(self.functions) > _FUNCTION_CACHE_SIZE:
+                self.functions.popitem(last=False)
+        return blob, name
+
+    def job_seed(self, seed: int | None) -> int:
+        if seed is None:
+            return fresh_seed()
+        with self.lock:
+            n = next(self.job_counters.setdefault(seed, itertools.count()))
+        return derive_seed(seed, "job", n)
+
+    def submit_seed(self, seed: int | None) -> int:
+        if seed is None:
+            return fresh_seed()
+        with self.lock:
+            n = next(self.submit_counters.setdefault(seed, itertools.count()))
+        return derive_seed(seed, "submit", n)
+
+
+class MapIterator(Iterator[Any]):
+    """The ordered, lazy iterator ``map`` returns; ``job_id`` names the job it belongs to."""
+
+    def __init__(self, futures: list[Future], timeout: float | None, job_id: str) -> None:
+        self.job_id = job_id
+        self.futures = futures
+        self._pending = list(reversed(futures))
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._started = False
+
+    def __iter__(self) -> MapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        self._started = True
+        if not self._pending:
+            raise StopIteration
+        future = self._pending.pop()
+        try:
+            if self._deadline is None:
+                return future.result()
+            return future.result(self._deadline - time.monotonic())
+        except BaseException:
+            future.cancel()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Cancel the tasks not yet started, as closing the stdlib's map generator does."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.cancel()
+
+    def __del__(self) -> None:
+        if self._started:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<fanout map job={self.job_id} remaining={len(self._pending)}>"
+
+
+def _progress_bar(progress: bool | None, description: str) -> Any:
+    if progress is None:
+        in_notebook = "ipykernel" in sys.modules
+        progress = in_notebook or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=0, desc=description, unit="task", dynamic_ncols=True)
+
+
+class Executor(concurrent.futures.Executor):
+    """Run calls as fanout tasks on ``backend`` (``"local"`` unless ``FANOUT_BACKEND`` says).
+
+    Task options (``timeout``, ``memory_mb``, ``retries``, ``tier``, ``seed``,
+    ``chunksize``) apply to every task; ``options()`` derives an executor with others.
+    ``backend_options`` go to the backend (local: ``home=``).
+    """
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        *,
+        max_workers: int | None = None,
+        timeout: float | None = None,
+        memory_mb: int | None = None,
+        retries: int = 2,
+        tier: str = "auto",
+        seed: int | None = None,
+        chunksize: int = 1,
+        progress: bool | None = None,
+        **backend_options: Any,
+    ) -> None:
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int)
+        ):
+            raise TypeError(f"max_workers must be an integer, got {max_workers!r}")
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._options = TaskOptions(timeout, memory_mb, retries, tier, chunksize, seed)
+        self._progress = progress
+        backend_obj = create_backend(backend, max_workers=max_workers, **backend_options)
+        self._shared = _Shared(backend_obj)
+        _live_backends.add(backend_obj)
+        weakref.finalize(self, backend_obj.shutdown, False)
+
+    @property
+    def backend(self) -> Backend:
+        return self._shared.backend
+
+    @property
+    def task_options(self) -> TaskOptions:
+        return self._options
+
+    def options(self, **overrides: Any) -> Executor:
+        """An executor on the same backend (same workers) whose tasks use other options."""
+        progress = overrides.pop("progress", self._progress)
+        view = object.__new__(Executor)
+        view._options = self._options.with_overrides(**overrides)
+        view._progress = progress
+        view._shared = self._shared
+        return view
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._shared.shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        self._check_open()
+        function, name = self._shared.function(fn)
+        payload = serialization.dumps_call(args, kwargs)
+        seed = self._shared.submit_seed(self._options.seed)
+        return self.backend.submit(fn, function, name, payload, self._options, seed)
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> MapIterator:
+        """One job: ``fn`` over the zipped iterables; results in order, as they are needed."""
+        return self._map("map", fn, zip(*iterables, strict=False), timeout, chunksize)
+
+    def starmap(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> MapIterator:
+        """Like ``map`` but each item is a tuple of arguments (``itertools.starmap``)."""
+        return self._map("map", fn, (tuple(args) for args in iterable), timeout, chunksize)
+
+    def map_reduce(
+        self,
+        map_fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        reduce_fn: Callable[[list[Any]], Any],
+        *,
+        chunksize: int | None = None,
+    ) -> Future:
+        """One job whose ``reduce_fn(results_in_task_order)`` runs on a worker."""
+        self._check_open()
+        reducer, reducer_name = self._shared.function(reduce_fn)
+        run = self._start("map_reduce", map_fn, ((x,) for x in iterable), chunksize,
+                          reducer, reducer_name)
+        assert run.reduce_future is not None
+        return run.reduce_future
+
+    def _map(self, kind: str, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]],
+             timeout: float | None, chunksize: int | None) -> MapIterator:
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise ValueError(f"map timeout must be a non-negative number, got {timeout!r}")
+        started = time.monotonic()
+        run = self._start(kind, fn, arg_tuples, chunksize)
+        remaining = None if timeout is None else timeout - (time.monotonic() - started)
+        return MapIterator(run.futures, remaining, run.job_id)
+
+    def _start(self, kind: str, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]],
+               chunksize: int | None, reducer: bytes | None = None,
+               reducer_name: str | None = None) -> Any:
+        self._check_open()
+        options = self._options
+        if chunksize is not None:
+            options = options.with_overrides(chunksize=chunksize)
+        function, name = self._shared.function(fn)
+        payloads = (serialization.dumps_call(args, {}) for args in arg_tuples)
+        progress = _progress_bar(self._progress, name.rsplit(".", 1)[-1])
+        request = JobRequest(kind, function, name, payloads, options,
+                             self._shared.job_seed(options.seed), reducer, reducer_name,
+                             progress)
+        try:
+            return self.backend.start_job(request)
+        except BaseException:
+            if progress is not None:
+                progress.close()
+            raise
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._shared.lock:
+            self._shared.shutdown = True
+        self.backend.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def __repr__(self) -> str:
+        return f"<fanout.Executor backend={self.backend!r} options={self._options}>"

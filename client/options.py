@@ -1,0 +1,96 @@
+"""Task options: validated once, at the call, so a mistake fails before anything is uploaded.
+
+The limits mirror the AWS tiers the options must eventually fit: Lambda runs 128–10,240 MB
+for at most 15 minutes; Fargate (the ``batch`` tier) goes to 120 GiB and has no such limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+TIERS = ("auto", "lambda", "batch")
+LAMBDA_MEMORY_MB = (128, 10_240)
+BATCH_MEMORY_MB = (512, 122_880)
+LAMBDA_MAX_SECONDS = 15 * 60
+# Leave Lambda headroom for start-up and writing results: longer tasks go to Batch.
+LAMBDA_PLANNING_SECONDS = 13 * 60
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How each task of a job runs; part of the job spec, identical on every backend."""
+
+    timeout: float | None = None
+    memory_mb: int | None = None
+    retries: int = 2
+    tier: str = "auto"
+    chunksize: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def with_overrides(self, **overrides: Any) -> TaskOptions:
+        unknown = set(overrides) - set(asdict(self))
+        if unknown:
+            raise TypeError(
+                f"unknown task option(s) {sorted(unknown)}; known: {sorted(asdict(self))}"
+            )
+        return replace(self, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskOptions:
+        return cls(**data)
+
+
+def validate(options: TaskOptions) -> None:
+    """Raise ValueError/TypeError naming the bad option, its value and what is accepted."""
+    t = options.timeout
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds or None, not {t!r}")
+        if not math.isfinite(t) or t <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {t!r}")
+    m = options.memory_mb
+    if m is not None:
+        if isinstance(m, bool) or not isinstance(m, int):
+            raise TypeError(f"memory_mb must be an integer number of MB or None, not {m!r}")
+        low, high = LAMBDA_MEMORY_MB[0], BATCH_MEMORY_MB[1]
+        if not low <= m <= high:
+            raise ValueError(f"memory_mb must be between {low} and {high} MB, got {m}")
+    r = options.retries
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"retries must be an integer >= 0, got {r!r}")
+    if options.tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}; got {options.tier!r}")
+    c = options.chunksize
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ValueError(f"chunksize must be an integer >= 1, got {c!r}")
+    s = options.seed
+    if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {s!r}")
+    if options.tier == "lambda":
+        if t is not None and t > LAMBDA_MAX_SECONDS:
+            raise ValueError(
+                f"tier='lambda' allows at most {LAMBDA_MAX_SECONDS} s per task, got timeout={t}; "
+                "use tier='batch' or tier='auto'"
+            )
+        if m is not None and m > LAMBDA_MEMORY_MB[1]:
+            raise ValueError(
+                f"tier='lambda' allows at most {LAMBDA_MEMORY_MB[1]} MB, got memory_mb={m}; "
+                "use tier='batch' or tier='auto'"
+            )
+
+
+def plan_tier(options: TaskOptions) -> str:
+    """Choose ``lambda`` or ``batch`` for a chunk from the call's hints."""
+    if options.tier != "auto":
+        return options.tier
+    too_long = options.timeout is not None and options.timeout > LAMBDA_PLANNING_SECONDS
+    too_big = options.memory_mb is not None and options.memory_mb > LAMBDA_MEMORY_MB[1]
+    return "batch" if too_long or too_big else "lambda"

@@ -1,0 +1,188 @@
+"""The worker runtime: runs a chunk's tasks and writes one result record per task.
+
+This is the only code that executes user tasks, on every backend: the local worker
+process, the Lambda handler and the Batch container all call :class:`WorkerRuntime`.
+It never lets a task's failure escape as its own failure: a task exception, an
+unpicklable result or a Python version mismatch becomes that task's record.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from . import serialization
+from .capture import Capture, StreamCapture
+from .context import TaskContext, running
+from .errors import ConfigurationError, RemoteError
+from .protocol import (
+    FAILED,
+    REDUCE_INDEX,
+    SUCCEEDED,
+    Chunk,
+    JobSpec,
+    ResultRecord,
+    TaskStore,
+    now,
+    version_mismatch,
+)
+from .seeding import derive_seed
+
+ResultCallback = Callable[[ResultRecord], None]
+
+
+def exception_fields(exc: BaseException) -> dict[str, Any]:
+    """The record fields describing ``exc``; the pickled exception only if it round-trips."""
+    exc_type = type(exc)
+    text = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = pickle.dumps(exc, protocol=serialization.PROTOCOL)
+        pickle.loads(blob)  # an exception that pickles but cannot load is useless to send
+    except Exception:
+        blob = None
+    return {
+        "exc_type": f"{exc_type.__module__}.{exc_type.__qualname__}",
+        "exc_message": str(exc),
+        "traceback": text,
+        "exc_pickle": blob,
+    }
+
+
+class WorkerRuntime:
+    """Runs tasks for any backend; ``store`` is that backend's :class:`TaskStore`."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        worker_id: str,
+        capture: Capture | None = None,
+        on_start: Callable[[TaskContext], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.capture = capture or StreamCapture()
+        self.on_start = on_start
+        self._functions: OrderedDict[tuple[str, str], Callable[..., Any]] = OrderedDict()
+        self._specs: OrderedDict[str, JobSpec] = OrderedDict()
+
+    # -- loading, cached: a worker typically runs many chunks of the same job ---------------
+
+    def spec(self, job_id: str) -> JobSpec:
+        spec = self._specs.get(job_id)
+        if spec is None:
+            spec = self.store.load_spec(job_id)
+            self._specs[job_id] = spec
+            if len(self._specs) > 32:
+                self._specs.popitem(last=False)
+        return spec
+
+    def function(self, job_id: str, which: str = "function") -> Callable[..., Any]:
+        key = (job_id, which)
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = serialization.loads(self.store.load_function(job_id, which))
+            self._functions[key] = fn
+            if len(self._functions) > 8:
+                self._functions.popitem(last=False)
+        return fn
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_chunk(self, chunk: Chunk, on_result: ResultCallback | None = None) -> None:
+        """Run every task of ``chunk`` in order; each record is stored before the callback."""
+        spec = self.spec(chunk.job_id)
+        mismatch = version_mismatch(spec)
+        fn: Callable[..., Any] | None = None
+        setup_error: BaseException | None = None
+        if mismatch:
+            setup_error = ConfigurationError(mismatch)
+        else:
+            try:
+                fn = self.function(chunk.job_id)
+            except Exception as exc:  # e.g. a module the worker does not have
+                setup_error = exc
+        for task in chunk.tasks:
+            started = now()
+            if setup_error is not None or fn is None:
+                assert setup_error is not None
+                record = self._record(chunk.job_id, task.index, chunk.attempt, started)
+                record.status = FAILED
+                for key, value in exception_fields(setup_error).items():
+                    setattr(record, key, value)
+            else:
+                ctx = TaskContext(chunk.job_id, task.index, chunk.attempt, task.seed, self.store)
+                record = self._run_one(
+                    ctx, started, lambda t=task: self._call(fn, chunk.job_id, t)  # type: ignore[misc]
+                )
+            self._finish(record, on_result)
+
+    def _call(self, fn: Callable[..., Any], job_id: str, task: Any) -> Any:
+        args, kwargs = serialization.loads(self.store.read_task(job_id, task))
+        return fn(*args, **kwargs)
+
+    def run_reduce(self, job_id: str, attempt: int, on_result: ResultCallback | None = None) -> None:
+        """Run the job's reducer over all map results, in task order, on this worker."""
+        spec = self.spec(job_id)
+        started = now()
+
+        def reduce() -> Any:
+            reducer = self.function(job_id, "reducer")
+            values = []
+            for rec in self.store.results(job_id):
+                if rec.status != SUCCEEDED:
+                    raise RuntimeError(f"task {rec.task_index} of job {job_id} did not succeed")
+                values.append(serialization.loads(self.store.load_value(rec)))
+            return reducer(values)
+
+        seed = derive_seed(spec.seed, "reduce")
+        ctx = TaskContext(job_id, REDUCE_INDEX, attempt, seed, self.store)
+        self._finish(self._run_one(ctx, started, reduce), on_result)
+
+    def _record(self, job_id: str, index: int, attempt: int, started: float) -> ResultRecord:
+        return ResultRecord(job_id, index, FAILED, attempt, self.worker_id, started, started)
+
+    def _run_one(
+        self, ctx: TaskContext, started: float, call: Callable[[], Any]
+    ) -> ResultRecord:
+        record = self._record(ctx.job_id, ctx.task_index, ctx.attempt, started)
+        if self.on_start is not None:
+            self.on_start(ctx)
+        with self.capture.task() as captured:
+            try:
+                with running(ctx):
+                    value = call()
+                blob = serialization.dumps_value(value)
+            except serialization.SerializationError as exc:
+                wrapped = RemoteError(
+                    "fanout.SerializationError", str(exc), "".join(traceback.format_exception(exc))
+                )
+                record.status = FAILED
+                for key, val in exception_fields(wrapped).items():
+                    setattr(record, key, val)
+            except BaseException as exc:  # a task's exception (even SystemExit) is its result
+                record.status = FAILED
+                for key, val in exception_fields(exc).items():
+                    setattr(record, key, val)
+            else:
+                record.status = SUCCEEDED
+                if len(blob) > self.store.max_record_value_bytes:
+                    record.value_ref = self.store.put_value_blob(
+                        ctx.job_id, ctx.task_index, ctx.attempt, blob
+                    )
+                else:
+                    record.value = blob
+        record.ended = now()
+        record.stdout, record.stderr = captured.stdout, captured.stderr
+        return record
+
+    def _finish(self, record: ResultRecord, on_result: ResultCallback | None) -> None:
+        stored = self.store.put_result(record)
+        if stored is not record and record.value_ref and stored.value_ref != record.value_ref:
+            self.store.delete_value_blob(record.value_ref)  # lost the race: drop our blob
+        if record.status == SUCCEEDED and stored.attempt == record.attempt:
+            self.store.delete_checkpoint(record.job_id, record.task_index)
+        if on_result is not None:
+            on_result(stored)

@@ -1,0 +1,161 @@
+"""Pickling functions, arguments and results, with errors that name the culprit.
+
+Functions go through cloudpickle once per job. A function whose module is not installed
+(a script, a notebook, a project folder on ``sys.path``) is pickled *by value* so a worker
+that only has the installed packages can still run it; installed modules go by reference.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pickle
+import sys
+import sysconfig
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import cloudpickle
+
+from .errors import SerializationError
+
+PROTOCOL = 5
+_INSTALLED_ROOTS = tuple(
+    os.path.realpath(p)
+    for p in {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    if p
+)
+_by_value_registered: set[str] = set()
+
+
+def python_version() -> str:
+    return "{}.{}.{}".format(*sys.version_info[:3])
+
+
+def package_versions() -> dict[str, str]:
+    """Versions that must agree between client and worker for pickles to load."""
+    versions = {}
+    for name in ("fanout", "cloudpickle", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _describe(obj: object) -> str:
+    text = repr(obj)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
+
+
+def _module_is_installed(module_name: str) -> bool:
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if module is None or path is None:
+        return True  # builtins and namespace oddities: leave them to cloudpickle
+    return os.path.realpath(path).startswith(_INSTALLED_ROOTS)
+
+
+def _register_by_value(fn: Callable[..., Any]) -> None:
+    module_name = getattr(fn, "__module__", None)
+    if not module_name or module_name == "__main__" or module_name in _by_value_registered:
+        return
+    if module_name.split(".")[0] == "fanout" or _module_is_installed(module_name):
+        return
+    cloudpickle.register_pickle_by_value(sys.modules[module_name])
+    _by_value_registered.add(module_name)
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{name}"
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    """Pickle a task function once for a job; raise SerializationError naming what failed."""
+    if not callable(fn):
+        raise TypeError(f"expected a callable to run as a task, got {_describe(fn)}")
+    _register_by_value(fn)
+    try:
+        return bytes(cloudpickle.dumps(fn, protocol=PROTOCOL))
+    except Exception as exc:
+        culprit = _find_function_culprit(fn)
+        where = f" because it references {culprit}" if culprit else ""
+        raise SerializationError(
+            f"function {function_name(fn)} cannot be pickled{where}: {exc}. "
+            "Create such objects inside the task instead of capturing them."
+        ) from exc
+
+
+def _find_function_culprit(fn: Callable[..., Any]) -> str | None:
+    """Best effort: which closure variable or global makes ``fn`` unpicklable."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    candidates: list[tuple[str, object]] = []
+    closure = getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars, closure, strict=False):
+        try:
+            candidates.append((f"closure variable {name!r}", cell.cell_contents))
+        except ValueError:
+            continue
+    fn_globals = getattr(fn, "__globals__", {})
+    for name in code.co_names:
+        if name in fn_globals:
+            candidates.append((f"global {name!r}", fn_globals[name]))
+    for label, value in candidates:
+        if isinstance(value, types.ModuleType):
+            continue
+        try:
+            cloudpickle.dumps(value, protocol=PROTOCOL)
+        except Exception:
+            return f"{label} ({_describe(value)})"
+    return None
+
+
+def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
+    """Pickle one task's arguments; on failure name the argument that cannot go."""
+    try:
+        return bytes(cloudpickle.dumps((tuple(args), dict(kwargs)), protocol=PROTOCOL))
+    except Exception as exc:
+        raise SerializationError(_call_failure(args, kwargs, exc)) from exc
+
+
+def _call_failure(args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception) -> str:
+    for position, value in enumerate(args):
+        try:
+            cloudpickle.dumps(value, protocol=PROTOCOL)
+        except Exception:
+            return (
+                f"argument {position} ({_describe(value)}) cannot be pickled: {exc}. "
+                "Pass data, or create the object inside the task."
+            )
+    for name, value in kwargs.items():
+        try:
+            cloudpickle.dumps(value, protocol=PROTOCOL)
+        except Exception:
+            return (
+                f"keyword argument {name!r} ({_describe(value)}) cannot be pickled: {exc}. "
+                "Pass data, or create the object inside the task."
+            )
+    return f"task arguments cannot be pickled: {exc}"
+
+
+def dumps_value(value: Any) -> bytes:
+    """Pickle a task's return value (on the worker)."""
+    try:
+        return bytes(cloudpickle.dumps(value, protocol=PROTOCOL))
+    except Exception as exc:
+        raise SerializationError(
+            f"the task's result of type {type(value).__module__}.{type(value).__qualname__} "
+            f"cannot be pickled: {exc}"
+        ) from exc
+
+
+def loads(data: bytes | memoryview) -> Any:
+    return pickle.loads(data)
+
