@@ -106,6 +106,7 @@ class JobRun:
         self.cancelled = False
         self.reduce_queued = False
         self.reduce_attempt = 1
+        self.mean_seconds: float | None = None  # moving average of task durations
         if not self._open and reduce_future is None:
             self.done.set()
 
@@ -136,6 +137,10 @@ class JobRun:
                 return
             self._open.discard(record.task_index)
             self.counts[record.status] = self.counts.get(record.status, 0) + 1
+            if record.worker_id:
+                mean = self.mean_seconds
+                took = record.duration
+                self.mean_seconds = took if mean is None else 0.8 * mean + 0.2 * took
             if record.status == FAILED and (
                 self.first_failure is None or record.task_index < self.first_failure.task_index
             ):

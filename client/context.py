@@ -30,6 +30,7 @@ class TaskContext:
     attempt: int
     seed: int
     store: TaskStore
+    checkpointed: bool = False
     _rng: Any = field(default=None, repr=False)
 
 
@@ -90,6 +91,7 @@ def checkpoint(obj: Any) -> None:
     ctx = _context("checkpoint")
     data = cloudpickle.dumps(obj, protocol=serialization.PROTOCOL)
     ctx.store.put_checkpoint(ctx.job_id, ctx.task_index, bytes(data))
+    ctx.checkpointed = True
 
 
 def restore() -> Any:

@@ -59,12 +59,15 @@ class WorkerRuntime:
         store: TaskStore,
         worker_id: str,
         capture: Capture | None = None,
-        on_start: Callable[[TaskContext], None] | None = None,
+        on_start: Callable[[TaskContext | None], None] | None = None,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.capture = capture or StreamCapture()
         self.on_start = on_start
+        #: Where finished records go instead of a synchronous put (the local worker batches
+        #: them); a sink must put each record and then call :meth:`settle`.
+        self.sink: Callable[[ResultRecord], None] | None = None
         self._functions: OrderedDict[tuple[str, str], Callable[..., Any]] = OrderedDict()
         self._specs: OrderedDict[str, JobSpec] = OrderedDict()
 
@@ -176,13 +179,26 @@ class WorkerRuntime:
                     record.value = blob
         record.ended = now()
         record.stdout, record.stderr = captured.stdout, captured.stderr
+        if self.on_start is not None:
+            self.on_start(None)
+        # Only an earlier attempt or this one can have left a checkpoint to clean up.
+        record.extra["checkpoint"] = ctx.checkpointed or ctx.attempt > 1
         return record
 
     def _finish(self, record: ResultRecord, on_result: ResultCallback | None) -> None:
+        if self.sink is not None:
+            self.sink(record)
+            return
         stored = self.store.put_result(record)
-        if stored is not record and record.value_ref and stored.value_ref != record.value_ref:
-            self.store.delete_value_blob(record.value_ref)  # lost the race: drop our blob
-        if record.status == SUCCEEDED and stored.attempt == record.attempt:
-            self.store.delete_checkpoint(record.job_id, record.task_index)
+        self.settle(record, stored)
         if on_result is not None:
             on_result(stored)
+
+    def settle(self, record: ResultRecord, stored: ResultRecord) -> None:
+        """After the conditional put: drop what the losing side or a success leaves behind."""
+        had_checkpoint = record.extra.pop("checkpoint", False)
+        stored.extra.pop("checkpoint", None)
+        if stored is not record and record.value_ref and stored.value_ref != record.value_ref:
+            self.store.delete_value_blob(record.value_ref)  # lost the race: drop our blob
+        if had_checkpoint and stored.status == SUCCEEDED:
+            self.store.delete_checkpoint(record.job_id, record.task_index)

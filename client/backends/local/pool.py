@@ -39,6 +39,9 @@ log = logging.getLogger("fanout.local")
 CANCEL_POLL_SECONDS = 0.5
 STDERR_TAIL_ON_DEATH = 8 * 1024
 MAX_STARTUP_FAILURES = 3
+#: Work a worker may hold queued beyond the task it runs, when tasks are measured short.
+BATCH_SECONDS = 0.05
+BATCH_MAX_TASKS = 512
 
 
 @dataclass
@@ -230,29 +233,54 @@ class Supervisor:
             self._workers.append(WorkerProcess.spawn(self.store, worker_id))
 
     def _assign(self) -> None:
-        ready = [w for w in self._workers if w.ready]
-        if not ready:
+        """Hand queued chunks to ready workers, several per message when tasks are short.
+
+        A worker gets more chunks until it holds about ``BATCH_SECONDS`` of work, judged by
+        the job's measured mean task time; a job whose tasks have not been timed yet gets
+        one chunk per worker. Nobody takes more than a fair share of the queue, so long
+        chunks are not hoarded while another worker idles.
+        """
+        ready = sorted((w for w in self._workers if w.ready), key=lambda w: len(w.inflight))
+        if not ready or not self._queue:
             return
-        # Keep a second chunk queued at each worker only while there is plenty of work, so
-        # short tasks never wait for a round trip and long ones are not hoarded at the tail.
-        depth = 2 if len(self._queue) > 2 * len(ready) else 1
-        for level in range(1, depth + 1):
-            for worker in ready:
-                while len(worker.inflight) < level and self._queue:
-                    dispatch = self._claim(self._queue.popleft())
-                    if dispatch is None:
-                        continue
-                    if not worker.inflight:
-                        worker.task_started = time.monotonic()
-                    worker.inflight.append(dispatch)
-                    try:
-                        if dispatch.is_reduce:
-                            worker.conn.send(("reduce", dispatch.chunk.job_id,
-                                              dispatch.chunk.attempt))
-                        else:
-                            worker.conn.send(("chunk", dispatch.chunk))
-                    except OSError:
-                        break  # it died; the death is handled when its socket reports EOF
+        share = max(1, len(self._queue) // len(ready))
+        for worker in ready:
+            batch: list[Dispatch] = []
+            load = sum(_expected_seconds(d, d.done) for d in worker.inflight)
+            tasks = sum(d.size - d.done for d in worker.inflight)
+            while self._queue:
+                if (worker.inflight or batch) and (
+                    load >= BATCH_SECONDS or tasks >= BATCH_MAX_TASKS or len(batch) >= share
+                ):
+                    break
+                dispatch = self._claim(self._queue.popleft())
+                if dispatch is None:
+                    continue
+                if not worker.inflight and not batch:
+                    worker.task_started = time.monotonic()
+                batch.append(dispatch)
+                load += _expected_seconds(dispatch, 0)
+                tasks += dispatch.size
+            if batch:
+                worker.inflight.extend(batch)
+                self._send(worker, batch)
+
+    @staticmethod
+    def _send(worker: WorkerProcess, batch: list[Dispatch]) -> None:
+        chunks: list[Chunk] = []
+        try:
+            for dispatch in batch:
+                if dispatch.is_reduce:
+                    if chunks:
+                        worker.conn.send(("chunks", chunks))
+                        chunks = []
+                    worker.conn.send(("reduce", dispatch.chunk.job_id, dispatch.chunk.attempt))
+                else:
+                    chunks.append(dispatch.chunk)
+            if chunks:
+                worker.conn.send(("chunks", chunks))
+        except OSError:
+            pass  # it died; the death is handled when its socket reports EOF
 
     def _claim(self, dispatch: Dispatch) -> Dispatch | None:
         """Mark the chunk's futures running; drop tasks whose futures were cancelled."""
@@ -325,17 +353,17 @@ class Supervisor:
             if worker.proc.stderr is not None:  # its fd 2 now goes to the capture file
                 worker.proc.stderr.close()
             return
-        if kind != "result":
+        if kind != "results":
             return
-        record: ResultRecord = message[1]
-        if not worker.inflight:
-            return
-        head = worker.inflight[0]
-        head.done += 1
-        if head.done >= head.size:
-            worker.inflight.popleft()
         worker.task_started = time.monotonic()
-        self._deliver(head.run, record)
+        for record in message[1]:
+            if not worker.inflight:
+                return
+            head = worker.inflight[0]
+            head.done += 1
+            if head.done >= head.size:
+                worker.inflight.popleft()
+            self._deliver(head.run, record)
 
     def _deliver(self, run: JobRun, record: ResultRecord) -> None:
         run.deliver(record)
@@ -546,6 +574,13 @@ class Supervisor:
             run.done.set()
             run.close()
         self._runs.clear()
+
+
+def _expected_seconds(dispatch: Dispatch, done: int) -> float:
+    mean = dispatch.run.mean_seconds
+    if mean is None or dispatch.is_reduce:
+        return BATCH_SECONDS  # unknown: count it as a full batch of work
+    return (dispatch.size - done) * mean
 
 
 def _rechunk(chunk: Chunk, tasks: tuple[Any, ...]) -> Chunk:

@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ class LocalStore:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.db_path = self.home / "store.sqlite"
         self._local = threading.local()
+        self._payload_fds: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._check_home()
         self._connect()  # validates (and on first use creates) the schema
 
@@ -266,6 +268,9 @@ class LocalStore:
             return conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
+        for fd in self._payload_fds.values():
+            os.close(fd)
+        self._payload_fds.clear()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -389,11 +394,17 @@ class LocalStore:
         return (self.job_dir(job_id) / f"{which}.pkl").read_bytes()
 
     def read_task(self, job_id: str, task: TaskRef) -> bytes:
-        path = self.job_dir(job_id) / task.object
-        with open(path, "rb", buffering=0) as handle:
-            data = os.pread(handle.fileno(), task.length, task.offset)
+        key = (job_id, task.object)
+        fd = self._payload_fds.get(key)
+        if fd is None:
+            fd = os.open(self.job_dir(job_id) / task.object, os.O_RDONLY)
+            self._payload_fds[key] = fd
+            if len(self._payload_fds) > 16:
+                os.close(self._payload_fds.popitem(last=False)[1])
+        data = os.pread(fd, task.length, task.offset)
         if len(data) != task.length:
-            raise OSError(f"payload {path} is truncated: task {task.index} is missing")
+            raise OSError(f"payload {task.object} of job {job_id} is truncated: "
+                          f"task {task.index} is missing")
         return data
 
     # -- results ---------------------------------------------------------------------------
@@ -424,7 +435,13 @@ class LocalStore:
         return ResultRecord(*row[:15], extra=json.loads(row[15]))
 
     def put_result(self, record: ResultRecord) -> ResultRecord:
-        return self.put_results([record])[0]
+        # One statement is its own transaction: the common case costs a single commit.
+        with self._write() as conn:
+            if conn.execute(_PUT_RESULT, self._params(record)).rowcount == 1:
+                return record
+        stored = self.result(record.job_id, record.task_index)
+        assert stored is not None
+        return stored
 
     def put_results(self, records: list[ResultRecord]) -> list[ResultRecord]:
         """Conditionally store each record in one transaction; return what is stored."""

@@ -13,12 +13,111 @@ import faulthandler
 import os
 import signal
 import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 
 from ...capture import FdCapture
 from ...context import TaskContext
+from ...protocol import ResultRecord
 from ...runtime import WorkerRuntime
 from .store import LocalStore
+
+
+class GroupCommitter:
+    """Commits finished records in batches, then reports each batch in one message.
+
+    The task loop never waits for the store: while one transaction commits, the next
+    results accumulate and go in the following one. A record is reported only after its
+    commit, so the supervisor never resolves a future from an uncommitted result; if this
+    process dies, records not yet committed are simply recomputed.
+    """
+
+    def __init__(self, runtime: WorkerRuntime, store: LocalStore, conn: Connection) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.conn = conn
+        self._pending: list[ResultRecord] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="fanout-commit", daemon=True)
+        self._thread.start()
+
+    def put(self, record: ResultRecord) -> None:
+        with self._cond:
+            self._pending.append(record)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                batch, self._pending = self._pending, []
+                if not batch and self._closing:
+                    return
+            stored = self.store.put_results(batch)
+            for record, kept in zip(batch, stored, strict=True):
+                self.runtime.settle(record, kept)
+            try:
+                self.conn.send(("results", stored))
+            except OSError:
+                return  # the supervisor is gone; the records are in the store
+
+
+class RunningMarker:
+    """Shows a task as running in the store once it has run for ``delay`` seconds.
+
+    Writing a marker for every task would double the store writes of short tasks, whose
+    running state nobody can observe anyway; a background thread marks only the slow ones.
+    """
+
+    def __init__(self, store: LocalStore, worker_id: str, delay: float = 0.2) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.delay = delay
+        self._current: tuple[TaskContext, float] | None = None
+        self._marked: TaskContext | None = None
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="fanout-marker", daemon=True).start()
+
+    def set(self, ctx: TaskContext | None) -> None:
+        with self._cond:
+            self._current = None if ctx is None else (ctx, time.monotonic())
+            if ctx is not None or self._marked is not None:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                current = self._current
+                if current is None and self._marked is None:
+                    self._cond.wait()
+                    continue
+                if current is not None and current[0] is not self._marked:
+                    left = current[1] + self.delay - time.monotonic()
+                    if left > 0:
+                        self._cond.wait(left)
+                        continue
+                if current is None:
+                    target: TaskContext | None = None
+                elif current[0] is self._marked:
+                    self._cond.wait()
+                    continue
+                else:
+                    target = current[0]
+                self._marked = target
+            if target is None:
+                self.store.worker_running(self.worker_id, None, None, None)
+            else:
+                self.store.worker_running(self.worker_id, target.job_id, target.task_index,
+                                          target.attempt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     worker_id = args.worker_id
     store.worker_started(worker_id, os.getpid())
 
-    def on_start(ctx: TaskContext) -> None:
-        store.worker_running(worker_id, ctx.job_id, ctx.task_index, ctx.attempt)
-
-    runtime = WorkerRuntime(store, worker_id, capture, on_start=on_start)
+    marker = RunningMarker(store, worker_id)
+    runtime = WorkerRuntime(store, worker_id, capture, on_start=marker.set)
+    committer = GroupCommitter(runtime, store, conn)
+    runtime.sink = committer.put
     conn.send(("ready", worker_id, os.getpid(), capture.paths))
     try:
         while True:
@@ -49,16 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             except EOFError:
                 break  # the supervisor is gone: nothing more will be asked of us
             kind = message[0]
-            if kind == "chunk":
-                runtime.run_chunk(message[1], on_result=lambda rec: conn.send(("result", rec)))
+            if kind == "chunks":
+                for chunk in message[1]:
+                    runtime.run_chunk(chunk)
             elif kind == "reduce":
                 _, job_id, attempt = message
-                runtime.run_reduce(job_id, attempt, on_result=lambda r: conn.send(("result", r)))
+                runtime.run_reduce(job_id, attempt)
             elif kind == "stop":
                 break
-            if not conn.poll():  # nothing queued: show this worker as idle in `status`
-                store.worker_running(worker_id, None, None, None)
     finally:
+        committer.close()
         store.worker_gone([worker_id])
         capture.close()
     return 0
