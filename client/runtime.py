@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import cloudpickle
+
 from . import serialization
 from .capture import Capture, StreamCapture
 from .context import TaskContext, running
@@ -39,7 +41,9 @@ def exception_fields(exc: BaseException) -> dict[str, Any]:
     exc_type = type(exc)
     text = "".join(traceback.format_exception(exc))
     try:
-        blob: bytes | None = pickle.dumps(exc, protocol=serialization.PROTOCOL)
+        # cloudpickle: an exception class defined in the user's script travels by value and
+        # comes back as the very class the client defined, so ``except MyError`` works.
+        blob: bytes | None = bytes(cloudpickle.dumps(exc, protocol=serialization.PROTOCOL))
         pickle.loads(blob)  # an exception that pickles but cannot load is useless to send
     except Exception:
         blob = None
@@ -68,6 +72,8 @@ class WorkerRuntime:
         #: Where finished records go instead of a synchronous put (the local worker batches
         #: them); a sink must put each record and then call :meth:`settle`.
         self.sink: Callable[[ResultRecord], None] | None = None
+        #: Asked before each task; False stops the chunk (the local worker's client died).
+        self.keep_going: Callable[[], bool] | None = None
         self._functions: OrderedDict[tuple[str, str], Callable[..., Any]] = OrderedDict()
         self._specs: OrderedDict[str, JobSpec] = OrderedDict()
 
@@ -108,6 +114,8 @@ class WorkerRuntime:
             except Exception as exc:  # e.g. a module the worker does not have
                 setup_error = exc
         for task in chunk.tasks:
+            if self.keep_going is not None and not self.keep_going():
+                return  # whoever asked for this chunk is gone; unstarted tasks stay pending
             started = now()
             if setup_error is not None or fn is None:
                 assert setup_error is not None

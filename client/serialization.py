@@ -60,13 +60,50 @@ def _module_is_installed(module_name: str) -> bool:
 
 
 def _register_by_value(fn: Callable[..., Any]) -> None:
-    module_name = getattr(fn, "__module__", None)
-    if not module_name or module_name == "__main__" or module_name in _by_value_registered:
-        return
-    if module_name.split(".")[0] == "fanout" or _module_is_installed(module_name):
-        return
-    cloudpickle.register_pickle_by_value(sys.modules[module_name])
-    _by_value_registered.add(module_name)
+    """Pickle by value the not-installed modules ``fn`` and what it calls come from.
+
+    Follows global names (and nested code) of functions into other not-installed modules,
+    so a task that calls a helper from the project's own ``helpers.py`` runs on a worker
+    that has only the installed packages.
+    """
+    seen: set[int] = set()
+    todo: list[Any] = [fn]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or len(seen) > 10_000:
+            continue
+        seen.add(id(obj))
+        module_name = getattr(obj, "__module__", None)
+        if isinstance(obj, types.ModuleType):
+            module_name = obj.__name__
+        if not _wants_by_value(module_name):
+            continue
+        assert module_name is not None
+        if module_name != "__main__" and module_name not in _by_value_registered:
+            cloudpickle.register_pickle_by_value(sys.modules[module_name])
+            _by_value_registered.add(module_name)
+        if isinstance(obj, types.FunctionType):
+            todo.extend(_referenced_globals(obj))
+
+
+def _wants_by_value(module_name: str | None) -> bool:
+    if not module_name or module_name not in sys.modules:
+        return False
+    if module_name == "__main__":
+        return True
+    return module_name.split(".")[0] != "fanout" and not _module_is_installed(module_name)
+
+
+def _referenced_globals(fn: types.FunctionType) -> list[Any]:
+    found = []
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        for name in code.co_names:
+            if name in fn.__globals__:
+                found.append(fn.__globals__[name])
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return found
 
 
 def function_name(fn: Callable[..., Any]) -> str:

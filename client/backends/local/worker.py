@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     runtime = WorkerRuntime(store, worker_id, capture, on_start=marker.set)
     committer = GroupCommitter(runtime, store, conn)
     runtime.sink = committer.put
+    parent = os.getppid()
+    runtime.keep_going = lambda: os.getppid() == parent
     conn.send(("ready", worker_id, os.getpid(), capture.paths))
     try:
         while True:

@@ -1,0 +1,257 @@
+"""The ``fanout`` command: run the demo, and inspect, retry, cancel and plot jobs.
+
+Every command that takes a job id works from any shell, while the job runs or long
+after, because everything it shows comes from the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .backends import create_backend
+from .errors import ConfigurationError, FanoutError
+from .job import Job
+from .protocol import FAILED, SUCCEEDED, TASK_STATES
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"home": args.home} if args.home else {}
+
+
+def _attach(args: argparse.Namespace) -> Job:
+    return Job.attach(args.job, args.backend, **_backend_options(args))
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import estimate_pi
+    from .executor import Executor
+
+    print(f"fanout demo: estimating pi from {args.tasks:,} tasks of {args.draws:,} random "
+          f"points each, on {args.workers or os.cpu_count()} local worker processes")
+    started = time.perf_counter()
+    with Executor(args.backend, max_workers=args.workers, seed=args.seed, chunksize=args.chunksize,
+                  progress=None if not args.quiet else False, **_backend_options(args)) as ex:
+        results = ex.map(estimate_pi, [args.draws] * args.tasks)
+        estimates = list(results)
+        job = Job.attach(results.job_id, args.backend, **_backend_options(args))
+    wall = time.perf_counter() - started
+    estimate = sum(estimates) / len(estimates)
+    import math
+
+    print(f"\npi ~ {estimate:.6f}  (error {estimate - math.pi:+.2e}; "
+          f"{args.tasks * args.draws:,} points)")
+    print(f"wall time {wall:.2f} s; job {job.job_id}\n")
+    per_worker: dict[str, list[float]] = {}
+    for record in job.records():
+        per_worker.setdefault(record.worker_id, []).append(record.duration)
+    rows = [(worker.rsplit("/", 1)[-1], len(times), f"{sum(times):.2f}")
+            for worker, times in sorted(per_worker.items())]
+    print(_table(rows, ("worker", "tasks", "busy seconds")))
+    print(f"\nnext: fanout status {job.job_id} | fanout plot {job.job_id} -o timeline.png")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    backend = create_backend(args.backend, **_backend_options(args))
+    rows = []
+    for info in backend.list_jobs(args.limit):
+        summary = info.summary or {}
+        state = "orphaned" if info.orphaned else info.state
+        rows.append((info.job_id, _when(info.spec.created), info.spec.kind,
+                     info.spec.function.rsplit(".", 1)[-1], info.spec.n_tasks, state,
+                     summary.get(SUCCEEDED, ""), summary.get(FAILED, "")))
+    if not rows:
+        print("no jobs yet; try `fanout demo`")
+        return 0
+    print(_table(rows, ("job", "created", "kind", "function", "tasks", "state", "ok", "failed")))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = _attach(args)
+    info = job.info
+    counts = job.status()
+    if args.json:
+        print(json.dumps({"job_id": job.job_id, "state": info.state, "orphaned": info.orphaned,
+                          "counts": counts, "summary": info.summary}, indent=2))
+        return 0
+    state = f"{info.state} (orphaned: its client {info.owner} is gone)" if info.orphaned \
+        else info.state
+    print(f"job {job.job_id}: {info.spec.function}, {info.spec.n_tasks} tasks, {state}")
+    print("  " + "  ".join(f"{name} {counts[name]}" for name in TASK_STATES))
+    if info.summary:
+        print(f"  task time {info.summary.get('task_seconds', 0):.2f} s over "
+              f"{info.summary.get('wall_seconds', 0):.2f} s wall, "
+              f"{info.summary.get('workers', 0)} workers")
+    if info.orphaned:
+        print(f"  run `fanout retry {job.job_id}` to finish it")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    job = _attach(args)
+    from . import serialization
+
+    backend = create_backend(args.backend, **_backend_options(args))
+    failed = 0
+    for record in job.records():
+        if record.status == SUCCEEDED:
+            value = serialization.loads(backend.load_value(record))
+            text = json.dumps(value, default=repr) if args.json else repr(value)
+        else:
+            failed += record.status == FAILED
+            text = f"<{record.status}: {record.exc_type or ''} {record.exc_message or ''}>".strip()
+        print(f"{record.task_index}\t{text}")
+    return 1 if failed else 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    job = _attach(args)
+    if not 0 <= args.task < job.n_tasks:
+        raise SystemExit(f"fanout: job {job.job_id} has tasks 0..{job.n_tasks - 1}, "
+                         f"not {args.task}")
+    record = job._backend.record(job.job_id, args.task)
+    if record is None:
+        print(f"task {args.task} has not finished; its output appears when it does",
+              file=sys.stderr)
+        return 1
+    sys.stdout.write(job._backend.logs(job.job_id, args.task, args.stream))
+    if record.status == FAILED and record.traceback and args.stream != "stdout":
+        sys.stdout.write(f"\n--- task {args.task} failed (attempt {record.attempt}) ---\n")
+        sys.stdout.write(record.traceback)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    job = _attach(args)
+    before = job.status()
+    todo = job.n_tasks - before[SUCCEEDED]
+    print(f"job {job.job_id}: re-running {todo} of {job.n_tasks} tasks")
+    counts = job.retry()
+    print("  " + "  ".join(f"{name} {counts[name]}" for name in TASK_STATES))
+    return 0 if counts[SUCCEEDED] == job.n_tasks else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = _attach(args)
+    job.cancel()
+    counts = job.status()
+    print(f"job {job.job_id}: {job.info.state}; "
+          + "  ".join(f"{name} {counts[name]}" for name in TASK_STATES))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .timeline import plot_timeline
+
+    job = _attach(args)
+    path = plot_timeline(job.records(), args.output,
+                         title=f"job {job.job_id}: {job.info.spec.function}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .backends.local.store import LocalStore
+    from .serialization import package_versions, python_version
+
+    print(f"fanout {__version__} on Python {python_version()} ({sys.executable})")
+    for name, version in package_versions().items():
+        print(f"  {name} {version}")
+    store = LocalStore(args.home)
+    check = store.integrity_check()
+    print(f"local store: {store.db_path} ({len(store.jobs(10_000))} jobs) integrity: {check}")
+    return 0 if check == "ok" else 1
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanout", description="Fan Python calls out to workers; inspect and retry jobs.")
+    parser.add_argument("--version", action="version", version=f"fanout {__version__}")
+    parser.add_argument("--backend", help="backend name (default: $FANOUT_BACKEND or local)")
+    parser.add_argument("--home", help="local store directory (default: $FANOUT_HOME or "
+                                       "~/.fanout)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str,
+            job: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        if job:
+            p.add_argument("job", help="job id (see `fanout jobs`)")
+        return p
+
+    demo = add("demo", cmd_demo, "estimate pi with a Monte Carlo job on local workers")
+    demo.add_argument("--tasks", type=int, default=2000, help="number of tasks (default 2000)")
+    demo.add_argument("--draws", type=int, default=100_000, help="points per task")
+    demo.add_argument("--workers", type=int, default=None, help="worker processes")
+    demo.add_argument("--seed", type=int, default=2026, help="job seed (default 2026)")
+    demo.add_argument("--chunksize", type=int, default=10, help="tasks per chunk")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    jobs = add("jobs", cmd_jobs, "list recent jobs")
+    jobs.add_argument("--limit", type=int, default=20)
+    status = add("status", cmd_status, "task counts and state of a job", job=True)
+    status.add_argument("--json", action="store_true")
+    results = add("results", cmd_results, "print a job's results, one line per task", job=True)
+    results.add_argument("--json", action="store_true", help="values as JSON")
+    logs = add("logs", cmd_logs, "captured stdout/stderr of one task", job=True)
+    logs.add_argument("task", type=int, help="task index")
+    logs.add_argument("--stream", choices=("both", "stdout", "stderr"), default="both")
+    add("retry", cmd_retry, "re-run the tasks that did not succeed; exit 0 when all have",
+        job=True)
+    add("cancel", cmd_cancel, "cancel a job; finished results are kept", job=True)
+    plot = add("plot", cmd_plot, "draw a job's timeline (one lane per worker)", job=True)
+    plot.add_argument("-o", "--output", required=True, help="image file, e.g. timeline.png")
+    add("doctor", cmd_doctor, "check this installation and the local store")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except KeyError as exc:  # unknown job id: the message says where we looked
+        print(f"fanout: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except (ConfigurationError, FanoutError, RuntimeError, ValueError) as exc:
+        print(f"fanout: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `fanout results JOB | head`: the reader has all it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("fanout: interrupted; finished results are kept in the store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: every test gets its own store directory and never touches ~/.fanout."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import fanout
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    store = tmp_path / "fanout-home"
+    monkeypatch.setenv("FANOUT_HOME", str(store))
+    monkeypatch.delenv("FANOUT_BACKEND", raising=False)
+    return store
+
+
+@pytest.fixture
+def ex(home: Path) -> Iterator[fanout.Executor]:
+    executor = fanout.Executor(max_workers=2, progress=False)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def eventually(condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """Wait for a condition observed from outside (store, files, processes), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> bool:
+    """Inside a task: block until ``path`` exists (an event from the test), bounded."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
