@@ -139,7 +139,9 @@ class Supervisor:
         self._last_cancel_poll = 0.0
         self._spawned = 0
         self._startup_failures = 0
-        self._thread = threading.Thread(target=self._loop, name="fanout-supervisor", daemon=False)
+        # A daemon: at exit, ``executor._finish_at_exit`` completes outstanding work and stops it
+        # (a non-daemon thread would be joined before atexit hooks run, and wait forever).
+        self._thread = threading.Thread(target=self._loop, name="fanout-supervisor", daemon=True)
         self._thread.start()
 
     # -- called from other threads ---------------------------------------------------------

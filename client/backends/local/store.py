@@ -47,7 +47,6 @@ from ...protocol import (
 
 APPLICATION_ID = 0x66616E6F  # "fano": marks an SQLite file as a fanout store
 SCHEMA_VERSION = 1
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -204,11 +203,10 @@ class LocalStore:
             )
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "jobs").mkdir(exist_ok=True)
-        if self.db_path.exists():
-            with open(self.db_path, "rb") as handle:
-                header = handle.read(len(SQLITE_MAGIC))
-            if header and header != SQLITE_MAGIC:
-                raise self._refuse("is not an SQLite database (corrupt or not a fanout store)")
+        # Never open the database file outside SQLite: closing any descriptor of it drops
+        # every POSIX lock this process holds on it, and other connections here would then
+        # write unprotected (the classic way to corrupt SQLite). SQLite itself reports a file
+        # that is not a database when we connect.
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -217,8 +215,8 @@ class LocalStore:
         try:
             conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 60000")
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             if app_id != APPLICATION_ID and tables:
                 conn.close()
                 raise self._refuse("is an SQLite database of another program, not a fanout store")

@@ -40,6 +40,7 @@ class GroupCommitter:
         self._pending: list[ResultRecord] = []
         self._cond = threading.Condition()
         self._closing = False
+        self._reporting = True
         self._thread = threading.Thread(target=self._run, name="fanout-commit", daemon=True)
         self._thread.start()
 
@@ -65,10 +66,13 @@ class GroupCommitter:
             stored = self.store.put_results(batch)
             for record, kept in zip(batch, stored, strict=True):
                 self.runtime.settle(record, kept)
-            try:
-                self.conn.send(("results", stored))
-            except OSError:
-                return  # the supervisor is gone; the records are in the store
+            if self._reporting:
+                try:
+                    self.conn.send(("results", stored))
+                except OSError:
+                    # The supervisor is gone. Keep committing what the task loop still
+                    # finishes: those results are stored, so a retry will not redo them.
+                    self._reporting = False
 
 
 class RunningMarker:
