@@ -9,6 +9,7 @@ per task. Where the runtime shares its process (tests, in-process emulation), on
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -54,10 +55,8 @@ class FdCapture:
 
     def close(self) -> None:
         for path in self.paths:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
 
     @contextmanager
     def task(self) -> Iterator[Captured]:

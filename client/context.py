@@ -83,7 +83,8 @@ def task_rng() -> numpy.random.Generator:
                 "or use fanout.task_seed() with the random module"
             ) from exc
         ctx._rng = numpy.random.default_rng(ctx.seed)
-    return ctx._rng
+    rng: numpy.random.Generator = ctx._rng
+    return rng
 
 
 def checkpoint(obj: Any) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import serialization
 from .backends import Backend, JobRequest, create_backend
+from .collector import JobRun
 from .future import Future
 from .options import TaskOptions
 from .seeding import derive_seed, fresh_seed
@@ -195,7 +196,7 @@ class Executor(concurrent.futures.Executor):
         seed = self._shared.submit_seed(self._options.seed)
         return self.backend.submit(fn, function, name, payload, self._options, seed)
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
@@ -229,7 +230,8 @@ class Executor(concurrent.futures.Executor):
         run = self._start("map_reduce", map_fn, ((x,) for x in iterable), chunksize,
                           reducer, reducer_name)
         assert run.reduce_future is not None
-        return run.reduce_future
+        future: Future = run.reduce_future
+        return future
 
     def _map(self, kind: str, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]],
              timeout: float | None, chunksize: int | None) -> MapIterator:
@@ -242,7 +244,7 @@ class Executor(concurrent.futures.Executor):
 
     def _start(self, kind: str, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]],
                chunksize: int | None, reducer: bytes | None = None,
-               reducer_name: str | None = None) -> Any:
+               reducer_name: str | None = None) -> JobRun:
         self._check_open()
         options = self._options
         if chunksize is not None:

@@ -35,7 +35,7 @@ class Future(concurrent.futures.Future[Any]):
         reports a cancelled one once, so ``wait()``/``as_completed()`` see the cancellation.
         """
         with self._condition:
-            state = self._state  # type: ignore[attr-defined]
+            state = self._state
         if state == "PENDING" or state == "CANCELLED":
             return "run" if self.set_running_or_notify_cancel() else "cancelled"
         return "done" if self.done() else "run"

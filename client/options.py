@@ -1,7 +1,7 @@
 """Task options: validated once, at the call, so a mistake fails before anything is uploaded.
 
-The limits mirror the AWS tiers the options must eventually fit: Lambda runs 128–10,240 MB
-for at most 15 minutes; Fargate (the ``batch`` tier) goes to 120 GiB and has no such limit.
+The limits mirror the AWS tiers the options must eventually fit: Lambda runs 128 to 10,240 MB
+for at most 15 minutes; Fargate (the ``batch`` tier) goes up to 120 GiB and has no such limit.
 """
 
 from __future__ import annotations

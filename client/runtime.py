@@ -19,7 +19,7 @@ import cloudpickle
 from . import serialization
 from .capture import Capture, StreamCapture
 from .context import TaskContext, running
-from .errors import ConfigurationError, RemoteError
+from .errors import ConfigurationError, RemoteError, SerializationError
 from .protocol import (
     FAILED,
     REDUCE_INDEX,
@@ -43,8 +43,9 @@ def exception_fields(exc: BaseException) -> dict[str, Any]:
     try:
         # cloudpickle: an exception class defined in the user's script travels by value and
         # comes back as the very class the client defined, so ``except MyError`` works.
-        blob: bytes | None = bytes(cloudpickle.dumps(exc, protocol=serialization.PROTOCOL))
-        pickle.loads(blob)  # an exception that pickles but cannot load is useless to send
+        data = bytes(cloudpickle.dumps(exc, protocol=serialization.PROTOCOL))
+        pickle.loads(data)  # an exception that pickles but cannot load is useless to send
+        blob: bytes | None = data
     except Exception:
         blob = None
     return {
@@ -134,7 +135,8 @@ class WorkerRuntime:
         args, kwargs = serialization.loads(self.store.read_task(job_id, task))
         return fn(*args, **kwargs)
 
-    def run_reduce(self, job_id: str, attempt: int, on_result: ResultCallback | None = None) -> None:
+    def run_reduce(self, job_id: str, attempt: int,
+                   on_result: ResultCallback | None = None) -> None:
         """Run the job's reducer over all map results, in task order, on this worker."""
         spec = self.spec(job_id)
         started = now()
@@ -166,7 +168,7 @@ class WorkerRuntime:
                 with running(ctx):
                     value = call()
                 blob = serialization.dumps_value(value)
-            except serialization.SerializationError as exc:
+            except SerializationError as exc:
                 wrapped = RemoteError(
                     "fanout.SerializationError", str(exc), "".join(traceback.format_exception(exc))
                 )

@@ -56,7 +56,7 @@ def _module_is_installed(module_name: str) -> bool:
     path = getattr(module, "__file__", None)
     if module is None or path is None:
         return True  # builtins and namespace oddities: leave them to cloudpickle
-    return os.path.realpath(path).startswith(_INSTALLED_ROOTS)
+    return bool(os.path.realpath(path).startswith(_INSTALLED_ROOTS))
 
 
 def _register_by_value(fn: Callable[..., Any]) -> None:

@@ -10,10 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-import tasks
 
 import fanout
 from fanout.backends.local.store import LocalStore
+
+import tasks
 
 
 def test_unpicklable_function_names_the_captured_object(ex: fanout.Executor) -> None:

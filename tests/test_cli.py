@@ -8,9 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import tasks
-
 import fanout
+
+import tasks
 
 TESTS = Path(__file__).parent
 
@@ -30,7 +30,7 @@ def test_demo_prints_estimate_time_and_worker_table(home: Path) -> None:
     rows = [line.split() for line in out.splitlines() if line.startswith("w")]
     assert sum(int(row[1]) for row in rows if row[1].isdigit()) == 60
     again = cli("demo", "--tasks", "60", "--draws", "2000", "--workers", "1").stdout
-    estimate = [line for line in out.splitlines() if line.startswith("pi ~")][0].split()[2]
+    estimate = next(line for line in out.splitlines() if line.startswith("pi ~")).split()[2]
     assert estimate in again  # seeded: same estimate on 1 worker as on 2
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import eventually
 
 import fanout
 from fanout.protocol import SUCCEEDED
+
+from conftest import eventually
 
 TESTS = Path(__file__).parent
 

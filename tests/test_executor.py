@@ -7,11 +7,12 @@ import traceback
 from pathlib import Path
 
 import pytest
-import tasks
-from conftest import eventually
 
 import fanout
 from fanout.collector import RemoteTraceback
+
+import tasks
+from conftest import eventually
 
 
 def test_is_a_real_executor_with_real_futures(ex: fanout.Executor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -10,13 +11,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tasks
 
 import fanout
 from fanout import serialization
 from fanout.backends.local.store import LocalStore
-from fanout.protocol import LOG_TAIL_BYTES, SUCCEEDED, JobSpec
+from fanout.protocol import LOG_TAIL_BYTES, SUCCEEDED, JobSpec, ResultRecord
 from fanout.runtime import WorkerRuntime
+
+import tasks
 
 
 def test_a_job_is_one_function_object_and_one_payload_object(ex: fanout.Executor) -> None:
@@ -31,7 +33,7 @@ def test_a_job_is_one_function_object_and_one_payload_object(ex: fanout.Executor
     # Each task is addressed by a byte range of the one payload object.
     assert serialization.loads(store.read_task(results.job_id, tasks_in_order[7])) == ((7, 7), {})
     offsets = [(t.offset, t.length) for t in tasks_in_order]
-    assert all(a[0] + a[1] == b[0] for a, b in zip(offsets, offsets[1:], strict=False))
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(offsets))
 
 
 def test_result_record_fields(ex: fanout.Executor) -> None:
@@ -99,7 +101,7 @@ def test_python_minor_version_mismatch_is_a_configuration_error(ex: fanout.Execu
                        (store.job_dir(results.job_id) / "function.pkl").read_bytes())
     chunk = store.manifest(results.job_id)[0]
     runtime = WorkerRuntime(store, "test-worker")  # the worker runtime every backend runs
-    records = []
+    records: list[ResultRecord] = []
     runtime.run_chunk(type(chunk)("mismatch-job", 0, "lambda", 1, chunk.tasks), records.append)
     assert records[0].exc_type == "fanout.errors.ConfigurationError"
     message = records[0].exc_message or ""

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-import tasks
 
 import fanout
+
+import tasks
 
 
 def run_randomness(workers: int, chunksize: int, seed: int, n: int = 30

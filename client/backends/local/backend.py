@@ -22,8 +22,8 @@ from ...protocol import (
     client_id,
     now,
 )
-from ...serialization import package_versions, python_version
 from ...seeding import derive_seed
+from ...serialization import package_versions, python_version
 from ..base import Backend, JobInfo, JobRequest
 from .pool import Dispatch, Supervisor
 from .store import LocalStore, Owner, new_job_id

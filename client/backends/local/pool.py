@@ -13,6 +13,7 @@ to the store and then reports it, so a future resolves only from a stored result
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -44,7 +45,7 @@ BATCH_SECONDS = 0.05
 BATCH_MAX_TASKS = 512
 
 
-@dataclass
+@dataclass(slots=True)
 class Dispatch:
     """A chunk (or a job's reduce step) waiting for, or held by, a worker."""
 
@@ -108,10 +109,8 @@ class WorkerProcess:
 
     def cleanup(self) -> None:
         for path in self.log_paths:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
 
 
 class Supervisor:
@@ -151,10 +150,8 @@ class Supervisor:
         self.wake()
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups already: fine
             os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -178,9 +175,9 @@ class Supervisor:
                 )
                 for dispatch in self._pull_submits(idle or self._stopping):
                     self._add(dispatch)
-                if self._stopping and not self._queue and not self._busy():
-                    if self._next_submit_deadline() is None:
-                        break
+                if (self._stopping and not self._queue and not self._busy()
+                        and self._next_submit_deadline() is None):
+                    break
                 self._spawn_workers()
                 self._assign()
                 self._wait_and_handle()
@@ -400,10 +397,8 @@ class Supervisor:
 
     @staticmethod
     def _kill(worker: WorkerProcess) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             worker.proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def _lost(self, worker: WorkerProcess, reason: str, charge: bool = True) -> None:
         """A worker is gone: charge its in-flight task, re-queue everything else it held."""
@@ -549,10 +544,8 @@ class Supervisor:
 
     def _stop_workers(self) -> None:
         for worker in self._workers:
-            try:
+            with contextlib.suppress(OSError):
                 worker.conn.send(("stop",))
-            except OSError:
-                pass
         deadline = time.monotonic() + 10
         for worker in self._workers:
             try:

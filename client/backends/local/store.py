@@ -381,7 +381,7 @@ class LocalStore:
     def open_payload(self, job_id: str, name: str) -> Any:
         directory = self.job_dir(job_id)
         directory.mkdir(parents=True, exist_ok=True)
-        return open(directory / name, "wb")  # noqa: SIM115 - the caller closes it
+        return open(directory / name, "wb")
 
     def load_spec(self, job_id: str) -> JobSpec:
         return self.job(job_id).spec
@@ -430,7 +430,11 @@ class LocalStore:
 
     @staticmethod
     def _record(row: Any) -> ResultRecord:
-        return ResultRecord(*row[:15], extra=json.loads(row[15]))
+        (job_id, task_index, status, attempt, worker_id, started, ended, value, value_ref,
+         exc_type, exc_message, tb, exc_pickle, stdout, stderr, extra) = row[:16]
+        return ResultRecord(job_id, task_index, status, attempt, worker_id, started, ended,
+                            value, value_ref, exc_type, exc_message, tb, exc_pickle, stdout,
+                            stderr, json.loads(extra))
 
     def put_result(self, record: ResultRecord) -> ResultRecord:
         # One statement is its own transaction: the common case costs a single commit.
@@ -615,4 +619,4 @@ class LocalStore:
         return str(self._query("PRAGMA quick_check")[0][0])
 
 
-__all__ = ["JobRow", "LocalStore", "Owner", "default_home", "new_job_id", "REDUCE_INDEX"]
+__all__ = ["REDUCE_INDEX", "JobRow", "LocalStore", "Owner", "default_home", "new_job_id"]
