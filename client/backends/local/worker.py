@@ -24,6 +24,10 @@ from ...runtime import WorkerRuntime
 from .store import LocalStore
 
 
+#: After a task this long, the task loop waits for its record's commit (see ``put``).
+SYNC_COMMIT_AFTER_SECONDS = 0.001
+
+
 class GroupCommitter:
     """Commits finished records in batches, then reports each batch in one message.
 
@@ -41,13 +45,27 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._closing = False
         self._reporting = True
+        self._queued = 0
+        self._committed = 0
         self._thread = threading.Thread(target=self._run, name="fanout-commit", daemon=True)
         self._thread.start()
 
     def put(self, record: ResultRecord) -> None:
+        """Queue a record; after a task of a millisecond or more, wait for its commit.
+
+        Short tasks gain from batching. After a longer one, waiting here costs nothing
+        measurable and hands the GIL to the committer while this thread blocks, instead
+        of having the committer interrupt the next CPU-bound task to get it.
+        """
         with self._cond:
             self._pending.append(record)
-            self._cond.notify()
+            self._cond.notify_all()
+            if record.duration >= SYNC_COMMIT_AFTER_SECONDS:
+                target = self._queued = self._queued + 1
+                while self._committed < target and self._thread.is_alive():
+                    self._cond.wait(1.0)
+            else:
+                self._queued += 1
 
     def close(self) -> None:
         with self._cond:
@@ -64,6 +82,9 @@ class GroupCommitter:
                 if not batch and self._closing:
                     return
             stored = self.store.put_results(batch)
+            with self._cond:
+                self._committed += len(batch)
+                self._cond.notify_all()
             for record, kept in zip(batch, stored, strict=True):
                 self.runtime.settle(record, kept)
             if self._reporting:
@@ -79,7 +100,9 @@ class RunningMarker:
     """Shows a task as running in the store once it has run for ``delay`` seconds.
 
     Writing a marker for every task would double the store writes of short tasks, whose
-    running state nobody can observe anyway; a background thread marks only the slow ones.
+    running state nobody can observe anyway. A background thread looks a few times per
+    ``delay`` while the worker is busy and marks only slow tasks; starting a task costs one
+    assignment, so a CPU-bound task is not interrupted to wake this thread.
     """
 
     def __init__(self, store: LocalStore, worker_id: str, delay: float = 0.2) -> None:
@@ -87,41 +110,36 @@ class RunningMarker:
         self.worker_id = worker_id
         self.delay = delay
         self._current: tuple[TaskContext, float] | None = None
-        self._marked: TaskContext | None = None
-        self._cond = threading.Condition()
+        self._busy = threading.Event()
         threading.Thread(target=self._run, name="fanout-marker", daemon=True).start()
 
     def set(self, ctx: TaskContext | None) -> None:
-        with self._cond:
-            self._current = None if ctx is None else (ctx, time.monotonic())
-            if ctx is not None or self._marked is not None:
-                self._cond.notify()
+        self._current = None if ctx is None else (ctx, time.monotonic())
+        if ctx is not None and not self._busy.is_set():
+            self._busy.set()
 
     def _run(self) -> None:
+        marked: TaskContext | None = None
         while True:
-            with self._cond:
-                current = self._current
-                if current is None and self._marked is None:
-                    self._cond.wait()
-                    continue
-                if current is not None and current[0] is not self._marked:
-                    left = current[1] + self.delay - time.monotonic()
-                    if left > 0:
-                        self._cond.wait(left)
-                        continue
-                if current is None:
-                    target: TaskContext | None = None
-                elif current[0] is self._marked:
-                    self._cond.wait()
-                    continue
-                else:
-                    target = current[0]
-                self._marked = target
-            if target is None:
-                self.store.worker_running(self.worker_id, None, None, None)
+            self._busy.wait()
+            time.sleep(self.delay / 4)
+            current = self._current
+            if current is None:
+                self._busy.clear()
+                if self._current is not None:  # a task started while we cleared
+                    self._busy.set()
+                target = None
+            elif time.monotonic() - current[1] >= self.delay:
+                target = current[0]
             else:
-                self.store.worker_running(self.worker_id, target.job_id, target.task_index,
-                                          target.attempt)
+                continue
+            if target is not marked:
+                marked = target
+                if target is None:
+                    self.store.worker_running(self.worker_id, None, None, None)
+                else:
+                    self.store.worker_running(self.worker_id, target.job_id, target.task_index,
+                                              target.attempt)
 
 
 def main(argv: list[str] | None = None) -> int:
