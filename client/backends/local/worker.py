@@ -23,7 +23,6 @@ from ...protocol import ResultRecord
 from ...runtime import WorkerRuntime
 from .store import LocalStore
 
-
 #: After a task this long, the task loop waits for its record's commit (see ``put``).
 SYNC_COMMIT_AFTER_SECONDS = 0.001
 
