@@ -23,7 +23,7 @@ from ...protocol import ResultRecord
 from ...runtime import WorkerRuntime
 from .store import LocalStore
 
-#: After a task this long, the task loop waits for its record's commit (see ``put``).
+#: After a task this long, the task loop commits its record itself (see ``put``).
 SYNC_COMMIT_AFTER_SECONDS = 0.001
 
 
@@ -44,27 +44,28 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._closing = False
         self._reporting = True
-        self._queued = 0
-        self._committed = 0
+        self._commit_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="fanout-commit", daemon=True)
         self._thread.start()
 
     def put(self, record: ResultRecord) -> None:
-        """Queue a record; after a task of a millisecond or more, wait for its commit.
+        """Queue a record; after a task of a millisecond or more, commit it right here.
 
-        Short tasks gain from batching. After a longer one, waiting here costs nothing
-        measurable and hands the GIL to the committer while this thread blocks, instead
-        of having the committer interrupt the next CPU-bound task to get it.
+        Short tasks gain from batching. After a longer one, a commit costs nothing
+        measurable, and doing it in this thread avoids waking the committer, which would
+        interrupt the next CPU-bound task to take the GIL. The commit lock keeps records
+        committed and reported in task order either way.
         """
-        with self._cond:
-            self._pending.append(record)
-            self._cond.notify_all()
-            if record.duration >= SYNC_COMMIT_AFTER_SECONDS:
-                target = self._queued = self._queued + 1
-                while self._committed < target and self._thread.is_alive():
-                    self._cond.wait(1.0)
-            else:
-                self._queued += 1
+        if record.duration < SYNC_COMMIT_AFTER_SECONDS:
+            with self._cond:
+                self._pending.append(record)
+                self._cond.notify()
+            return
+        with self._commit_lock:
+            with self._cond:
+                batch, self._pending = self._pending, []
+            batch.append(record)
+            self._commit(batch)
 
     def close(self) -> None:
         with self._cond:
@@ -77,22 +78,25 @@ class GroupCommitter:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
-                batch, self._pending = self._pending, []
-                if not batch and self._closing:
+                if not self._pending and self._closing:
                     return
-            stored = self.store.put_results(batch)
-            with self._cond:
-                self._committed += len(batch)
-                self._cond.notify_all()
-            for record, kept in zip(batch, stored, strict=True):
-                self.runtime.settle(record, kept)
-            if self._reporting:
-                try:
-                    self.conn.send(("results", stored))
-                except OSError:
-                    # The supervisor is gone. Keep committing what the task loop still
-                    # finishes: those results are stored, so a retry will not redo them.
-                    self._reporting = False
+            with self._commit_lock:
+                with self._cond:
+                    batch, self._pending = self._pending, []
+                if batch:
+                    self._commit(batch)
+
+    def _commit(self, batch: list[ResultRecord]) -> None:
+        stored = self.store.put_results(batch)
+        for record, kept in zip(batch, stored, strict=True):
+            self.runtime.settle(record, kept)
+        if self._reporting:
+            try:
+                self.conn.send(("results", stored))
+            except OSError:
+                # The supervisor is gone. Keep committing what the task loop still
+                # finishes: those results are stored, so a retry will not redo them.
+                self._reporting = False
 
 
 class RunningMarker:
