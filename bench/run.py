@@ -521,9 +521,8 @@ def render(rows: list[Row], header: list[str], method: list[str], rss_detail: st
         "",
         rss_detail,
         "",
-        "### What limits these numbers",
-        "",
-        "(see notes below)",
+        "What limits each number, and how it varies between runs: see the notes after this "
+        "generated section.",
         END_MARKER,
     ]
     return "\n".join(lines) + "\n"
