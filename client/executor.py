@@ -46,8 +46,7 @@ class _Shared:
         self.lock = threading.Lock()
         self.shutdown = False
         self.functions: OrderedDict[int, tuple[Callable[..., Any], bytes, str]] = OrderedDict()
-        self.job_counters: dict[int, itertools.count[int]] = {}
-        self.submit_counters: dict[int, itertools.count[int]] = {}
+        self.counters: dict[tuple[str, int], itertools.count[int]] = {}
 
     def function(self, fn: Callable[..., Any]) -> tuple[bytes, str]:
         """Pickle ``fn`` once; keep it alive so its id stays a valid cache key."""
@@ -64,19 +63,17 @@ class _Shared:
                 self.functions.popitem(last=False)
         return blob, name
 
-    def job_seed(self, seed: int | None) -> int:
-        if seed is None:
-            return fresh_seed()
-        with self.lock:
-            n = next(self.job_counters.setdefault(seed, itertools.count()))
-        return derive_seed(seed, "job", n)
+    def next_seed(self, kind: str, seed: int | None) -> int:
+        """The seed of the next ``kind`` ("job" or "submit") under ``seed``, or a fresh one.
 
-    def submit_seed(self, seed: int | None) -> int:
+        Numbering per (kind, seed) keeps a script reproducible call for call while making
+        successive jobs independent: the second ``map`` is not a replay of the first.
+        """
         if seed is None:
             return fresh_seed()
         with self.lock:
-            n = next(self.submit_counters.setdefault(seed, itertools.count()))
-        return derive_seed(seed, "submit", n)
+            n = next(self.counters.setdefault((kind, seed), itertools.count()))
+        return derive_seed(seed, kind, n)
 
 
 class MapIterator(Iterator[Any]):
@@ -193,7 +190,7 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         function, name = self._shared.function(fn)
         payload = serialization.dumps_call(args, kwargs)
-        seed = self._shared.submit_seed(self._options.seed)
+        seed = self._shared.next_seed("submit", self._options.seed)
         return self.backend.submit(fn, function, name, payload, self._options, seed)
 
     def map(
@@ -253,7 +250,7 @@ class Executor(concurrent.futures.Executor):
         payloads = (serialization.dumps_call(args, {}) for args in arg_tuples)
         progress = _progress_bar(self._progress, name.rsplit(".", 1)[-1])
         request = JobRequest(kind, function, name, payloads, options,
-                             self._shared.job_seed(options.seed), reducer, reducer_name,
+                             self._shared.next_seed("job", options.seed), reducer, reducer_name,
                              progress)
         try:
             return self.backend.start_job(request)

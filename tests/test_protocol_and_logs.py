@@ -148,3 +148,18 @@ def test_store_records_are_plain_sqlite(ex: fanout.Executor) -> None:
         assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 3
     finally:
         db.close()
+
+
+def big_result(n: int) -> bytes:
+    return bytes([n % 251]) * (3 * 1024 * 1024)
+
+
+def test_large_results_go_to_a_blob_with_a_pointer(ex: fanout.Executor) -> None:
+    futures = [ex.submit(big_result, i) for i in range(3)]
+    assert [f.result(timeout=60)[:1] for f in futures] == [b"\x00", b"\x01", b"\x02"]
+    record = ex.backend.record(futures[1].job_id, futures[1].task_index)
+    assert record is not None and record.value is None and record.value_ref
+    store: LocalStore = ex.backend.store  # type: ignore[attr-defined]
+    assert len(store.load_value(record)) > store.max_record_value_bytes
+    job = fanout.Job.attach(futures[1].job_id)  # another reader follows the pointer too
+    assert job.results(timeout=60)[1] == big_result(1)
