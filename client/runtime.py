@@ -114,6 +114,15 @@ class WorkerRuntime:
                 fn = self.function(chunk.job_id)
             except Exception as exc:  # e.g. a module the worker does not have
                 setup_error = exc
+        # A store that can fetch a whole chunk's arguments in one request (S3: one ranged
+        # GET) does; the local store reads each task's range from an open file instead.
+        prefetched: dict[int, bytes] = {}
+        read_chunk = getattr(self.store, "read_chunk", None)
+        if read_chunk is not None and fn is not None and chunk.tasks:
+            try:
+                prefetched = read_chunk(chunk.job_id, chunk.tasks)
+            except Exception as exc:
+                setup_error = exc
         for task in chunk.tasks:
             if self.keep_going is not None and not self.keep_going():
                 return  # whoever asked for this chunk is gone; unstarted tasks stay pending
@@ -126,13 +135,17 @@ class WorkerRuntime:
                     setattr(record, key, value)
             else:
                 ctx = TaskContext(chunk.job_id, task.index, chunk.attempt, task.seed, self.store)
+                data = prefetched.pop(task.index, None)
                 record = self._run_one(
-                    ctx, started, lambda t=task: self._call(fn, chunk.job_id, t)  # type: ignore[misc]
+                    ctx, started,
+                    lambda t=task, d=data: self._call(fn, chunk.job_id, t, d),  # type: ignore[misc]
                 )
             self._finish(record, on_result)
 
-    def _call(self, fn: Callable[..., Any], job_id: str, task: Any) -> Any:
-        args, kwargs = serialization.loads(self.store.read_task(job_id, task))
+    def _call(self, fn: Callable[..., Any], job_id: str, task: Any, data: bytes | None) -> Any:
+        if data is None:
+            data = self.store.read_task(job_id, task)
+        args, kwargs = serialization.loads(data)
         return fn(*args, **kwargs)
 
     def run_reduce(self, job_id: str, attempt: int,

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import ConfigurationError
 from .base import Backend, JobInfo, JobRequest
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "aws")
 
 
 def backend_name(name: str | None) -> str:
@@ -27,6 +27,14 @@ def create_backend(name: str | None = None, **options: Any) -> Backend:
         from .local.backend import LocalBackend
 
         return LocalBackend(**options)
+    if chosen == "aws":
+        try:
+            from .aws.backend import AwsBackend
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"backend 'aws' needs the aws extra: pip install 'fanout[aws]' ({exc})"
+            ) from exc
+        return AwsBackend(**options)
     raise AssertionError(chosen)  # pragma: no cover
 
 

@@ -6,7 +6,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
@@ -25,25 +24,11 @@ from ...protocol import (
 from ...seeding import derive_seed
 from ...serialization import package_versions, python_version
 from ..base import Backend, JobInfo, JobRequest
+from ..batching import SubmitBatches
 from .pool import Dispatch, Supervisor
 from .store import LocalStore, Owner, new_job_id
 
-#: How long submitted calls may wait to be grouped into one job while workers are busy.
-SUBMIT_LINGER_SECONDS = 0.02
-SUBMIT_BATCH_MAX = 4096
 PAYLOAD_OBJECT = "payload-0.bin"
-
-
-@dataclass
-class _SubmitBatch:
-    job_id: str
-    function: bytes
-    function_name: str
-    options: TaskOptions
-    opened: float
-    payloads: list[bytes] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    futures: list[Future] = field(default_factory=list)
 
 
 class LocalBackend(Backend):
@@ -59,7 +44,7 @@ class LocalBackend(Backend):
         self.max_workers = max_workers
         self.store = LocalStore(home)
         self._lock = threading.Lock()
-        self._batches: dict[tuple[object, TaskOptions], _SubmitBatch] = {}
+        self._batches = SubmitBatches(new_job_id, self)
         self._supervisor: Supervisor | None = None
         self._closed = False
 
@@ -131,41 +116,20 @@ class LocalBackend(Backend):
 
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
                options: TaskOptions, seed: int) -> Future:
-        with self._lock:
-            self._check_open()
-            key = (fn_key, options)
-            batch = self._batches.get(key)
-            if batch is None:
-                batch = _SubmitBatch(new_job_id(), function, function_name, options,
-                                     time.monotonic())
-                self._batches[key] = batch
-            future = Future(batch.job_id, len(batch.futures), self)
-            batch.futures.append(future)
-            batch.payloads.append(payload)
-            batch.seeds.append(seed)
-            first = len(batch.futures) == 1
-        if first:
+        self._check_open()
+        future, opened = self._batches.add(fn_key, function, function_name, payload, options,
+                                           seed)
+        if opened:
             self._pool().wake()
         return future
 
     def _submit_deadline(self) -> float | None:
-        with self._lock:
-            if not self._batches:
-                return None
-            return min(b.opened for b in self._batches.values()) + SUBMIT_LINGER_SECONDS
+        return self._batches.deadline()
 
     def _pull_submits(self, now_wanted: bool) -> list[Dispatch]:
         """Called by the supervisor: turn waiting ``submit`` calls into jobs."""
-        clock = time.monotonic()
-        with self._lock:
-            ready = [
-                key for key, b in self._batches.items()
-                if now_wanted or len(b.futures) >= SUBMIT_BATCH_MAX
-                or clock - b.opened >= SUBMIT_LINGER_SECONDS
-            ]
-            batches = [self._batches.pop(key) for key in ready]
         dispatches: list[Dispatch] = []
-        for batch in batches:
+        for batch in self._batches.take(now_wanted):
             spec, manifest = self._write_job(
                 batch.job_id, "submit", batch.function, batch.function_name, batch.payloads,
                 batch.seeds, batch.options, batch.options.seed or 0,

@@ -1,0 +1,416 @@
+"""The aws backend: a job is S3 objects, one Step Functions execution and DynamoDB records.
+
+Submit writes few objects (function, one payload object addressed by byte ranges, the
+manifest, the spec) and starts one execution; futures resolve from a poll of records
+written since the previous poll (a sparse index on the finish time), so following a job
+costs O(new results), not O(tasks). The client can go away at any point: the job runs on,
+and ``Job.attach(job_id, backend="aws")`` picks it up from the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from ...collector import LIVE_RUNS, JobRun
+from ...errors import ConfigurationError, WorkerLost
+from ...future import Future
+from ...options import TaskOptions, plan_tier
+from ...protocol import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    REDUCE_INDEX,
+    RUNNING,
+    SUCCEEDED,
+    Chunk,
+    JobSpec,
+    ResultRecord,
+    TaskRef,
+    client_id,
+    now,
+)
+from ...seeding import derive_seed
+from ...serialization import package_versions, python_version
+from ..base import Backend, JobInfo, JobRequest
+from ..batching import SubmitBatches
+from ..local.store import new_job_id
+from .config import load_config
+from .store import AwsStore
+
+PAYLOAD_OBJECT = "payload-0.bin"
+POLL_MIN_SECONDS = 0.2
+POLL_MAX_SECONDS = 2.0
+#: Polls between checks of the execution's status (catches a run that died without finalizing).
+EXECUTION_CHECK_EVERY = 10
+
+
+@dataclass
+class _Followed:
+    run: JobRun
+    execution_arn: str
+    cursor: int = 0
+    polls: int = 0
+
+
+class AwsBackend(Backend):
+    """Options: ``bucket``, ``table``, ``state_machine_arn``, ``region``, ``endpoint_url``
+    (default: the environment, then ``fanout configure``'s file under ``FANOUT_HOME``)."""
+
+    name = "aws"
+
+    def __init__(self, max_workers: int | None = None, home: str | None = None,
+                 **options: Any) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError(f"max_workers must be an integer greater than 0, got {max_workers!r}")
+        self.config, self.python_runtime = load_config(options, home)
+        self.store = AwsStore(self.config)
+        kwargs = {"endpoint_url": self.config.endpoint_url} if self.config.endpoint_url else {}
+        self.sfn = self.store.session.client("stepfunctions", **kwargs)
+        self._lock = threading.Lock()
+        self._batches = SubmitBatches(new_job_id, self, linger=0.05)
+        self._followed: dict[str, _Followed] = {}
+        self._wake = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._checked = False
+        self._closed = False
+
+    # -- checks before anything is uploaded --------------------------------------------------
+
+    def check_stack(self) -> None:
+        """Fail with a specific message if the stack cannot take a job; upload nothing."""
+        if self._checked:
+            return
+        client = "{}.{}".format(*sys.version_info[:2])
+        if self.python_runtime and self.python_runtime != f"python{client}":
+            raise ConfigurationError(
+                f"this client runs Python {client} but the stack's workers run "
+                f"{self.python_runtime}; cloudpickle needs the same minor version. Redeploy "
+                f"with PythonRuntime=python{client} (and a Batch image built FROM "
+                f"python:{client}), or run the client with {self.python_runtime}.")
+        probes: list[tuple[str, str, Callable[[], object]]] = [
+            ("payload bucket", self.config.bucket,
+             lambda: self.store.s3.head_bucket(Bucket=self.config.bucket)),
+            ("results table", self.config.table,
+             lambda: self.store.dynamodb.describe_table(TableName=self.config.table)),
+            ("state machine", self.config.state_machine_arn,
+             lambda: self.sfn.describe_state_machine(
+                 stateMachineArn=self.config.state_machine_arn)),
+        ]
+        for what, name, probe in probes:
+            try:
+                probe()
+            except NoCredentialsError as exc:
+                raise ConfigurationError(
+                    "no AWS credentials found: configure a profile or role (aws configure) "
+                    "before using backend='aws'") from exc
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                if code in ("AccessDenied", "AccessDeniedException", "403", "Forbidden"):
+                    raise ConfigurationError(
+                        f"not allowed to read the {what} {name!r} ({code}); the client needs "
+                        "s3:ListBucket/GetObject/PutObject on the bucket, dynamodb:DescribeTable"
+                        "/Query/GetItem/PutItem on the table and states:StartExecution/"
+                        "DescribeStateMachine on the state machine") from exc
+                raise ConfigurationError(
+                    f"the {what} {name!r} does not exist ({code}): is the stack deployed in "
+                    "this account and region? Run `fanout configure --stack NAME` again.") from exc
+            except BotoCoreError as exc:
+                raise ConfigurationError(f"cannot reach AWS for the {what} {name!r}: {exc}. "
+                                         "Check the network, the region and AWS_ENDPOINT_URL."
+                                         ) from exc
+        self._checked = True
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _upload(self, job_id: str, kind: str, function: bytes, function_name: str,
+                payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
+                job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
+                ) -> tuple[JobSpec, list[Chunk]]:
+        """Write a job's objects: function, one payload object, manifest, spec, job record."""
+        refs: list[TaskRef] = []
+        seed_iter = iter(seeds) if seeds is not None else None
+        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
+            offset = 0
+            for index, blob in enumerate(payloads):
+                payload.write(blob)
+                seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
+                refs.append(TaskRef(index, PAYLOAD_OBJECT, offset, len(blob), seed))
+                offset += len(blob)
+            payload.seek(0)
+            self.store.s3.upload_fileobj(payload, self.config.bucket,
+                                         self.store.key(job_id, PAYLOAD_OBJECT))
+        self.store.put_object(job_id, "function.pkl", function)
+        if reducer is not None:
+            self.store.put_object(job_id, "reducer.pkl", reducer)
+        tier = plan_tier(options)
+        size = options.chunksize
+        manifest = [Chunk(job_id, n, tier, 1, tuple(refs[start:start + size]))
+                    for n, start in enumerate(range(0, len(refs), size))]
+        spec = JobSpec(
+            job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
+            options=options, python=python_version(), packages=package_versions(),
+            created=time.time(), client=client_id(), has_reducer=reducer is not None,
+            reducer=reducer_name)
+        self.store.put_object(job_id, "manifest.json",
+                              json.dumps([c.to_json() for c in manifest]).encode())
+        self.store.put_object(job_id, "spec.json", spec.to_json().encode())
+        self.store.put_job(spec, RUNNING, client_id())
+        return spec, manifest
+
+    def _execute(self, run: JobRun, manifest_key: str, name: str) -> None:
+        response = self.sfn.start_execution(
+            stateMachineArn=self.config.state_machine_arn, name=name,
+            input=json.dumps({"job_id": run.job_id, "bucket": self.config.bucket,
+                              "manifest_key": manifest_key, "map_error": None}))
+        arn = response["executionArn"]
+        self.store.update_job(run.job_id, execution_arn=arn, state=RUNNING)
+        LIVE_RUNS[run.job_id] = run
+        with self._lock:
+            self._followed[run.job_id] = _Followed(run, arn)
+        self._ensure_poller()
+
+    def start_job(self, request: JobRequest) -> JobRun:
+        self._check_open()
+        self.check_stack()
+        job_id = new_job_id()
+        spec, _ = self._upload(job_id, request.kind, request.function, request.function_name,
+                               request.payloads, None, request.options, request.seed,
+                               request.reducer, request.reducer_name)
+        futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
+        reduce_future = Future(job_id, REDUCE_INDEX, self) if request.reducer else None
+        if request.progress is not None:
+            request.progress.reset(total=spec.n_tasks)
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
+        self._execute(run, self.store.key(job_id, "manifest.json"), job_id)
+        return run
+
+    def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
+               options: TaskOptions, seed: int) -> Future:
+        self._check_open()
+        self.check_stack()
+        future, _ = self._batches.add(fn_key, function, function_name, payload, options, seed)
+        self._ensure_poller()
+        return future
+
+    def _flush_submits(self, everything: bool) -> None:
+        for batch in self._batches.take(everything):
+            spec, _ = self._upload(batch.job_id, "submit", batch.function, batch.function_name,
+                                   batch.payloads, batch.seeds, batch.options,
+                                   batch.options.seed or 0)
+            run = JobRun(spec, batch.futures, self.store.load_value)
+            self._execute(run, self.store.key(batch.job_id, "manifest.json"), batch.job_id)
+
+    # -- following jobs --------------------------------------------------------------------
+
+    def _ensure_poller(self) -> None:
+        with self._lock:
+            if self._poller is None or not self._poller.is_alive():
+                self._poller = threading.Thread(target=self._poll_loop, name="fanout-aws-poll",
+                                                daemon=True)
+                self._poller.start()
+        self._wake.set()
+
+    def _poll_loop(self) -> None:
+        delay = POLL_MIN_SECONDS
+        while True:
+            try:
+                self._flush_submits(self._closed)
+                progressed = False
+                with self._lock:
+                    followed = list(self._followed.values())
+                for item in followed:
+                    progressed |= self._poll(item)
+            except Exception as exc:  # never leave futures waiting on a dead poller
+                self._fail_all(f"polling AWS failed: {exc!r}")
+                return
+            with self._lock:
+                idle = not self._followed and self._batches.deadline() is None
+            if idle and self._closed:
+                return
+            delay = POLL_MIN_SECONDS if progressed else min(delay * 1.5, POLL_MAX_SECONDS)
+            deadline = self._batches.deadline()
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
+            self._wake.wait(delay if not idle else None)
+            self._wake.clear()
+
+    def _poll(self, item: _Followed) -> bool:
+        run = item.run
+        records, item.cursor = self.store.results_since(run.job_id, item.cursor)
+        for record in records:
+            run.deliver(record)
+        item.polls += 1
+        if run.reduce_future is not None and run.map_finished and not run.reduce_future.done():
+            if run.first_failure is not None or run.cancelled:
+                run.fail_reduce()
+            else:
+                reduced = self.store.result(run.job_id, REDUCE_INDEX)
+                if reduced is not None:
+                    run.deliver(reduced)
+        settled = run.map_finished and (run.reduce_future is None or run.reduce_future.done())
+        if settled or item.polls % EXECUTION_CHECK_EVERY == 0:
+            job = self.store.job(run.job_id)
+            if job["state"] != RUNNING and settled:
+                self._forget(run)
+            elif job["state"] != RUNNING or not self._execution_running(item.execution_arn):
+                if not settled:
+                    self._abandon(run, f"its execution ended ({job['state']})")
+                self._forget(run)
+        return bool(records)
+
+    def _execution_running(self, arn: str) -> bool:
+        status = self.sfn.describe_execution(executionArn=arn)["status"]
+        return bool(status == "RUNNING")
+
+    def _abandon(self, run: JobRun, why: str) -> None:
+        for record in self.store.results(run.job_id):
+            run.deliver(record)
+        message = (f"job {run.job_id} ended without a result for this task: {why}. "
+                   f"`fanout retry {run.job_id}` runs the unfinished tasks.")
+        for index in run.open_tasks():
+            future = run.future(index)
+            if not future.done():
+                future.set_exception(WorkerLost(message))
+        if run.reduce_future is not None and not run.reduce_future.done():
+            run.reduce_future.set_exception(WorkerLost(message))
+
+    def _forget(self, run: JobRun) -> None:
+        with self._lock:
+            self._followed.pop(run.job_id, None)
+        run.close()
+
+    def _fail_all(self, why: str) -> None:
+        with self._lock:
+            followed, self._followed = list(self._followed.values()), {}
+        for item in followed:
+            self._abandon(item.run, why)
+            item.run.close()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self._closed = True
+        if cancel_futures:
+            for batch in self._batches.take(True):
+                for future in batch.futures:
+                    if future.cancel():
+                        future.set_running_or_notify_cancel()
+        self._wake.set()
+        poller = self._poller
+        if wait and poller is not None:
+            poller.join()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        try:
+            return self.store.job(job_id)
+        except KeyError:
+            raise KeyError(f"no job {job_id!r} in the results table {self.config.table!r}; "
+                           "`fanout --backend aws jobs` lists the jobs there") from None
+
+    def _info(self, job: dict[str, Any]) -> JobInfo:
+        orphaned = False
+        if job["state"] == RUNNING and job.get("execution_arn") and job["job_id"] not in \
+                self._followed:
+            orphaned = not self._execution_running(job["execution_arn"])
+        return JobInfo(job["job_id"], job["spec"], job["state"], job["summary"],
+                       job.get("execution_arn"), orphaned)
+
+    def job_info(self, job_id: str) -> JobInfo:
+        return self._info(self._job(job_id))
+
+    def list_jobs(self, limit: int = 50) -> list[JobInfo]:
+        return [self._info(job) for job in self.store.jobs(limit)]
+
+    def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]:
+        return self.store.results_since(job_id, seq)
+
+    def records(self, job_id: str) -> list[ResultRecord]:
+        return self.store.results(job_id)
+
+    def record(self, job_id: str, task_index: int) -> ResultRecord | None:
+        return self.store.result(job_id, task_index)
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        job = self._job(job_id)
+        counts = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
+        for record in self.store.results(job_id):
+            counts[record.status] += 1
+        counts[PENDING] = job["spec"].n_tasks - counts[SUCCEEDED] - counts[FAILED] \
+            - counts[CANCELLED]
+        return counts
+
+    def load_value(self, record: ResultRecord) -> bytes:
+        return self.store.load_value(record)
+
+    def cancel_job(self, job_id: str) -> None:
+        job = self._job(job_id)
+        if job["state"] != RUNNING:
+            return
+        if job.get("execution_arn"):
+            with contextlib.suppress(ClientError):  # it may have ended already
+                self.sfn.stop_execution(executionArn=job["execution_arn"],
+                                        cause="cancelled by fanout")
+        self.store.update_job(job_id, state=CANCELLED)
+        have = {r.task_index for r in self.store.results(job_id)}
+        stamp = now()
+        for index in range(job["spec"].n_tasks):
+            if index not in have:
+                self.store.put_result(ResultRecord(job_id, index, CANCELLED, 1, "", stamp,
+                                                   stamp))
+        counts = self.counts(job_id)
+        self.store.update_job(job_id, summary={k: v for k, v in counts.items()
+                                               if k not in (PENDING, RUNNING)})
+        self._wake.set()
+
+    def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
+        job = self._job(job_id)
+        if job["state"] == RUNNING and job.get("execution_arn") and \
+                self._execution_running(job["execution_arn"]):
+            raise RuntimeError(f"job {job_id} is still running ({job['execution_arn']}); wait "
+                               f"for it or cancel it (`fanout cancel {job_id}`) first")
+        self._check_open()
+        spec: JobSpec = job["spec"]
+        records = {r.task_index: r for r in self.store.results(job_id)}
+        manifest = [Chunk.from_json(c) for c in
+                    json.loads(self.store.get_object(job_id, "manifest.json"))]
+        chunks = []
+        for chunk in manifest:
+            todo = tuple(t for t in chunk.tasks
+                         if t.index not in records or records[t.index].status != SUCCEEDED)
+            if todo:
+                attempt = 1 + max((records[t.index].attempt for t in todo if t.index in records),
+                                  default=0)
+                chunks.append(Chunk(job_id, chunk.index, chunk.tier, attempt, todo))
+        reduce_record = self.store.result(job_id, REDUCE_INDEX) if spec.has_reducer else None
+        needs_reduce = spec.has_reducer and (reduce_record is None
+                                             or reduce_record.status != SUCCEEDED)
+        if not chunks and not needs_reduce:
+            return self.counts(job_id)
+        retry_number = int(time.time())
+        key = f"manifest-retry-{retry_number}.json"
+        self.store.put_object(job_id, key, json.dumps([c.to_json() for c in chunks]).encode())
+        futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
+        reduce_future = Future(job_id, REDUCE_INDEX, self) if needs_reduce else None
+        if progress is not None:
+            progress.reset(total=len(futures))
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, progress)
+        self._execute(run, self.store.key(job_id, key), f"{job_id}-retry-{retry_number}")
+        run.stored.wait()
+        return self.counts(job_id)
+
+    def __repr__(self) -> str:
+        return f"AwsBackend(bucket={self.config.bucket!r}, table={self.config.table!r})"

@@ -1,0 +1,94 @@
+"""Where the deployed stack is: backend options, then environment, then ``fanout configure``.
+
+``fanout configure --stack NAME`` reads the stack's Outputs once and writes them to
+``$FANOUT_HOME/aws.json``; after that ``Executor(backend="aws")`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigurationError
+from ..local.store import default_home
+from .store import AwsConfig
+
+#: Stack Outputs that ``fanout configure`` reads, and the config field each one fills.
+OUTPUTS = {
+    "PayloadBucketName": "bucket",
+    "ResultsTableName": "table",
+    "StateMachineArn": "state_machine_arn",
+    "JobQueueArn": "job_queue_arn",
+    "PythonRuntime": "python_runtime",
+}
+ENVIRONMENT = {
+    "bucket": "FANOUT_AWS_BUCKET",
+    "table": "FANOUT_AWS_TABLE",
+    "state_machine_arn": "FANOUT_AWS_STATE_MACHINE",
+    "job_queue_arn": "FANOUT_AWS_JOB_QUEUE",
+}
+
+
+def config_path(home: str | os.PathLike[str] | None = None) -> Path:
+    return Path(home).expanduser() if home else default_home()
+
+
+def load_config(options: dict[str, Any], home: str | None = None) -> tuple[AwsConfig, str | None]:
+    """The stack's resource names, and the stack's Python runtime if known."""
+    saved: dict[str, Any] = {}
+    path = config_path(home) / "aws.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"{path} is not readable JSON ({exc}); run "
+                                     "`fanout configure --stack NAME` again") from exc
+    values: dict[str, Any] = {}
+    for field, env in ENVIRONMENT.items():
+        values[field] = options.get(field) or os.environ.get(env) or saved.get(field)
+    missing = [f for f in ("bucket", "table", "state_machine_arn") if not values[f]]
+    if missing:
+        raise ConfigurationError(
+            "the aws backend is not configured: missing "
+            + ", ".join(f"{m} (${ENVIRONMENT[m]})" for m in missing)
+            + f". Deploy the stack (`sam build && sam deploy --guided`), then run `fanout "
+            f"configure --stack NAME` (writes {path}), or pass them as Executor options."
+        )
+    region = options.get("region") or os.environ.get("AWS_REGION") or saved.get("region") \
+        or os.environ.get("AWS_DEFAULT_REGION")
+    config = AwsConfig(bucket=values["bucket"], table=values["table"],
+                       state_machine_arn=values["state_machine_arn"],
+                       job_queue_arn=values["job_queue_arn"] or "", region=region,
+                       endpoint_url=options.get("endpoint_url"))
+    return config, options.get("python_runtime") or saved.get("python_runtime")
+
+
+def configure_from_stack(stack: str, region: str | None = None,
+                         home: str | None = None) -> Path:
+    """Read ``stack``'s Outputs (CloudFormation) and save them for the aws backend."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        cloudformation = boto3.session.Session(region_name=region).client("cloudformation")
+        stacks = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    except ClientError as exc:
+        raise ConfigurationError(f"cannot read stack {stack!r}: "
+                                 f"{exc.response['Error']['Message']}") from exc
+    except BotoCoreError as exc:
+        raise ConfigurationError(f"cannot reach CloudFormation: {exc}") from exc
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    absent = [key for key in OUTPUTS if key not in outputs]
+    if absent:
+        raise ConfigurationError(
+            f"stack {stack!r} has no output(s) {', '.join(absent)}: is it a fanout stack "
+            "deployed from this version's template.yaml?")
+    saved = {field: outputs[key] for key, field in OUTPUTS.items()}
+    saved["stack"] = stack
+    saved["region"] = region or cloudformation.meta.region_name
+    path = config_path(home) / "aws.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+    return path

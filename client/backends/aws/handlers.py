@@ -1,0 +1,255 @@
+"""What the AWS workers run: the Lambda worker, the finalize step and the Batch entry point.
+
+``functions/`` only imports these. Each one is the shared :class:`~fanout.runtime.WorkerRuntime`
+over an :class:`AwsStore`; nothing here executes a task any differently from the local backend.
+Powertools gives structured logs (the job id as correlation id) and EMF metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from ...capture import StreamCapture
+from ...context import current_task
+from ...errors import WorkerLost
+from ...protocol import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    REDUCE_INDEX,
+    RUNNING,
+    SUCCEEDED,
+    Chunk,
+    ResultRecord,
+    now,
+)
+from ...runtime import WorkerRuntime, exception_fields
+from .store import AwsConfig, AwsStore
+
+try:  # Powertools is in the `aws` extra; the handlers still work without it (tests, tools)
+    from aws_lambda_powertools import Logger, Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    logger: Any = Logger(service="fanout")
+    metrics: Any = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "fanout"),
+                           service="fanout")
+except ImportError:  # pragma: no cover
+    import logging
+
+    logger = logging.getLogger("fanout.aws")
+    metrics = None
+
+
+def store_from_env() -> AwsStore:
+    """The store a worker uses, from the environment the template gives every function."""
+    try:
+        return AwsStore(AwsConfig(bucket=os.environ["FANOUT_BUCKET"],
+                                  table=os.environ["FANOUT_TABLE"], state_machine_arn=""))
+    except KeyError as exc:
+        raise RuntimeError(f"worker environment lacks {exc.args[0]}; deploy with template.yaml"
+                           ) from exc
+
+
+def _metric(name: str, value: float, unit: str = "Count") -> None:
+    if metrics is not None:
+        metrics.add_metric(name=name, unit=getattr(MetricUnit, unit), value=value)
+
+
+def _flush_metrics() -> None:
+    if metrics is not None:
+        metrics.flush_metrics()
+
+
+def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
+              attempt: int | None = None, extra: dict[int, dict[str, Any]] | None = None
+              ) -> dict[str, int]:
+    """Run the chunk's tasks that have no successful record yet; return counts."""
+    store = store or store_from_env()
+    indexes = [t.index for t in chunk.tasks]
+    # A first attempt has nothing to skip; a re-run (Batch after Lambda, a retry) does, and
+    # one batched read per chunk is cheaper than recomputing finished tasks.
+    rerun = chunk.attempt > 1 or attempt is not None
+    done = store.finished_tasks(chunk.job_id, indexes) if rerun else set()
+    todo = tuple(t for t in chunk.tasks if t.index not in done)
+    if attempt is not None:
+        chunk = Chunk(chunk.job_id, chunk.index, chunk.tier, attempt, todo)
+    else:
+        chunk = Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt, todo)
+    counts = {"ran": 0, "failed": 0, "skipped": len(done)}
+    runtime = WorkerRuntime(store, worker_id, StreamCapture())
+    if extra:
+        def carry(record: ResultRecord) -> None:
+            record.extra.update(extra.get(record.task_index, {}))
+            stored = store.put_result(record)
+            runtime.settle(record, stored)
+            tally(stored)
+        runtime.sink = carry
+
+    def tally(record: ResultRecord) -> None:
+        counts["ran"] += 1
+        counts["failed"] += record.status == FAILED
+        _metric("TaskDuration", record.duration * 1000, "Milliseconds")
+
+    started = time.monotonic()
+    runtime.run_chunk(chunk, on_result=tally)
+    _metric("TasksRun", counts["ran"])
+    _metric("TaskFailures", counts["failed"])
+    if chunk.attempt > 1 or done:
+        _metric("Retries", len(todo))
+    logger.info("chunk finished", extra={"job_id": chunk.job_id, "chunk": chunk.index,
+                                         "attempt": chunk.attempt, **counts,
+                                         "seconds": round(time.monotonic() - started, 3)})
+    return counts
+
+
+# -- Lambda: worker ------------------------------------------------------------------------------
+
+
+def worker_handler(event: dict[str, Any], context: Any) -> dict[str, int]:
+    """Lambda entry: ``{"chunk": {...}}`` from the state machine's Distributed Map."""
+    chunk = Chunk.from_json(event["chunk"])
+    if hasattr(logger, "set_correlation_id"):
+        logger.set_correlation_id(chunk.job_id)
+    request_id = getattr(context, "aws_request_id", None) or f"local-{os.getpid()}"
+    try:
+        return run_chunk(chunk, f"lambda/{request_id}")
+    finally:
+        _flush_metrics()
+
+
+# -- Lambda: finalize ----------------------------------------------------------------------------
+
+
+def _lost(job_id: str, index: int, attempt: int, why: str) -> ResultRecord:
+    stamp = now()
+    record = ResultRecord(job_id, index, FAILED, attempt, "", stamp, stamp,
+                          extra={"lost": "chunk failed"})
+    for key, value in exception_fields(WorkerLost(why)).items():
+        setattr(record, key, value)
+    record.traceback = f"fanout.errors.WorkerLost: {why}\n"
+    return record
+
+
+def chunk_failed(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, int]:
+    """A chunk failed on every path: record WorkerLost for its tasks without a result."""
+    store = store or store_from_env()
+    chunk = Chunk.from_json(event["chunk"])
+    error = event.get("error") or {}
+    why = (f"chunk {chunk.index} of job {chunk.job_id} failed in the state machine: "
+           f"{error.get('Error', 'unknown error')}: {str(error.get('Cause', ''))[:2000]}")
+    have = {r.task_index for r in store.results(chunk.job_id)}
+    recorded = 0
+    for task in chunk.tasks:
+        if task.index not in have:
+            # attempt 99: any real re-run (a retry) gets a higher attempt and replaces it
+            store.put_result(_lost(chunk.job_id, task.index, 99, why))
+            recorded += 1
+    return {"recorded": recorded}
+
+
+def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, Any]:
+    """Run the reducer when every task succeeded, account for every task, write the summary."""
+    store = store or store_from_env()
+    job_id = event["job_id"]
+    spec = store.load_spec(job_id)
+    job = store.job(job_id)
+    records = {r.task_index: r for r in store.results(job_id)}
+    map_error = event.get("map_error")
+    if job["state"] == CANCELLED:
+        state = CANCELLED
+    else:
+        missing = [i for i in range(spec.n_tasks) if i not in records]
+        for index in missing:
+            why = (f"task {index} of job {job_id} has no result after the map ended"
+                   + (f" ({map_error.get('Error')})" if isinstance(map_error, dict) else ""))
+            records[index] = store.put_result(_lost(job_id, index, 99, why))
+        state = "finished"
+    counts = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
+    for record in records.values():
+        counts[record.status] = counts.get(record.status, 0) + 1
+    if spec.has_reducer and state == "finished" and counts[SUCCEEDED] == spec.n_tasks:
+        previous = store.result(job_id, REDUCE_INDEX)
+        if previous is None or previous.status != SUCCEEDED:
+            attempt = 1 if previous is None else previous.attempt + 1
+            runtime = WorkerRuntime(store, "lambda/finalize", StreamCapture())
+            runtime.run_reduce(job_id, attempt)
+    ran = [r for r in records.values() if r.worker_id]
+    summary = {
+        **{k: v for k, v in counts.items() if k not in (PENDING, RUNNING)},
+        "task_seconds": round(sum(r.duration for r in ran), 6),
+        "wall_seconds": round(max((r.ended for r in ran), default=0.0)
+                              - min((r.started for r in ran), default=0.0), 6),
+        "workers": len({r.worker_id for r in ran}),
+    }
+    if map_error:
+        summary["map_error"] = map_error
+    store.update_job(job_id, state=state, summary=summary)
+    logger.info("job finalized", extra={"job_id": job_id, "state": state, **counts})
+    return {"job_id": job_id, "state": state, "summary": summary}
+
+
+def finalize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry for the ``ChunkFailed`` and ``Finalize`` states."""
+    job_id = event.get("job_id") or event.get("chunk", {}).get("job_id", "")
+    if hasattr(logger, "set_correlation_id"):
+        logger.set_correlation_id(job_id)
+    try:
+        if event.get("action") == "chunk_failed":
+            return chunk_failed(event)
+        return finalize(event)
+    finally:
+        _flush_metrics()
+
+
+# -- AWS Batch (Fargate Spot) --------------------------------------------------------------------
+
+
+def batch_main() -> int:
+    """Container entry: run ``FANOUT_CHUNK`` as attempt ``chunk.attempt + batch attempt``.
+
+    Spot gives two minutes' notice with SIGTERM. The task in flight is then recorded as
+    interrupted (a failed record of this attempt, which the retry's record replaces), so the
+    interruption is visible in the task record; checkpoints are in S3, so the retry resumes.
+    """
+    chunk = Chunk.from_json(json.loads(os.environ["FANOUT_CHUNK"]))
+    batch_attempt = int(os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1"))
+    attempt = chunk.attempt + batch_attempt
+    store = store_from_env()
+    job = os.environ.get("AWS_BATCH_JOB_ID", f"local-{os.getpid()}")
+    worker_id = f"batch/{job}#{batch_attempt}"
+    interruptions = {}
+    for record in store.results(chunk.job_id):
+        count = record.extra.get("interruptions", 0)
+        if count and record.status != SUCCEEDED:
+            interruptions[record.task_index] = {"interruptions": count}
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        ctx = current_task()
+        if ctx is not None:
+            previous = interruptions.get(ctx.task_index, {}).get("interruptions", 0)
+            stamp = now()
+            record = ResultRecord(ctx.job_id, ctx.task_index, FAILED, ctx.attempt, worker_id,
+                                  stamp, stamp, extra={"interrupted": True,
+                                                       "interruptions": previous + 1})
+            why = (f"task {ctx.task_index} was interrupted on attempt {ctx.attempt} "
+                   "(SIGTERM: Spot reclaim or job stop); it is retried")
+            for key, value in exception_fields(WorkerLost(why)).items():
+                setattr(record, key, value)
+            store.put_result(record)
+            logger.warning("interrupted", extra={"job_id": ctx.job_id, "task": ctx.task_index})
+        _flush_metrics()
+        sys.stdout.flush()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        counts = run_chunk(chunk, worker_id, store, attempt=attempt, extra=interruptions)
+    finally:
+        _flush_metrics()
+    print(json.dumps(counts))
+    return 0

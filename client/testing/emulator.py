@@ -1,0 +1,632 @@
+"""An offline AWS for fanout jobs: moto, executing the real state machine, with real workers.
+
+``emulated_aws()`` starts a moto server on 127.0.0.1 and creates the stack's resources from
+the pieces of ``template.yaml`` itself (its functions' handlers and environment, the
+definition file and its substitutions, the Batch job definition and retry strategy), so the
+tested definition is the deployed one. moto's Step Functions interpreter runs the
+definition; its Lambda invocations run ``functions/`` handlers in fresh interpreters and its
+Batch jobs run the container command as a local process. Everything stays on loopback.
+
+What moto 5.2 lacks is filled in here, and only here: Batch's ``submitJob.sync`` parameters
+are normalised to the API's casing, Batch retry strategies are applied, and ``jsonpath_ng``
+parses are memoised (the interpreter re-parsed every path on every lookup).
+
+Fault knobs: Lambda throttling (``TooManyRequestsException`` before the function runs),
+worker crashes (the Lambda process exits after storing a result), Spot interruptions (a
+Batch attempt gets SIGTERM, then fails with Fargate's Spot status reason), and a Lambda
+timeout for chunks holding chosen tasks.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fnmatch
+import functools
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected failures; rates are probabilities per Lambda invocation or Batch attempt."""
+
+    throttle_rate: float = 0.0
+    crash_rate: float = 0.0
+    spot_interruption_rate: float = 0.0
+    lambda_timeout_tasks: frozenset[int] = frozenset()
+    lambda_timeout_seconds: float = 2.0
+    seed: int = 0
+
+
+@dataclass
+class EmulatedAws:
+    """What a test needs: the backend options, the environment, and what happened."""
+
+    endpoint_url: str
+    outputs: dict[str, str]
+    env: dict[str, str]
+    faults: Faults
+    requests: collections.Counter[tuple[str, str, str]] = field(
+        default_factory=collections.Counter)
+    events: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def backend_options(self) -> dict[str, Any]:
+        """Pass as ``Executor(backend="aws", **aws.backend_options)``."""
+        return {
+            "bucket": self.outputs["PayloadBucketName"],
+            "table": self.outputs["ResultsTableName"],
+            "state_machine_arn": self.outputs["StateMachineArn"],
+            "job_queue_arn": self.outputs["JobQueueArn"],
+            "region": REGION,
+            "python_runtime": self.outputs["PythonRuntime"],
+        }
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.session.Session(region_name=REGION).client(
+            service, endpoint_url=self.endpoint_url)
+
+    def state_transitions(self, execution_arn: str) -> int:
+        """StateEntered events of an execution (Step Functions bills per transition)."""
+        sfn = self.client("stepfunctions")
+        events = []
+        for page in sfn.get_paginator("get_execution_history").paginate(
+                executionArn=execution_arn):
+            events.extend(page["events"])
+        return sum(1 for e in events if e["type"].endswith("StateEntered"))
+
+
+def project_root() -> Path:
+    """The folder holding template.yaml (this source tree, or FANOUT_PROJECT_ROOT)."""
+    configured = os.environ.get("FANOUT_PROJECT_ROOT")
+    candidates = [Path(configured)] if configured else []
+    candidates += [Path(__file__).resolve().parents[2], Path.cwd()]
+    for candidate in candidates:
+        if (candidate / "template.yaml").exists():
+            return candidate
+    raise FileNotFoundError("template.yaml not found: set FANOUT_PROJECT_ROOT to the fanout "
+                            "checkout whose stack should be emulated")
+
+
+# -- the template ------------------------------------------------------------------------------
+
+
+class Template:
+    """template.yaml with intrinsic functions resolved against emulated resource names."""
+
+    def __init__(self, path: Path, parameters: dict[str, str]) -> None:
+        from cfnlint.decode import cfn_yaml
+
+        self.path = path
+        self.data = cfn_yaml.load(str(path))
+        self.refs: dict[str, Any] = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+                                     "AWS::Partition": "aws", "AWS::StackName": "fanout-emulated"}
+        self.attrs: dict[tuple[str, str], Any] = {}
+        for name, spec in self.data.get("Parameters", {}).items():
+            value = parameters.get(name, spec.get("Default"))
+            self.refs[name] = value
+
+    def resources(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, res.get("Properties", {})) for name, res in
+                self.data["Resources"].items() if res["Type"] == kind]
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"Ref"}:
+                return self.refs[value["Ref"]]
+            if set(value) == {"Fn::GetAtt"}:
+                target = value["Fn::GetAtt"]
+                name, attr = target if isinstance(target, list) else target.split(".", 1)
+                return self.attrs[(name, attr)]
+            if set(value) == {"Fn::Sub"}:
+                text = value["Fn::Sub"]
+                if isinstance(text, list):
+                    text, extra = text
+                    for key, val in extra.items():
+                        text = text.replace("${" + key + "}", str(self.resolve(val)))
+                for (name, attr), val in self.attrs.items():
+                    text = text.replace("${" + f"{name}.{attr}" + "}", str(val))
+                for name, val in self.refs.items():
+                    text = text.replace("${" + name + "}", str(val))
+                return text
+            return {k: self.resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        return value
+
+
+def _camel(value: Any) -> Any:
+    """CloudFormation's PascalCase property names to the API's camelCase (Batch)."""
+    if isinstance(value, dict):
+        return {k[:1].lower() + k[1:]: _camel(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_camel(v) for v in value]
+    return value
+
+
+def _zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.txt", "code runs from the project's functions/ folder")
+    return buffer.getvalue()
+
+
+def create_stack(template: Template) -> dict[str, str]:
+    """Create every resource of the template in moto; return the stack's Outputs."""
+    import boto3
+
+    session = boto3.session.Session(region_name=REGION)
+    iam, s3 = session.client("iam"), session.client("s3")
+    dynamodb, lam = session.client("dynamodb"), session.client("lambda")
+    ec2, batch, sfn = session.client("ec2"), session.client("batch"), session.client(
+        "stepfunctions")
+    suffix = uuid.uuid4().hex[:8]
+
+    def role(name: str, service: str) -> str:
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action":
+                 "sts:AssumeRole", "Principal": {"Service": service}}]}
+        return str(iam.create_role(RoleName=f"{name}-{suffix}",
+                                   AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
+
+    for name, _props in template.resources("AWS::S3::Bucket"):
+        bucket = f"fanout-emulated-{name.lower()}-{suffix}"
+        s3.create_bucket(Bucket=bucket)
+        template.refs[name] = bucket
+        template.attrs[(name, "Arn")] = f"arn:aws:s3:::{bucket}"
+    for name, props in template.resources("AWS::DynamoDB::Table"):
+        table = f"fanout-emulated-{name.lower()}-{suffix}"
+        kwargs = {k: props[k] for k in ("AttributeDefinitions", "KeySchema",
+                                        "GlobalSecondaryIndexes", "BillingMode") if k in props}
+        dynamodb.create_table(TableName=table, **kwargs)
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification=ttl)
+        template.refs[name] = table
+        template.attrs[(name, "Arn")] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}"
+    logs = session.client("logs")
+    for name, _props in template.resources("AWS::Logs::LogGroup"):
+        group_name = f"/fanout-emulated/{name}-{suffix}"
+        logs.create_log_group(logGroupName=group_name)
+        template.refs[name] = group_name
+        template.attrs[(name, "Arn")] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{group_name}"
+    lambda_role = role("fanout-lambda", "lambda.amazonaws.com")
+    for name, props in template.resources("AWS::Serverless::Function"):
+        function = f"{name}-{suffix}"
+        env = template.resolve(props.get("Environment", {}).get("Variables", {}))
+        response = lam.create_function(
+            FunctionName=function, Runtime=template.resolve(props["Runtime"]),
+            Role=lambda_role, Handler=props["Handler"], Code={"ZipFile": _zip()},
+            Timeout=int(template.resolve(props.get("Timeout", 3))),
+            MemorySize=int(template.resolve(props.get("MemorySize", 128))),
+            Environment={"Variables": {k: str(v) for k, v in env.items()}})
+        template.refs[name] = function
+        template.attrs[(name, "Arn")] = response["FunctionArn"]
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=f"fanout-{suffix}", Description="fanout",
+                                      VpcId=vpc)["GroupId"]
+    template.refs["Subnets"], template.refs["SecurityGroupIds"] = [subnet], [group]
+    for name, _props in template.resources("AWS::IAM::Role"):
+        template.attrs[(name, "Arn")] = role(name, "ecs-tasks.amazonaws.com")
+    batch_role = role("fanout-batch-service", "batch.amazonaws.com")
+    for name, props in template.resources("AWS::Batch::ComputeEnvironment"):
+        resources = _camel(template.resolve(props["ComputeResources"]))
+        response = batch.create_compute_environment(
+            computeEnvironmentName=f"{name}-{suffix}", type=props["Type"],
+            state=props.get("State", "ENABLED"), computeResources=resources,
+            serviceRole=batch_role)
+        template.refs[name] = response["computeEnvironmentArn"]
+    for name, props in template.resources("AWS::Batch::JobQueue"):
+        order = _camel(template.resolve(props["ComputeEnvironmentOrder"]))
+        response = batch.create_job_queue(jobQueueName=f"{name}-{suffix}", state="ENABLED",
+                                          priority=int(props.get("Priority", 1)),
+                                          computeEnvironmentOrder=order)
+        template.refs[name] = response["jobQueueArn"]
+    for name, props in template.resources("AWS::Batch::JobDefinition"):
+        resolved = _camel(template.resolve(props))
+        container = resolved["containerProperties"]
+        response = batch.register_job_definition(
+            jobDefinitionName=f"{name}-{suffix}", type=resolved["type"],
+            containerProperties={k: container[k] for k in
+                                 ("image", "command", "environment", "resourceRequirements",
+                                  "jobRoleArn", "executionRoleArn") if k in container},
+            retryStrategy=resolved.get("retryStrategy", {}),
+            timeout=resolved.get("timeout", {}),
+            platformCapabilities=resolved.get("platformCapabilities", []))
+        template.refs[name] = response["jobDefinitionArn"]
+    sfn_role = role("fanout-states", "states.amazonaws.com")
+    for name, props in template.resources("AWS::Serverless::StateMachine"):
+        definition = (template.path.parent / props["DefinitionUri"]).read_text()
+        for key, value in template.resolve(props.get("DefinitionSubstitutions", {})).items():
+            definition = definition.replace("${" + key + "}", str(value))
+        response = sfn.create_state_machine(name=f"{name}-{suffix}", definition=definition,
+                                            roleArn=sfn_role, type=props.get("Type", "STANDARD"))
+        template.refs[name] = response["stateMachineArn"]
+    return {key: str(template.resolve(out["Value"]))
+            for key, out in template.data.get("Outputs", {}).items()}
+
+
+# -- bridging moto to local processes ----------------------------------------------------------
+
+
+class _Bridge:
+    """The patches that make moto run fanout's workers locally, with faults injected."""
+
+    def __init__(self, root: Path, faults: Faults, env: dict[str, str],
+                 events: collections.Counter[str]) -> None:
+        self.root = root
+        self.faults = faults
+        self.env = env
+        self.events = events
+        self.rng = random.Random(faults.seed)
+        self.lock = threading.Lock()
+
+    def chance(self, rate: float) -> bool:
+        with self.lock:
+            return rate > 0 and self.rng.random() < rate
+
+    def invoke_lambda(self, function: Any, event: Any) -> tuple[str, bool, str]:
+        """Run one invocation of ``function`` (moto's model) in a fresh interpreter."""
+        text = event if isinstance(event, str) else json.dumps(event or {})
+        timeout = float(function.timeout)
+        chunk = json.loads(text).get("chunk") or {}
+        task_indexes = {t[0] for t in chunk.get("tasks", [])}
+        if task_indexes & self.faults.lambda_timeout_tasks:
+            timeout = min(timeout, self.faults.lambda_timeout_seconds)
+        crash_after = None
+        if chunk and self.chance(self.faults.crash_rate):
+            crash_after = 1 + self.rng.randrange(max(1, len(task_indexes)))
+            self.events["lambda_crash"] += 1
+        with tempfile.TemporaryDirectory() as tmp:
+            response_path = os.path.join(tmp, "response.json")
+            request = {"root": str(self.root), "handler": function.handler, "event": text,
+                       "response": response_path, "request_id": str(uuid.uuid4()),
+                       "function_name": function.function_name,
+                       "memory": str(function.memory_size), "timeout": timeout,
+                       "crash_after": crash_after}
+            env = {**self.env, **{k: str(v) for k, v in function.environment_vars.items()}}
+            proc = subprocess.Popen([sys.executable, "-m", "fanout.testing.lambda_runner"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=env, cwd=str(self.root))
+            try:
+                logs, _ = proc.communicate(json.dumps(request).encode(), timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                logs, _ = proc.communicate()
+                self.events["lambda_timeout"] += 1
+                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
+                                   f"Task timed out after {timeout:.2f} seconds"}), True, \
+                    logs.decode(errors="replace")
+            log_text = logs.decode(errors="replace")
+            if proc.returncode != 0 or not os.path.exists(response_path):
+                return json.dumps({"errorType": "Runtime.ExitError", "errorMessage":
+                                   f"Runtime exited with error: exit status {proc.returncode}"}
+                                  ), True, log_text
+            with open(response_path) as handle:
+                response = json.load(handle)
+        if "ok" in response:
+            return json.dumps(response["ok"]), False, log_text
+        return json.dumps(response), True, log_text
+
+    def throttle(self) -> None:
+        if self.chance(self.faults.throttle_rate):
+            self.events["lambda_throttle"] += 1
+            raise _TooManyRequests()
+
+    def run_batch_job(self, job: Any) -> None:
+        """moto's ``batch.models.Job.run`` without Docker: the command as a local process."""
+        from moto.batch.utils import JobStatus
+
+        try:
+            job.job_started_at = datetime.now()
+            job.status = JobStatus.RUNNING
+            container = job.job_definition.container_properties or {}
+            command = job.container_overrides.get("command") or container.get("command", [])
+            command = [sys.executable if part == "python" else part for part in command]
+            env = dict(self.env)
+            for item in container.get("environment", []) + job.container_overrides.get(
+                    "environment", []):
+                env[item["name"]] = item["value"]
+            env["AWS_BATCH_JOB_ID"] = job.job_id
+            strategy = job.job_definition.retry_strategy or {}
+            attempts = int(strategy.get("attempts", 1))
+            limit = float((job.timeout or {}).get("attemptDurationSeconds")
+                          or (job.job_definition.timeout or {}).get("attemptDurationSeconds")
+                          or 3600)
+            for attempt in range(1, attempts + 1):
+                job._start_attempt()
+                env["AWS_BATCH_JOB_ATTEMPT"] = str(attempt)
+                code, reason = self._batch_attempt(command, env, limit)
+                if code == 0:
+                    job._mark_stopped(success=True)
+                    return
+                job.job_stopped_reason = reason
+                if _exit_action(strategy.get("evaluateOnExit", []), reason, code) != "retry":
+                    break
+                job.job_stopped = False
+            job._mark_stopped(success=False)
+        except Exception as exc:  # a bug here must fail the job, not hang the execution
+            job.job_stopped_reason = f"emulator error: {exc!r}"
+            job._mark_stopped(success=False)
+
+    def _batch_attempt(self, command: list[str], env: dict[str, str],
+                       limit: float) -> tuple[int, str]:
+        interrupt = self.chance(self.faults.spot_interruption_rate)
+        proc = subprocess.Popen(command, env=env, cwd=str(self.root), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        if interrupt:
+            self.events["spot_interruption"] += 1
+            with self.lock:
+                notice = self.rng.uniform(0.05, 0.6)
+            try:
+                proc.wait(timeout=notice)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)  # Spot's two-minute warning, compressed
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.read()
+            return (proc.returncode or 143), "Your Spot Task was interrupted."
+        try:
+            proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return 137, "Job attempt duration exceeded timeout"
+        code = proc.returncode
+        return code, "Essential container in task exited" if code else ""
+
+
+def _exit_action(rules: list[dict[str, str]], reason: str, code: int) -> str:
+    """AWS Batch's evaluateOnExit: the first matching rule decides; no match retries."""
+    for rule in rules:
+        checks = []
+        if "onStatusReason" in rule:
+            checks.append(fnmatch.fnmatchcase(reason, rule["onStatusReason"]))
+        if "onReason" in rule:
+            checks.append(fnmatch.fnmatchcase(reason, rule["onReason"]))
+        if "onExitCode" in rule:
+            checks.append(fnmatch.fnmatchcase(str(code), rule["onExitCode"]))
+        if checks and all(checks):
+            return rule["action"].lower()
+    return "retry"
+
+
+class _TooManyRequests(Exception):
+    """Raised in moto's Lambda backend; turned into a 429 by the patched response."""
+
+
+def _normalise_batch_parameters(service: Any, parameters: dict[str, Any],
+                                boto_service_name: str | None = None,
+                                service_action_name: str | None = None) -> None:
+    """What moto's port leaves out: the ASL's PascalCase names to botocore's casing."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("batch")
+    action = service.resource.api_action
+    operation = next(op for op in model.operation_names if op.lower() == action.lower())
+    _to_shape(parameters, model.operation_model(operation).input_shape)
+
+
+def _to_shape(value: Any, shape: Any) -> Any:
+    if shape is None:
+        return value
+    if shape.type_name == "structure" and isinstance(value, dict):
+        members = {name.lower(): (name, member) for name, member in shape.members.items()}
+        for key in list(value):
+            if key.lower() in members:
+                name, member = members[key.lower()]
+                value[name] = _to_shape(value.pop(key), member)
+        return value
+    if shape.type_name == "list" and isinstance(value, list):
+        return [_to_shape(v, shape.member) for v in value]
+    return value
+
+
+def _counting(app: Any, requests: collections.Counter[tuple[str, str, str]]) -> Any:
+    """WSGI middleware: count requests by (caller, service, operation)."""
+
+    def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        parts = auth.split("Credential=")[-1].split("/") if "Credential=" in auth else []
+        service = parts[3] if len(parts) > 3 else "?"
+        caller = "stepfunctions" if parts and parts[0] == "ak" else "client/worker"
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        operation = target.split(".")[-1] if target else _rest_operation(service, environ)
+        requests[(caller, service, operation)] += 1
+        return app(environ, start_response)
+
+    return middleware
+
+
+def _rest_operation(service: str, environ: dict[str, Any]) -> str:
+    method = str(environ.get("REQUEST_METHOD", ""))
+    path = str(environ.get("PATH_INFO", ""))
+    query = str(environ.get("QUERY_STRING", ""))
+    if service == "s3":
+        if method == "GET":
+            return "ListObjects" if path.count("/") <= 1 else "GetObject"
+        if method == "PUT":
+            return "UploadPart" if "partNumber" in query else "PutObject"
+        if method == "POST":
+            return "CreateMultipartUpload" if "uploads" in query else \
+                "CompleteMultipartUpload" if "uploadId" in query else "PostObject"
+        if method == "HEAD":
+            return "HeadBucket" if path.strip("/").count("/") == 0 else "HeadObject"
+        return {"DELETE": "DeleteObject"}.get(method, method)
+    if service == "lambda" and path.endswith("/invocations"):
+        return "Invoke"
+    if service == "batch":
+        return path.rstrip("/").rsplit("/", 1)[-1]
+    return f"{method} {path}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _patched(target: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, original)
+
+
+_active = threading.Lock()
+
+
+@contextlib.contextmanager
+def emulated_aws(
+    *,
+    throttle_rate: float = 0.0,
+    crash_rate: float = 0.0,
+    spot_interruption_rate: float = 0.0,
+    lambda_timeout_tasks: frozenset[int] | set[int] = frozenset(),
+    lambda_timeout_seconds: float = 2.0,
+    seed: int = 0,
+    template: str | os.PathLike[str] | None = None,
+) -> Iterator[EmulatedAws]:
+    """Run the fanout stack offline for the duration of the ``with`` block.
+
+    Sets ``AWS_ENDPOINT_URL`` and test credentials in this process's environment (and so for
+    its children), so ``Executor(backend="aws", **aws.backend_options)`` and
+    ``Job.attach(job_id, backend="aws", **aws.backend_options)`` reach the emulation. One
+    emulation per process at a time.
+    """
+    from moto.awslambda.models import LambdaBackend, LambdaFunction
+    from moto.batch.models import Job
+    from moto.core.exceptions import JsonRESTError
+    from moto.moto_api._internal.models import moto_api_backend
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_batch,
+    )
+    from werkzeug.serving import make_server
+
+    if not _active.acquire(blocking=False):
+        raise RuntimeError("an emulated AWS is already running in this process")
+    root = Path(template).resolve().parent if template else project_root()
+    faults = Faults(throttle_rate, crash_rate, spot_interruption_rate,
+                    frozenset(lambda_timeout_tasks), lambda_timeout_seconds, seed)
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    minor = "{}.{}".format(*sys.version_info[:2])
+    env_overrides = {
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "MOTO_PORT": str(port),
+        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_DEV": "false",
+    }
+    saved_env = {key: os.environ.get(key) for key in env_overrides}
+    os.environ.update(env_overrides)
+    requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    events: collections.Counter[str] = collections.Counter()
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    bridge = _Bridge(root, faults, child_env, events)
+
+    class TooManyRequests(JsonRESTError):
+        code = 429
+
+        def __init__(self) -> None:
+            super().__init__("TooManyRequestsException", "Rate exceeded (emulated throttle)")
+
+    original_invoke = LambdaBackend.invoke
+
+    def invoke(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bridge.throttle()
+        except _TooManyRequests:
+            raise TooManyRequests() from None
+        return original_invoke(self, *args, **kwargs)
+
+    class QuietHandler(MotoRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    app = _counting(DomainDispatcherApplication(create_backend_app), requests)
+    server = make_server("127.0.0.1", port, app, True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="fanout-emulated-aws",
+                              daemon=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_patched(LambdaFunction, "_invoke_lambda",
+                                         lambda fn, event=None: bridge.invoke_lambda(fn, event)))
+            stack.enter_context(_patched(LambdaBackend, "invoke", invoke))
+            stack.enter_context(_patched(Job, "run", lambda job: bridge.run_batch_job(job)))
+            stack.enter_context(_patched(state_task_service_batch.StateTaskServiceBatch,
+                                         "_normalise_parameters", _normalise_batch_parameters))
+            from moto.stepfunctions.parser.asl.utils import json_path
+
+            parse = json_path.parse  # type: ignore[attr-defined]
+            stack.enter_context(_patched(json_path, "parse", _memo_parse(parse)))
+            moto_api_backend.reset()
+            moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True},
+                                         "batch": {"use_docker": True},
+                                         "lambda": {"use_docker": True}})
+            thread.start()
+            parsed = Template(root / "template.yaml", {"PythonRuntime": f"python{minor}",
+                                                       "BatchImage": "fanout-worker:emulated"})
+            outputs = create_stack(parsed)
+            emulation = EmulatedAws(endpoint, outputs, dict(child_env), faults, requests,
+                                    events)
+            requests.clear()
+            yield emulation
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+            with contextlib.suppress(Exception):
+                moto_api_backend.reset()
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            _active.release()
+
+
+def _memo_parse(parse: Any) -> Any:
+    """jsonpath_ng rebuilds its parser on every call: ~90% of moto's per-item time."""
+
+    @functools.lru_cache(maxsize=4096)
+    def cached(path: str) -> Any:
+        return parse(path)
+
+    return cached
+
+
+__all__ = ["EmulatedAws", "Faults", "create_stack", "emulated_aws"]
