@@ -32,3 +32,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+
+# Used by `sam build` (template.yaml: Metadata BuildMethod: makefile). SAM runs these from a
+# copy of the functions' CodeUri (the repository root) and sets ARTIFACTS_DIR. Run
+# `sam build --use-container` when this machine's Python differs from PythonRuntime.
+.PHONY: build-WorkerFunction build-FinalizeFunction
+
+build-WorkerFunction:
+	python -m pip install --no-cache-dir ".[aws]" -t "$(ARTIFACTS_DIR)"
+	cp -r functions "$(ARTIFACTS_DIR)/"
+
+build-FinalizeFunction:
+	python -m pip install --no-cache-dir ".[aws]" -t "$(ARTIFACTS_DIR)"
+	cp -r functions "$(ARTIFACTS_DIR)/"

@@ -91,3 +91,10 @@ def chatty(x: int) -> int:
     sys.stdout.flush()
     os.write(1, f"fd-level output of task {x}\n".encode())
     return x
+
+
+def fail_unless(marker: str, x: int, bad: int) -> int:
+    """Fails for ``x == bad`` until ``marker`` exists (a bug the user then fixes)."""
+    if x == bad and not os.path.exists(marker):
+        raise RuntimeError(f"task {x} is not fixed yet")
+    return x

@@ -1,4 +1,4 @@
-"""An offline AWS for fanout jobs: moto, executing the real state machine, with real workers.
+"""An offline AWS for fanout jobs: moto runs the real state machine, with real workers.
 
 ``emulated_aws()`` starts a moto server on 127.0.0.1 and creates the stack's resources from
 the pieces of ``template.yaml`` itself (its functions' handlers and environment, the
@@ -7,9 +7,11 @@ tested definition is the deployed one. moto's Step Functions interpreter runs th
 definition; its Lambda invocations run ``functions/`` handlers in fresh interpreters and its
 Batch jobs run the container command as a local process. Everything stays on loopback.
 
-What moto 5.2 lacks is filled in here, and only here: Batch's ``submitJob.sync`` parameters
-are normalised to the API's casing, Batch retry strategies are applied, and ``jsonpath_ng``
-parses are memoised (the interpreter re-parsed every path on every lookup).
+What moto 5.2 lacks is filled in here, and only here: Batch's ``submitJob.sync``
+parameters and responses are normalised between the ASL's and the API's casing, Batch
+retry strategies are applied, a stopped execution's workers are ended (moto waits for
+running states), and ``jsonpath_ng`` parses are memoised (the interpreter re-parsed every
+path on every lookup).
 
 Fault knobs: Lambda throttling (``TooManyRequestsException`` before the function runs),
 worker crashes (the Lambda process exits after storing a result), Spot interruptions (a
@@ -25,6 +27,7 @@ import fnmatch
 import functools
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -281,6 +284,29 @@ class _Bridge:
         self.events = events
         self.rng = random.Random(faults.seed)
         self.lock = threading.Lock()
+        self.running: dict[subprocess.Popen[bytes], str] = {}  # worker process -> job id
+        self.closed = False
+
+    def _started(self, proc: subprocess.Popen[bytes], job_id: str) -> None:
+        with self.lock:
+            self.running[proc] = job_id
+            closed = self.closed
+        if closed:
+            proc.kill()
+
+    def _ended(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            self.running.pop(proc, None)
+
+    def kill(self, job_id: str | None = None) -> None:
+        """Kill the workers of ``job_id`` (its execution was stopped), or all of them."""
+        with self.lock:
+            if job_id is None:
+                self.closed = True
+            victims = [p for p, job in self.running.items() if job_id in (None, job)]
+        for proc in victims:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     def chance(self, rate: float) -> bool:
         with self.lock:
@@ -309,6 +335,7 @@ class _Bridge:
             proc = subprocess.Popen([sys.executable, "-m", "fanout.testing.lambda_runner"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, env=env, cwd=str(self.root))
+            self._started(proc, chunk.get("job_id") or json.loads(text).get("job_id", ""))
             try:
                 logs, _ = proc.communicate(json.dumps(request).encode(), timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -318,6 +345,8 @@ class _Bridge:
                 return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
                                    f"Task timed out after {timeout:.2f} seconds"}), True, \
                     logs.decode(errors="replace")
+            finally:
+                self._ended(proc)
             log_text = logs.decode(errors="replace")
             if proc.returncode != 0 or not os.path.exists(response_path):
                 return json.dumps({"errorType": "Runtime.ExitError", "errorMessage":
@@ -375,6 +404,15 @@ class _Bridge:
         interrupt = self.chance(self.faults.spot_interruption_rate)
         proc = subprocess.Popen(command, env=env, cwd=str(self.root), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
+        chunk = json.loads(env.get("FANOUT_CHUNK", "{}"))
+        self._started(proc, chunk.get("job_id", ""))
+        try:
+            return self._wait_attempt(proc, interrupt, limit)
+        finally:
+            self._ended(proc)
+
+    def _wait_attempt(self, proc: subprocess.Popen[bytes], interrupt: bool,
+                      limit: float) -> tuple[int, str]:
         if interrupt:
             self.events["spot_interruption"] += 1
             with self.lock:
@@ -430,6 +468,20 @@ def _normalise_batch_parameters(service: Any, parameters: dict[str, Any],
     action = service.resource.api_action
     operation = next(op for op in model.operation_names if op.lower() == action.lower())
     _to_shape(parameters, model.operation_model(operation).input_shape)
+
+
+def _normalise_batch_response(service: Any, response: Any,
+                              boto_service_name: str | None = None,
+                              service_action_name: str | None = None) -> None:
+    """And the other way: botocore's camelCase response to the ASL's PascalCase, in place."""
+    if isinstance(response, dict):
+        for key in list(response):
+            value = response.pop(key)
+            _normalise_batch_response(service, value)
+            response[key[:1].upper() + key[1:]] = value
+    elif isinstance(response, list):
+        for item in response:
+            _normalise_batch_response(service, item)
 
 
 def _to_shape(value: Any, shape: Any) -> Any:
@@ -531,6 +583,7 @@ def emulated_aws(
         MotoRequestHandler,
         create_backend_app,
     )
+    from moto.stepfunctions.models import StepFunctionBackend
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_batch,
     )
@@ -566,6 +619,14 @@ def emulated_aws(
             super().__init__("TooManyRequestsException", "Rate exceeded (emulated throttle)")
 
     original_invoke = LambdaBackend.invoke
+    original_stop = StepFunctionBackend.stop_execution
+
+    def stop_execution(self: Any, execution_arn: str) -> Any:
+        """Real AWS aborts at once; moto waits for running states, so end their workers."""
+        execution = original_stop(self, execution_arn)
+        with contextlib.suppress(Exception):
+            bridge.kill(json.loads(execution.execution_input).get("job_id"))
+        return execution
 
     def invoke(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -588,8 +649,14 @@ def emulated_aws(
                                          lambda fn, event=None: bridge.invoke_lambda(fn, event)))
             stack.enter_context(_patched(LambdaBackend, "invoke", invoke))
             stack.enter_context(_patched(Job, "run", lambda job: bridge.run_batch_job(job)))
-            stack.enter_context(_patched(state_task_service_batch.StateTaskServiceBatch,
-                                         "_normalise_parameters", _normalise_batch_parameters))
+            stack.enter_context(_patched(StepFunctionBackend, "stop_execution", stop_execution))
+            parser_log = logging.getLogger("moto.stepfunctions.parser")
+            stack.enter_context(_patched(parser_log, "level", logging.CRITICAL))
+            batch_service = state_task_service_batch.StateTaskServiceBatch
+            stack.enter_context(_patched(batch_service, "_normalise_parameters",
+                                         _normalise_batch_parameters))
+            stack.enter_context(_patched(batch_service, "_normalise_response",
+                                         _normalise_batch_response))
             from moto.stepfunctions.parser.asl.utils import json_path
 
             parse = json_path.parse  # type: ignore[attr-defined]
@@ -607,6 +674,7 @@ def emulated_aws(
             requests.clear()
             yield emulation
         finally:
+            bridge.kill()  # in-flight executions must not outlive the emulation
             server.shutdown()
             thread.join(timeout=10)
             with contextlib.suppress(Exception):

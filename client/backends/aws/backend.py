@@ -52,6 +52,8 @@ POLL_MIN_SECONDS = 0.2
 POLL_MAX_SECONDS = 2.0
 #: Polls between checks of the execution's status (catches a run that died without finalizing).
 EXECUTION_CHECK_EVERY = 10
+#: How long ``retry`` waits for an execution whose tasks are all recorded to finalize.
+FINALIZE_WAIT_SECONDS = 300
 
 
 @dataclass
@@ -272,6 +274,13 @@ class AwsBackend(Backend):
                 self._forget(run)
         return bool(records)
 
+    def _wait_for_execution(self, arn: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        delay = POLL_MIN_SECONDS
+        while self._execution_running(arn) and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 1.5, POLL_MAX_SECONDS)
+
     def _execution_running(self, arn: str) -> bool:
         status = self.sfn.describe_execution(executionArn=arn)["status"]
         return bool(status == "RUNNING")
@@ -378,8 +387,12 @@ class AwsBackend(Backend):
 
     def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
         job = self._job(job_id)
-        if job["state"] == RUNNING and job.get("execution_arn") and \
-                self._execution_running(job["execution_arn"]):
+        arn = job.get("execution_arn")
+        if job["state"] == RUNNING and arn and self._execution_running(arn) and \
+                len(self.store.results(job_id)) == job["spec"].n_tasks:
+            self._wait_for_execution(arn, FINALIZE_WAIT_SECONDS)  # only finalizing is left
+            job = self._job(job_id)
+        if job["state"] == RUNNING and arn and self._execution_running(arn):
             raise RuntimeError(f"job {job_id} is still running ({job['execution_arn']}); wait "
                                f"for it or cancel it (`fanout cancel {job_id}`) first")
         self._check_open()

@@ -1,0 +1,170 @@
+"""The AWS path end to end, offline: moto runs the real definition, workers run for real."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fanout
+from fanout.collector import RemoteTraceback
+from fanout.protocol import SUCCEEDED
+from fanout.testing import EmulatedAws, emulated_aws
+
+import tasks
+from conftest import eventually
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
+    home = tmp_path_factory.mktemp("aws-home")
+    os.environ["FANOUT_HOME"] = str(home)
+    with emulated_aws() as emulation:
+        yield emulation
+
+
+@pytest.fixture
+def ex(aws: EmulatedAws) -> Iterator[fanout.Executor]:
+    executor = fanout.Executor(backend="aws", progress=False, chunksize=5,
+                               **aws.backend_options)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def test_map_submit_and_map_reduce(ex: fanout.Executor, aws: EmulatedAws) -> None:
+    results = ex.map(tasks.square, range(23))
+    assert list(results) == [i * i for i in range(23)]
+    futures = [ex.submit(tasks.add, i, 1) for i in range(4)]
+    assert [f.result(timeout=120) for f in futures] == [1, 2, 3, 4]
+    assert ex.map_reduce(tasks.square, range(10), sum).result(timeout=120) == 285
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    records = job.records()
+    assert [r.task_index for r in records] == list(range(23))
+    assert {r.status for r in records} == {SUCCEEDED}
+    assert all(r.worker_id.startswith("lambda/") for r in records)
+    info = job.info
+    assert info.state == "finished" and info.summary is not None
+    assert info.summary["succeeded"] == 23
+    assert aws.requests[("stepfunctions", "lambda", "Invoke")] >= 5  # 5 chunks of 5
+
+
+def test_user_exceptions_are_results(ex: fanout.Executor, aws: EmulatedAws) -> None:
+    results = ex.map(tasks.fail_if, range(30), [i if i % 10 == 3 else -1 for i in range(30)])
+    futures = results.futures
+    failed = [i for i, f in enumerate(futures) if f.exception(timeout=120) is not None]
+    assert failed == [3, 13, 23]
+    with pytest.raises(ValueError, match="task 13 is bad") as info:
+        futures[13].result()
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "fail_if" in str(info.value.__cause__)
+    assert [futures[i].result() for i in (0, 1, 29)] == [0, 1, 29]
+    counts = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options).status()
+    assert counts["succeeded"] == 27 and counts["failed"] == 3
+
+
+def test_logs_come_back_from_lambda(ex: fanout.Executor) -> None:
+    future = ex.submit(tasks.chatty, 5)
+    assert future.result(timeout=120) == 5
+    assert "stdout of task 5" in future.logs() and "stderr of task 5" in future.logs()
+
+
+def test_batch_tier_runs_on_batch(ex: fanout.Executor, aws: EmulatedAws) -> None:
+    long_tasks = ex.options(tier="batch")
+    results = long_tasks.map(tasks.square, range(6), chunksize=3)
+    assert list(results) == [i * i for i in range(6)]
+    records = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options).records()
+    assert all(r.worker_id.startswith("batch/") for r in records)
+    assert aws.requests[("stepfunctions", "batch", "submitjob")] >= 2
+
+
+def test_results_larger_than_a_dynamodb_item_go_to_s3(ex: fanout.Executor,
+                                                       aws: EmulatedAws) -> None:
+    future = ex.submit(tasks.identity, b"x" * 600_000)
+    assert future.result(timeout=120) == b"x" * 600_000
+    record = ex.backend.record(future.job_id, future.task_index)
+    assert record is not None and record.value is None and record.value_ref
+
+
+def test_attach_from_a_second_process(ex: fanout.Executor, aws: EmulatedAws) -> None:
+    results = ex.map(tasks.square, range(12))
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import fanout
+        job = fanout.Job.attach({results.job_id!r}, backend="aws",
+                                **{json.dumps(aws.backend_options)})
+        print(json.dumps(job.results(timeout=120)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **aws.env}, check=True)
+    assert json.loads(out.stdout) == [i * i for i in range(12)]
+    assert list(results) == [i * i for i in range(12)]
+
+
+def test_cancel_stops_the_execution(ex: fanout.Executor, aws: EmulatedAws,
+                                    tmp_path: Path) -> None:
+    results = ex.map(tasks.block_until, [str(tmp_path / "never")] * 4, chunksize=1)
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    job.cancel()
+    info = job.info
+    assert info.state == "cancelled"
+    assert job.status()["cancelled"] + job.status()["succeeded"] == 4
+    arn = ex.backend.store.job(results.job_id)["execution_arn"]  # type: ignore[attr-defined]
+    sfn = aws.client("stepfunctions")
+    eventually(lambda: sfn.describe_execution(executionArn=arn)["status"] == "ABORTED",
+               what="the execution to be aborted")
+    with pytest.raises(concurrent.futures.CancelledError):
+        list(results)
+
+
+def test_retry_reruns_only_what_failed(ex: fanout.Executor, aws: EmulatedAws,
+                                       tmp_path: Path) -> None:
+    marker = str(tmp_path / "fixed")
+    results = ex.map(tasks.fail_unless, [marker] * 6, range(6), [2, 2, 2, 4, 4, 4])
+    futures = results.futures
+    assert sum(f.exception(timeout=120) is not None for f in futures) == 2
+    Path(marker).touch()
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    counts = job.retry()
+    assert counts["succeeded"] == 6
+    records = job.records()
+    assert [r.attempt for r in records if r.task_index in (2, 4)] == [2, 2]
+    assert all(r.attempt == 1 for r in records if r.task_index not in (2, 4))
+
+
+def test_unconfigured_backend_says_what_is_missing(aws: EmulatedAws, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FANOUT_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(fanout.ConfigurationError, match="fanout configure --stack NAME"):
+        fanout.Executor(backend="aws")
+
+
+def test_wrong_stack_fails_before_uploading(aws: EmulatedAws) -> None:
+    options = {**aws.backend_options, "bucket": "no-such-bucket-anywhere"}
+    before = sum(n for (_, service, op), n in aws.requests.items()
+                 if (service, op) == ("s3", "PutObject"))
+    with (fanout.Executor(backend="aws", progress=False, **options) as ex,
+          pytest.raises(fanout.ConfigurationError, match="payload bucket 'no-such-bucket")):
+        ex.map(tasks.square, range(3))
+    after = sum(n for (_, service, op), n in aws.requests.items()
+                if (service, op) == ("s3", "PutObject"))
+    assert after == before
+
+
+def test_python_version_mismatch_is_refused_at_submit(aws: EmulatedAws) -> None:
+    options = {**aws.backend_options, "python_runtime": "python3.9"}
+    with (fanout.Executor(backend="aws", progress=False, **options) as ex,
+          pytest.raises(fanout.ConfigurationError, match=r"python3\.9") as info):
+        ex.submit(tasks.square, 2)
+    assert "Python {}.{}".format(*sys.version_info[:2]) in str(info.value)
