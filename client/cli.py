@@ -174,6 +174,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configure(args: argparse.Namespace) -> int:
+    from .backends.aws.config import configure_from_stack
+
+    path = configure_from_stack(args.stack, region=args.region, home=args.home)
+    saved = json.loads(path.read_text())
+    print(f"wrote {path}")
+    for key in ("bucket", "table", "state_machine_arn", "job_queue_arn", "python_runtime"):
+        print(f"  {key:18} {saved[key]}")
+    print('next: fanout.Executor(backend="aws") or FANOUT_BACKEND=aws')
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .backends.local.store import LocalStore
     from .serialization import package_versions, python_version
@@ -228,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("cancel", cmd_cancel, "cancel a job; finished results are kept", job=True)
     plot = add("plot", cmd_plot, "draw a job's timeline (one lane per worker)", job=True)
     plot.add_argument("-o", "--output", required=True, help="image file, e.g. timeline.png")
+    configure = add("configure", cmd_configure,
+                    "read a deployed stack's outputs so backend='aws' can use it")
+    configure.add_argument("--stack", required=True, help="CloudFormation stack name")
+    configure.add_argument("--region", help="AWS region (default: your AWS configuration)")
     add("doctor", cmd_doctor, "check this installation and the local store")
     return parser
 

@@ -168,3 +168,32 @@ def test_python_version_mismatch_is_refused_at_submit(aws: EmulatedAws) -> None:
           pytest.raises(fanout.ConfigurationError, match=r"python3\.9") as info):
         ex.submit(tasks.square, 2)
     assert "Python {}.{}".format(*sys.version_info[:2]) in str(info.value)
+
+
+def test_configure_reads_the_stack_outputs(aws: EmulatedAws, tmp_path: Path) -> None:
+    cloudformation = aws.client("cloudformation")
+    body = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+            "Outputs": {key: {"Value": value} for key, value in aws.outputs.items()}}
+    cloudformation.create_stack(StackName="fanout-test", TemplateBody=json.dumps(body))
+    home = tmp_path / "configured"
+    out = subprocess.run([sys.executable, "-m", "fanout.cli", "--home", str(home), "configure",
+                          "--stack", "fanout-test"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **aws.env}, check=True)
+    assert "wrote" in out.stdout
+    saved = json.loads((home / "aws.json").read_text())
+    assert saved["bucket"] == aws.outputs["PayloadBucketName"]
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import fanout, tasks
+        with fanout.Executor(backend="aws", progress=False) as ex:
+            print(list(ex.map(tasks.square, range(3))))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **aws.env, "FANOUT_HOME": str(home)},
+                         check=True)
+    assert run.stdout.strip() == "[0, 1, 4]"
+    missing = subprocess.run([sys.executable, "-m", "fanout.cli", "--home", str(home),
+                              "configure", "--stack", "nope"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, **aws.env})
+    assert missing.returncode == 2 and "cannot read stack 'nope'" in missing.stderr
