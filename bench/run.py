@@ -528,7 +528,8 @@ def render(rows: list[Row], header: list[str], method: list[str], rss_detail: st
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, start_marker: str = START_MARKER,
+                  end_marker: str = END_MARKER) -> None:
     """Replace the marked section of ``path`` (append it if unmarked; create the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
@@ -536,9 +537,9 @@ def write_section(path: Path, section: str) -> None:
                         "names; edit outside its markers.\n\n" + section)
         return
     text = path.read_text()
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END_MARKER):]
+        text = text[:start] + section.rstrip("\n") + text[end + len(end_marker):]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)

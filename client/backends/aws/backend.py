@@ -155,9 +155,6 @@ class AwsBackend(Backend):
             payload.seek(0)
             self.store.s3.upload_fileobj(payload, self.config.bucket,
                                          self.store.key(job_id, PAYLOAD_OBJECT))
-        self.store.put_object(job_id, "function.pkl", function)
-        if reducer is not None:
-            self.store.put_object(job_id, "reducer.pkl", reducer)
         tier = plan_tier(options)
         size = options.chunksize
         manifest = [Chunk(job_id, n, tier, 1, tuple(refs[start:start + size]))
@@ -167,8 +164,8 @@ class AwsBackend(Backend):
             options=options, python=python_version(), packages=package_versions(),
             created=time.time(), client=client_id(), has_reducer=reducer is not None,
             reducer=reducer_name)
+        self.store.put_bundle(spec, function, reducer)
         self._put_manifests(job_id, "manifest", manifest)
-        self.store.put_object(job_id, "spec.json", spec.to_json().encode())
         self.store.put_job(spec, RUNNING, client_id())
         return spec, manifest
 

@@ -45,14 +45,22 @@ except ImportError:  # pragma: no cover
     metrics = None
 
 
+_stores: dict[tuple[str, str], AwsStore] = {}
+
+
 def store_from_env() -> AwsStore:
-    """The store a worker uses, from the environment the template gives every function."""
+    """The store a worker uses, from the environment the template gives every function.
+
+    Kept for the life of the process, so a warm container reuses its clients and caches.
+    """
     try:
-        return AwsStore(AwsConfig(bucket=os.environ["FANOUT_BUCKET"],
-                                  table=os.environ["FANOUT_TABLE"], state_machine_arn=""))
+        key = (os.environ["FANOUT_BUCKET"], os.environ["FANOUT_TABLE"])
     except KeyError as exc:
         raise RuntimeError(f"worker environment lacks {exc.args[0]}; deploy with template.yaml"
                            ) from exc
+    if key not in _stores:
+        _stores[key] = AwsStore(AwsConfig(bucket=key[0], table=key[1], state_machine_arn=""))
+    return _stores[key]
 
 
 def _metric(name: str, value: float, unit: str = "Count") -> None:
@@ -63,6 +71,20 @@ def _metric(name: str, value: float, unit: str = "Count") -> None:
 def _flush_metrics() -> None:
     if metrics is not None:
         metrics.flush_metrics()
+
+
+_runtimes: dict[int, WorkerRuntime] = {}
+
+
+def _warm_runtime(store: AwsStore, worker_id: str) -> WorkerRuntime:
+    """One runtime per store and process: a warm Lambda container keeps the job's spec and
+    unpickled function from its previous chunk instead of fetching them again."""
+    runtime = _runtimes.get(id(store))
+    if runtime is None or runtime.store is not store:
+        runtime = _runtimes[id(store)] = WorkerRuntime(store, worker_id, StreamCapture())
+    runtime.worker_id = worker_id
+    runtime.sink = None
+    return runtime
 
 
 def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
@@ -81,7 +103,7 @@ def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
     else:
         chunk = Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt, todo)
     counts = {"ran": 0, "failed": 0, "skipped": len(done)}
-    runtime = WorkerRuntime(store, worker_id, StreamCapture())
+    runtime = _warm_runtime(store, worker_id)
     if extra:
         def carry(record: ResultRecord) -> None:
             record.extra.update(extra.get(record.task_index, {}))

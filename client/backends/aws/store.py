@@ -20,6 +20,7 @@ record, or if the stored one did not succeed and comes from an earlier attempt.
 from __future__ import annotations
 
 import json
+import pickle
 import secrets
 import time
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class AwsStore:
         self.dynamodb = self.session.client("dynamodb", **kwargs)
         self.bucket = config.bucket
         self.table = config.table
+        self._bundles: dict[str, dict[str, Any]] = {}
 
     # -- S3 objects ------------------------------------------------------------------------
 
@@ -83,13 +85,30 @@ class AwsStore:
         body = self.s3.get_object(Bucket=self.bucket, Key=self.key(job_id, name))["Body"]
         return bytes(body.read())
 
+    def put_bundle(self, spec: JobSpec, function: bytes, reducer: bytes | None) -> None:
+        """The spec and the pickled functions as one object: one GET per cold worker."""
+        bundle = {"spec": spec.to_json(), "function": function, "reducer": reducer}
+        self.put_object(spec.job_id, "bundle.pkl", pickle.dumps(bundle, protocol=5))
+
+    def _bundle(self, job_id: str) -> dict[str, Any]:
+        bundle = self._bundles.get(job_id)
+        if bundle is None:
+            bundle = pickle.loads(self.get_object(job_id, "bundle.pkl"))
+            self._bundles[job_id] = bundle
+            while len(self._bundles) > 8:
+                self._bundles.pop(next(iter(self._bundles)))
+        return bundle
+
     def load_spec(self, job_id: str) -> JobSpec:
-        return JobSpec.from_json(self.get_object(job_id, "spec.json").decode())
+        return JobSpec.from_json(self._bundle(job_id)["spec"])
 
     def load_function(self, job_id: str, which: str) -> bytes:
         if which not in ("function", "reducer"):
             raise ValueError(f"unknown function object {which!r}")
-        return self.get_object(job_id, f"{which}.pkl")
+        data = self._bundle(job_id)[which]
+        if data is None:
+            raise ValueError(f"job {job_id} has no {which}")
+        return bytes(data)
 
     def read_task(self, job_id: str, task: TaskRef) -> bytes:
         """One task's arguments: a ranged GET of the job's payload object."""
