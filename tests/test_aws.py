@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -197,3 +198,13 @@ def test_configure_reads_the_stack_outputs(aws: EmulatedAws, tmp_path: Path) -> 
                               "configure", "--stack", "nope"], capture_output=True, text=True,
                              timeout=120, env={**os.environ, **aws.env})
     assert missing.returncode == 2 and "cannot read stack 'nope'" in missing.stderr
+
+
+def test_unreachable_endpoint_is_a_clear_error(aws: EmulatedAws) -> None:
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    options = {**aws.backend_options, "endpoint_url": f"http://127.0.0.1:{closed}"}
+    with (fanout.Executor(backend="aws", progress=False, **options) as ex,
+          pytest.raises(fanout.ConfigurationError, match="cannot reach AWS")):
+        ex.submit(tasks.square, 2)
