@@ -35,7 +35,7 @@ _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 def _finish_at_exit() -> None:
     """Like the stdlib's executors: work already submitted completes before exit."""
     for backend in list(_live_backends):
-        backend.shutdown(wait=True)
+        backend.shutdown_at_exit()
 
 
 class _Shared:

@@ -208,3 +208,23 @@ def test_unreachable_endpoint_is_a_clear_error(aws: EmulatedAws) -> None:
     with (fanout.Executor(backend="aws", progress=False, **options) as ex,
           pytest.raises(fanout.ConfigurationError, match="cannot reach AWS")):
         ex.submit(tasks.square, 2)
+
+
+def test_the_client_can_leave_and_the_job_goes_on(aws: EmulatedAws, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import fanout, tasks
+        ex = fanout.Executor(backend="aws", progress=False, chunksize=2,
+                             **{aws.backend_options!r})
+        results = ex.map(tasks.block_until, [{str(gate)!r}] * 4, range(4))
+        print(results.job_id, flush=True)
+        # no shutdown(): the interpreter exits while the job is still running on AWS
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **aws.env}, check=True)
+    job = fanout.Job.attach(out.stdout.strip(), backend="aws", **aws.backend_options)
+    assert job.info.state == "running"
+    gate.touch()
+    assert job.results(timeout=120) == [0, 1, 2, 3]

@@ -58,6 +58,14 @@ class Backend(ABC):
     @abstractmethod
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
 
+    def shutdown_at_exit(self) -> None:
+        """The interpreter is exiting without ``shutdown()``: finish what must not be lost.
+
+        Local work runs in this process's children, so it is completed (as the stdlib's
+        executors do); a remote backend only makes sure submitted work has been sent.
+        """
+        self.shutdown(wait=True)
+
     # -- jobs, also from a process that did not start them ---------------------------------
 
     @abstractmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import tempfile
 import threading
@@ -47,6 +48,7 @@ from ..local.store import new_job_id
 from .config import load_config
 from .store import AwsStore
 
+log = logging.getLogger("fanout.aws")
 PAYLOAD_OBJECT = "payload-0.bin"
 POLL_MIN_SECONDS = 0.2
 POLL_MAX_SECONDS = 2.0
@@ -54,6 +56,8 @@ POLL_MAX_SECONDS = 2.0
 EXECUTION_CHECK_EVERY = 10
 #: How long ``retry`` waits for an execution whose tasks are all recorded to finalize.
 FINALIZE_WAIT_SECONDS = 300
+#: How long polling may fail in a row before the futures are told (the jobs go on).
+POLL_GIVE_UP_SECONDS = 600.0
 
 
 @dataclass
@@ -240,6 +244,7 @@ class AwsBackend(Backend):
 
     def _poll_loop(self) -> None:
         delay = POLL_MIN_SECONDS
+        failing_since: float | None = None
         while True:
             try:
                 self._flush_submits(self._closed)
@@ -248,9 +253,20 @@ class AwsBackend(Backend):
                     followed = list(self._followed.values())
                 for item in followed:
                     progressed |= self._poll(item)
-            except Exception as exc:  # never leave futures waiting on a dead poller
-                self._fail_all(f"polling AWS failed: {exc!r}")
-                return
+                failing_since = None
+            except Exception as exc:
+                # A network blip must not fail healthy jobs: back off and keep trying; only
+                # a sustained outage ends the wait (the jobs run on; attach later).
+                clock = time.monotonic()
+                failing_since = failing_since or clock
+                if clock - failing_since > POLL_GIVE_UP_SECONDS:
+                    self._fail_all(f"cannot reach AWS for {POLL_GIVE_UP_SECONDS:.0f} s "
+                                   f"({exc!r}); the jobs go on, attach to them later")
+                    return
+                log.warning("polling AWS failed (%r); retrying", exc)
+                self._wake.wait(POLL_MAX_SECONDS)
+                self._wake.clear()
+                continue
             with self._lock:
                 idle = not self._followed and self._batches.deadline() is None
             if idle and self._closed:
@@ -320,6 +336,11 @@ class AwsBackend(Backend):
         for item in followed:
             self._abandon(item.run, why)
             item.run.close()
+
+    def shutdown_at_exit(self) -> None:
+        """Start the executions of pending ``submit`` calls; do not wait for remote jobs."""
+        self._closed = True
+        self._flush_submits(True)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._closed = True
