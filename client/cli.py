@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -186,6 +187,102 @@ def cmd_configure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(reference: str) -> Any:
+    """``module:function`` from the current directory or the installed packages."""
+    import importlib
+
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"expected MODULE:FUNCTION, got {reference!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {reference!r}: {exc}") from exc
+
+
+def _schedule_backend(args: argparse.Namespace) -> Any:
+    backend = create_backend(args.backend, **_backend_options(args))
+    if not hasattr(backend, "put_schedule"):
+        raise ValueError(f"backend {backend.name!r} has no schedules")
+    return backend
+
+
+def _print_schedule(spec: Any) -> None:
+    upcoming = _when(spec.next_fire) if spec.next_fire else "-"
+    state = "enabled" if spec.enabled else "paused"
+    print(f"{spec.name}: {spec.expression} ({spec.timezone}), {state}, next run {upcoming}")
+    print(f"  runs {spec.function} over {spec.items_detail} ({spec.items})"
+          + (f", reduced by {spec.reducer}" if spec.reducer else ""))
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from .executor import Executor
+
+    action = args.action
+    if action not in ("list", "serve") and not args.name:
+        raise ValueError(f"`fanout schedule {action}` needs a schedule name")
+    if action == "add":
+        if args.items_json:
+            items: Any = json.loads(Path(args.items_json).read_text())
+        elif args.items_s3:
+            items = args.items_s3
+        elif args.items_function:
+            items = _load(args.items_function)
+        else:
+            raise ValueError("give the items: --items-json FILE, --items-s3 s3://bucket/prefix/"
+                             " or --items-function MODULE:FUNCTION")
+        with Executor(args.backend, progress=False, **_backend_options(args)) as ex:
+            spec = ex.schedule(args.name, _load(args.function), items, cron=args.cron,
+                               rate=args.rate, timezone=args.timezone,
+                               reducer=_load(args.reducer) if args.reducer else None,
+                               enabled=not args.disabled)
+        _print_schedule(spec)
+        return 0
+    backend = _schedule_backend(args)
+    try:
+        if action == "list":
+            specs = backend.list_schedules()
+            if not specs:
+                print("no schedules; add one with `fanout schedule add`")
+            for spec in specs:
+                _print_schedule(spec)
+        elif action == "show":
+            _print_schedule(backend.get_schedule(args.name))
+        elif action in ("pause", "resume"):
+            _print_schedule(backend.set_schedule_enabled(args.name, action == "resume"))
+        elif action == "remove":
+            backend.delete_schedule(args.name)
+            print(f"removed schedule {args.name}; its past runs stay in the store")
+        elif action == "runs":
+            rows = [(r["job_id"] or "-", _when(r["fired_at"]), r["state"])
+                    for r in backend.schedule_runs(args.name)]
+            print(_table(rows, ("job", "fired", "state")) if rows else "no runs yet")
+        elif action == "serve":
+            from .backends.local.scheduler import ScheduleRunner
+
+            print(f"serving schedules from {backend.store.home}; Ctrl-C to stop")
+            ScheduleRunner(backend).serve()
+    except KeyError as exc:
+        raise KeyError(f"no schedule {exc.args[0]!r}; `fanout schedule list` shows them"
+                       ) from None
+    finally:
+        backend.shutdown(wait=True)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .web.server import make_server
+
+    server = make_server(args.host, args.port, token=args.token, backend=args.backend,
+                         **_backend_options(args))
+    print(f"fanout dashboard: http://{args.host}:{args.port}/"
+          + (f"?token={args.token}" if args.token else "") + "  (Ctrl-C to stop)")
+    server.serve_forever()
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .backends.local.store import LocalStore
     from .serialization import package_versions, python_version
@@ -244,6 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "read a deployed stack's outputs so backend='aws' can use it")
     configure.add_argument("--stack", required=True, help="CloudFormation stack name")
     configure.add_argument("--region", help="AWS region (default: your AWS configuration)")
+    schedule = add("schedule", cmd_schedule, "scheduled runs: add, list, show, pause, resume, "
+                                             "remove, runs, serve")
+    schedule.add_argument("action", choices=("add", "list", "show", "pause", "resume",
+                                             "remove", "runs", "serve"))
+    schedule.add_argument("name", nargs="?", help="schedule name")
+    schedule.add_argument("--function", help="MODULE:FUNCTION to run on each item (add)")
+    schedule.add_argument("--items-json", help="a JSON file holding the list of items (add)")
+    schedule.add_argument("--items-s3", help="s3://bucket/prefix/: one task per object (add)")
+    schedule.add_argument("--items-function", help="MODULE:FUNCTION returning the items at "
+                                                    "run time (add)")
+    schedule.add_argument("--cron", help="e.g. 'cron(0 2 * * ? *)' (add)")
+    schedule.add_argument("--rate", help="e.g. 'rate(1 hour)' (add)")
+    schedule.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Zurich")
+    schedule.add_argument("--reducer", help="MODULE:FUNCTION reducing each run's results")
+    schedule.add_argument("--disabled", action="store_true", help="add it paused")
+    dashboard = add("dashboard", cmd_dashboard, "serve the jobs API and dashboard locally")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8765)
+    dashboard.add_argument("--token", help="required to serve beyond loopback")
     add("doctor", cmd_doctor, "check this installation and the local store")
     return parser
 
@@ -256,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:  # unknown job id: the message says where we looked
         print(f"fanout: {exc.args[0]}", file=sys.stderr)
         return 2
-    except (ConfigurationError, FanoutError, RuntimeError, ValueError) as exc:
+    except (ConfigurationError, FanoutError, RuntimeError, ValueError, TypeError) as exc:
         print(f"fanout: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fanout results JOB | head`: the reader has all it wants

@@ -259,6 +259,57 @@ class Executor(concurrent.futures.Executor):
                 progress.close()
             raise
 
+    def schedule(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        items: Any,
+        *,
+        cron: str | None = None,
+        rate: str | None = None,
+        timezone: str = "UTC",
+        reducer: Callable[[list[Any]], Any] | None = None,
+        enabled: bool = True,
+    ) -> Any:
+        """Run ``fn`` over ``items`` on a schedule; every run is an ordinary job.
+
+        ``items`` is a list, a function called at run time that returns the items, or an
+        ``"s3://bucket/prefix/"`` string (one task per object). ``cron=``/``rate=`` use
+        EventBridge's forms (see ``fanout.schedules``) in ``timezone``. A run that comes due
+        while the previous run of the same schedule is still running is skipped.
+        """
+        from .schedules import (
+            ScheduleRequest,
+            ScheduleSpec,
+            describe_items,
+            expression,
+            validate_name,
+            validate_timezone,
+        )
+
+        self._check_open()
+        validate_name(name)
+        text = expression(cron=cron, rate=rate)
+        validate_timezone(timezone)
+        kind, detail = describe_items(items)
+        function, function_name = self._shared.function(fn)
+        if kind == "function":
+            items_blob: bytes | None = serialization.dumps_function(items)
+        elif kind == "list":
+            items_blob = serialization.dumps_value(list(items))
+        else:
+            items_blob = None
+        reducer_blob, reducer_name = (self._shared.function(reducer) if reducer is not None
+                                      else (None, None))
+        spec = ScheduleSpec(name=name, function=function_name, expression=text,
+                            timezone=timezone, enabled=enabled, items=kind,
+                            items_detail=detail, options=self._options, reducer=reducer_name,
+                            created=time.time())
+        put = getattr(self.backend, "put_schedule", None)
+        if put is None:
+            raise NotImplementedError(f"backend {self.backend.name!r} has no schedules")
+        return put(ScheduleRequest(spec, function, items_blob, reducer_blob))
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shared.lock:
             self._shared.shutdown = True

@@ -176,15 +176,18 @@ def test_sam_transform_succeeds_offline(translated: dict[str, Any]) -> None:
     assert not [t for t in types if t.startswith("AWS::Serverless::")]
 
     functions = resources_of(translated, "AWS::Lambda::Function")
-    assert sorted(functions) == ["FinalizeFunction", "WorkerFunction"]
+    assert sorted(functions) == ["ApiFunction", "FinalizeFunction", "WorkerFunction"]
     for rid, handler in [("WorkerFunction", "functions/worker/app.handler"),
-                         ("FinalizeFunction", "functions/finalize/app.handler")]:
+                         ("FinalizeFunction", "functions/finalize/app.handler"),
+                         ("ApiFunction", "functions/api/app.app")]:
         props = functions[rid]["Properties"]
         assert props["Handler"] == handler
         assert props["Runtime"] == {"Ref": "PythonRuntime"}
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["Code"] == {"S3Bucket": "bucket", "S3Key": "code.zip"}
-        assert props["Environment"]["Variables"]["FANOUT_TABLE"] == {"Ref": "ResultsTable"}
+        variables = props["Environment"]["Variables"]
+        table = variables.get("FANOUT_TABLE") or variables.get("FANOUT_AWS_TABLE")
+        assert table == {"Ref": "ResultsTable"}
 
     machines = resources_of(translated, "AWS::StepFunctions::StateMachine")
     assert list(machines) == ["JobStateMachine"]

@@ -95,6 +95,14 @@ class Backend(ABC):
     @abstractmethod
     def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]: ...
 
+    # -- schedules (backends without them list none) ------------------------------------
+
+    def list_schedules(self) -> list[Any]:
+        return []
+
+    def schedule_runs(self, name: str) -> list[dict[str, Any]]:
+        raise KeyError(name)
+
     def logs(self, job_id: str, task_index: int, stream: str = "both") -> str:
         record = self.record(job_id, task_index)
         if record is None:

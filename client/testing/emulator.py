@@ -214,7 +214,9 @@ def create_stack(template: Template) -> dict[str, str]:
         template.refs[name] = group_name
         template.attrs[(name, "Arn")] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{group_name}"
     lambda_role = role("fanout-lambda", "lambda.amazonaws.com")
-    for name, props in template.resources("AWS::Serverless::Function"):
+    deferred: list[tuple[str, dict[str, Any]]] = []
+
+    def create_function(name: str, props: dict[str, Any]) -> None:
         function = f"{name}-{suffix}"
         env = template.resolve(props.get("Environment", {}).get("Variables", {}))
         response = lam.create_function(
@@ -225,6 +227,12 @@ def create_stack(template: Template) -> dict[str, str]:
             Environment={"Variables": {k: str(v) for k, v in env.items()}})
         template.refs[name] = function
         template.attrs[(name, "Arn")] = response["FunctionArn"]
+
+    for name, props in template.resources("AWS::Serverless::Function"):
+        try:
+            create_function(name, props)
+        except KeyError:  # refers to something made later (the API needs the state machine)
+            deferred.append((name, props))
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
     group = ec2.create_security_group(GroupName=f"fanout-{suffix}", Description="fanout",
@@ -266,6 +274,8 @@ def create_stack(template: Template) -> dict[str, str]:
         response = sfn.create_state_machine(name=f"{name}-{suffix}", definition=definition,
                                             roleArn=sfn_role, type=props.get("Type", "STANDARD"))
         template.refs[name] = response["stateMachineArn"]
+    for name, props in deferred:
+        create_function(name, props)
     return {key: str(template.resolve(out["Value"]))
             for key, out in template.data.get("Outputs", {}).items()}
 

@@ -21,14 +21,18 @@ from ...protocol import (
     client_id,
     now,
 )
+from ...schedules import ScheduleRequest, ScheduleSpec
 from ...seeding import derive_seed
 from ...serialization import package_versions, python_version
 from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
+from . import scheduler
 from .pool import Dispatch, Supervisor
 from .store import LocalStore, Owner, new_job_id
 
 PAYLOAD_OBJECT = "payload-0.bin"
+#: How long cancelling another process's job waits for that process to apply it.
+CANCEL_WAIT_SECONDS = 10.0
 
 
 class LocalBackend(Backend):
@@ -204,15 +208,23 @@ class LocalBackend(Backend):
             run.stored.wait(60)
             return
         self.store.set_job_state(job_id, "cancelled", only_if="running")
-        if info.orphaned:
-            # Nobody drives this job: record the cancellation of its unfinished tasks here.
-            done = {r.task_index for r in self.store.results(job_id)}
-            stamp = now()
-            self.store.put_results([
-                ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
-                for i in range(info.spec.n_tasks) if i not in done
-            ])
-            self.store.set_job_state(job_id, "cancelled", summary=self.store.summarize(job_id))
+        if not info.orphaned:
+            # Its owner (another process) applies the cancel within CANCEL_POLL_SECONDS;
+            # wait for that, boundedly, so the caller sees the cancelled tasks.
+            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                if len(self.store.results(job_id)) >= info.spec.n_tasks:
+                    return
+                time.sleep(0.05)
+        # Nobody drives this job (or its owner did not answer): record the cancellation of
+        # its unfinished tasks here; the conditional put keeps any result that lands first.
+        done = {r.task_index for r in self.store.results(job_id)}
+        stamp = now()
+        self.store.put_results([
+            ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
+            for i in range(info.spec.n_tasks) if i not in done
+        ])
+        self.store.set_job_state(job_id, "cancelled", summary=self.store.summarize(job_id))
 
     def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
         """Re-run the tasks of ``job_id`` that did not succeed, wait, return the counts."""
@@ -252,6 +264,26 @@ class LocalBackend(Backend):
         self._start(run, chunks)
         run.stored.wait()
         return self.store.counts(job_id)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def put_schedule(self, request: ScheduleRequest) -> ScheduleSpec:
+        return scheduler.put(self, request, time.time())
+
+    def list_schedules(self) -> list[ScheduleSpec]:
+        return scheduler.listing(self)
+
+    def get_schedule(self, name: str) -> ScheduleSpec:
+        return scheduler.get(self, name)
+
+    def set_schedule_enabled(self, name: str, enabled: bool) -> ScheduleSpec:
+        return scheduler.set_enabled(self, name, enabled, time.time())
+
+    def delete_schedule(self, name: str) -> None:
+        self.store.delete_schedule(name)
+
+    def schedule_runs(self, name: str) -> list[dict[str, Any]]:
+        return scheduler.runs(self, name)
 
     def __repr__(self) -> str:
         return f"LocalBackend(max_workers={self.max_workers}, home={str(self.store.home)!r})"

@@ -46,7 +46,7 @@ from ...protocol import (
 )
 
 APPLICATION_ID = 0x66616E6F  # "fano": marks an SQLite file as a fanout store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: schedules and their runs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -90,6 +90,19 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     data BLOB NOT NULL,
     updated REAL NOT NULL,
     PRIMARY KEY (job_id, task_index)
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    next_fire REAL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedule_runs (
+    name TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    job_id TEXT,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (name, fired_at)
 );
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
@@ -222,7 +235,10 @@ class LocalStore:
                 raise self._refuse("is an SQLite database of another program, not a fanout store")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            if app_id != APPLICATION_ID:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if app_id != APPLICATION_ID or version < SCHEMA_VERSION:
+                # New store, or one written by an older fanout: every statement of the
+                # schema is CREATE ... IF NOT EXISTS, so this creates what is missing.
                 with self._write(conn):
                     conn.executescript(
                         "BEGIN IMMEDIATE;"
@@ -230,7 +246,7 @@ class LocalStore:
                         + f"PRAGMA application_id = {APPLICATION_ID};"
                         + f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
                     )
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+                version = SCHEMA_VERSION
             if version > SCHEMA_VERSION:
                 conn.close()
                 raise self._refuse(
@@ -580,6 +596,66 @@ class LocalStore:
                     "DELETE FROM checkpoints WHERE job_id = ? AND task_index = ?",
                     (job_id, task_index),
                 )
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def schedule_dir(self, name: str) -> Path:
+        from ...schedules import validate_name
+
+        return self.home / "schedules" / validate_name(name)
+
+    def put_schedule(self, spec_json: str, name: str, next_fire: float | None,
+                     objects: dict[str, bytes]) -> None:
+        directory = self.schedule_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        for object_name, data in objects.items():
+            (directory / object_name).write_bytes(data)
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM schedules WHERE name = ?", (name,)).fetchone():
+                raise ValueError(f"a schedule named {name!r} exists already; remove it first "
+                                 f"(`fanout schedule remove {name}`)")
+            conn.execute("INSERT INTO schedules (name, spec, next_fire, updated) "
+                         "VALUES (?, ?, ?, ?)", (name, spec_json, next_fire, time.time()))
+
+    def schedule_object(self, name: str, object_name: str) -> bytes | None:
+        path = self.schedule_dir(name) / object_name
+        return path.read_bytes() if path.exists() else None
+
+    def schedules(self) -> list[tuple[str, float | None]]:
+        return [(row[0], row[1]) for row in
+                self._query("SELECT spec, next_fire FROM schedules ORDER BY name")]
+
+    def schedule(self, name: str) -> tuple[str, float | None]:
+        rows = self._query("SELECT spec, next_fire FROM schedules WHERE name = ?", (name,))
+        if not rows:
+            raise KeyError(name)
+        return rows[0][0], rows[0][1]
+
+    def update_schedule(self, name: str, *, spec_json: str | None = None,
+                        next_fire: float | None = None) -> None:
+        with self._transaction() as conn:
+            if spec_json is not None:
+                conn.execute("UPDATE schedules SET spec = ?, updated = ? WHERE name = ?",
+                             (spec_json, time.time(), name))
+            if next_fire is not None:
+                conn.execute("UPDATE schedules SET next_fire = ?, updated = ? WHERE name = ?",
+                             (next_fire, time.time(), name))
+
+    def delete_schedule(self, name: str) -> None:
+        with self._transaction() as conn:
+            if conn.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount == 0:
+                raise KeyError(name)
+
+    def add_schedule_run(self, name: str, fired_at: float, job_id: str | None,
+                         outcome: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO schedule_runs (name, fired_at, job_id, outcome)"
+                         " VALUES (?, ?, ?, ?)", (name, fired_at, job_id, outcome))
+
+    def schedule_runs(self, name: str, limit: int = 100) -> list[tuple[float, str | None, str]]:
+        return [(r[0], r[1], r[2]) for r in self._query(
+            "SELECT fired_at, job_id, outcome FROM schedule_runs WHERE name = ?"
+            " ORDER BY fired_at DESC LIMIT ?", (name, limit))]
 
     # -- live workers (for status: which tasks are running now) ----------------------------
 

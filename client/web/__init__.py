@@ -1,0 +1,1 @@
+"""The jobs HTTP API (a Chalice app) and the dashboard it serves."""
