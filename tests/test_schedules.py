@@ -85,6 +85,7 @@ def test_a_rate_schedule_fires_on_the_injected_clock(home: Path) -> None:
         [after] = ex.backend.list_schedules()
         assert after.next_fire == pytest.approx(spec.next_fire + 60)
         assert runner.tick(spec.next_fire + 30) == []
+        eventually(lambda: job.info.state == "finished", what="the first run to finish")
         [(_, second)] = runner.tick(spec.next_fire + 60)
         assert second != job_id  # each run is its own job
         attach(second).results(timeout=60)
