@@ -203,10 +203,7 @@ def _load(reference: str) -> Any:
 
 
 def _schedule_backend(args: argparse.Namespace) -> Any:
-    backend = create_backend(args.backend, **_backend_options(args))
-    if not hasattr(backend, "put_schedule"):
-        raise ValueError(f"backend {backend.name!r} has no schedules")
-    return backend
+    return create_backend(args.backend, **_backend_options(args))
 
 
 def _print_schedule(spec: Any) -> None:
@@ -260,8 +257,12 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                     for r in backend.schedule_runs(args.name)]
             print(_table(rows, ("job", "fired", "state")) if rows else "no runs yet")
         elif action == "serve":
+            from .backends.local.backend import LocalBackend
             from .backends.local.scheduler import ScheduleRunner
 
+            if not isinstance(backend, LocalBackend):
+                raise ValueError("`fanout schedule serve` runs local schedules; on AWS, "
+                                 "EventBridge Scheduler fires them")
             print(f"serving schedules from {backend.store.home}; Ctrl-C to stop")
             ScheduleRunner(backend).serve()
     except KeyError as exc:

@@ -305,10 +305,8 @@ class Executor(concurrent.futures.Executor):
                             timezone=timezone, enabled=enabled, items=kind,
                             items_detail=detail, options=self._options, reducer=reducer_name,
                             created=time.time())
-        put = getattr(self.backend, "put_schedule", None)
-        if put is None:
-            raise NotImplementedError(f"backend {self.backend.name!r} has no schedules")
-        return put(ScheduleRequest(spec, function, items_blob, reducer_blob))
+        return self.backend.put_schedule(ScheduleRequest(spec, function, items_blob,
+                                                         reducer_blob))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shared.lock:

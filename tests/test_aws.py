@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,69 @@ def test_the_client_can_leave_and_the_job_goes_on(aws: EmulatedAws, tmp_path: Pa
     assert job.info.state == "running"
     gate.touch()
     assert job.results(timeout=120) == [0, 1, 2, 3]
+
+
+def test_schedules_fire_as_ordinary_jobs(ex: fanout.Executor, aws: EmulatedAws,
+                                         tmp_path: Path) -> None:
+    options = aws.backend_options
+    spec = ex.schedule("nightly-risk", tasks.square, [1, 2, 3], cron="cron(0 2 * * ? *)",
+                       timezone="Europe/Zurich", reducer=sum)
+    assert spec.enabled and spec.next_fire
+    scheduler, sfn = aws.client("scheduler"), aws.client("stepfunctions")
+    remote = scheduler.get_schedule(Name="nightly-risk", GroupName=options["schedule_group"])
+    assert remote["ScheduleExpression"] == "cron(0 2 * * ? *)"
+    assert remote["ScheduleExpressionTimezone"] == "Europe/Zurich"
+    assert remote["Target"]["Arn"] == options["state_machine_arn"]
+    assert remote["Target"]["RoleArn"] == options["scheduler_role_arn"]
+    assert remote["Target"]["DeadLetterConfig"]["Arn"] == options["schedule_dlq_arn"]
+    assert remote["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 5
+
+    def fire() -> None:  # what EventBridge Scheduler does at 02:00 (with a fresh name)
+        sfn.start_execution(stateMachineArn=remote["Target"]["Arn"], name=uuid.uuid4().hex,
+                            input=remote["Target"]["Input"])
+
+    backend = ex.backend
+    fire()
+    eventually(lambda: backend.schedule_runs("nightly-risk"), what="the first run")
+    [run] = backend.schedule_runs("nightly-risk")
+    job = fanout.Job.attach(run["job_id"], backend="aws", **options)
+    assert job.results(timeout=120) == [1, 4, 9]
+    reduced = job.reduce_future()
+    assert reduced is not None and reduced.result(timeout=120) == 14
+    eventually(lambda: backend.schedule_runs("nightly-risk")[0]["state"] == "finished",
+               what="the run to finish")
+    fire()
+    eventually(lambda: len(backend.schedule_runs("nightly-risk")) == 2, what="a second run")
+    second = backend.schedule_runs("nightly-risk")[0]["job_id"]
+    assert second and second != run["job_id"]  # each run is its own job
+
+    assert [s.name for s in backend.list_schedules()] == ["nightly-risk"]
+    assert not backend.set_schedule_enabled("nightly-risk", False).enabled
+    assert scheduler.get_schedule(Name="nightly-risk", GroupName=options["schedule_group"]
+                                  )["State"] == "DISABLED"
+    assert backend.set_schedule_enabled("nightly-risk", True).enabled
+    backend.delete_schedule("nightly-risk")
+    with pytest.raises(KeyError):
+        backend.get_schedule("nightly-risk")
+
+
+def test_a_scheduled_run_is_skipped_while_the_previous_one_runs(
+        ex: fanout.Executor, aws: EmulatedAws, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ex.schedule("slow-one", tasks.block_until, [str(gate)], rate="rate(5 minutes)")
+    remote = aws.client("scheduler").get_schedule(
+        Name="slow-one", GroupName=aws.backend_options["schedule_group"])
+    sfn = aws.client("stepfunctions")
+    def fire() -> None:
+        sfn.start_execution(stateMachineArn=remote["Target"]["Arn"], name=uuid.uuid4().hex,
+                            input=remote["Target"]["Input"])
+
+    fire()
+    backend = ex.backend
+    eventually(lambda: backend.schedule_runs("slow-one"), what="the first run")
+    fire()
+    eventually(lambda: len(backend.schedule_runs("slow-one")) == 2, what="the second firing")
+    assert [r["state"] for r in backend.schedule_runs("slow-one")] == ["skipped", "running"]
+    gate.touch()
+    first = backend.schedule_runs("slow-one")[1]["job_id"]
+    fanout.Job.attach(first, backend="aws", **aws.backend_options).results(timeout=120)

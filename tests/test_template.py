@@ -42,12 +42,14 @@ SUBSTITUTIONS = {
     "FinalizeFunctionArn": {"Fn::GetAtt": ["FinalizeFunction", "Arn"]},
     "JobQueueArn": {"Ref": "JobQueue"},
     "JobDefinitionArn": {"Ref": "WorkerJobDefinition"},
+    "PlanFunctionArn": {"Fn::GetAtt": ["PlanFunction", "Arn"]},
 }
 PLAUSIBLE_ARNS = {
     "WorkerFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-WorkerFunction-1A2B",
     "FinalizeFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-FinalizeFn-4D5E",
     "JobQueueArn": f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/JobQueue-6F7G8H",
     "JobDefinitionArn": f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/WorkerJobDef-9I:1",
+    "PlanFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fanout-PlanFunction-3C4D",
 }
 OUTPUTS = {
     "PayloadBucketName": {"Ref": "PayloadBucket"},
@@ -176,10 +178,12 @@ def test_sam_transform_succeeds_offline(translated: dict[str, Any]) -> None:
     assert not [t for t in types if t.startswith("AWS::Serverless::")]
 
     functions = resources_of(translated, "AWS::Lambda::Function")
-    assert sorted(functions) == ["ApiFunction", "FinalizeFunction", "WorkerFunction"]
+    assert sorted(functions) == ["ApiFunction", "FinalizeFunction", "PlanFunction",
+                                 "WorkerFunction"]
     for rid, handler in [("WorkerFunction", "functions/worker/app.handler"),
                          ("FinalizeFunction", "functions/finalize/app.handler"),
-                         ("ApiFunction", "functions/api/app.app")]:
+                         ("ApiFunction", "functions/api/app.app"),
+                         ("PlanFunction", "functions/plan/app.handler")]:
         props = functions[rid]["Properties"]
         assert props["Handler"] == handler
         assert props["Runtime"] == {"Ref": "PythonRuntime"}

@@ -16,6 +16,7 @@ from ..collector import JobRun
 from ..future import Future
 from ..options import TaskOptions
 from ..protocol import JobSpec, ResultRecord
+from ..schedules import ScheduleRequest, ScheduleSpec
 
 
 @dataclass
@@ -95,10 +96,25 @@ class Backend(ABC):
     @abstractmethod
     def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]: ...
 
-    # -- schedules (backends without them list none) ------------------------------------
+    # -- schedules (a backend without them lists none and refuses to make one) ------------
 
-    def list_schedules(self) -> list[Any]:
+    def _no_schedules(self) -> NotImplementedError:
+        return NotImplementedError(f"backend {self.name!r} has no schedules")
+
+    def put_schedule(self, request: ScheduleRequest) -> ScheduleSpec:
+        raise self._no_schedules()
+
+    def get_schedule(self, name: str) -> ScheduleSpec:
+        raise KeyError(name)
+
+    def list_schedules(self) -> list[ScheduleSpec]:
         return []
+
+    def set_schedule_enabled(self, name: str, enabled: bool) -> ScheduleSpec:
+        raise KeyError(name)
+
+    def delete_schedule(self, name: str) -> None:
+        raise KeyError(name)
 
     def schedule_runs(self, name: str) -> list[dict[str, Any]]:
         raise KeyError(name)

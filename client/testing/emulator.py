@@ -80,6 +80,9 @@ class EmulatedAws:
             "table": self.outputs["ResultsTableName"],
             "state_machine_arn": self.outputs["StateMachineArn"],
             "job_queue_arn": self.outputs["JobQueueArn"],
+            "schedule_group": self.outputs["ScheduleGroupName"],
+            "scheduler_role_arn": self.outputs["SchedulerRoleArn"],
+            "schedule_dlq_arn": self.outputs["ScheduleDeadLetterQueueArn"],
             "region": REGION,
             "python_runtime": self.outputs["PythonRuntime"],
         }
@@ -238,6 +241,16 @@ def create_stack(template: Template) -> dict[str, str]:
     group = ec2.create_security_group(GroupName=f"fanout-{suffix}", Description="fanout",
                                       VpcId=vpc)["GroupId"]
     template.refs["Subnets"], template.refs["SecurityGroupIds"] = [subnet], [group]
+    sqs, scheduler = session.client("sqs"), session.client("scheduler")
+    for name, _props in template.resources("AWS::SQS::Queue"):
+        url = sqs.create_queue(QueueName=f"{name}-{suffix}")["QueueUrl"]
+        template.refs[name] = url
+        template.attrs[(name, "Arn")] = sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    for name, props in template.resources("AWS::Scheduler::ScheduleGroup"):
+        group = f"{template.resolve(props.get('Name', name))}-{suffix}"
+        scheduler.create_schedule_group(Name=group)
+        template.refs[name] = group
     for name, _props in template.resources("AWS::IAM::Role"):
         template.attrs[(name, "Arn")] = role(name, "ecs-tasks.amazonaws.com")
     batch_role = role("fanout-batch-service", "batch.amazonaws.com")

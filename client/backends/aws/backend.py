@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -40,6 +41,7 @@ from ...protocol import (
     client_id,
     now,
 )
+from ...schedules import ScheduleRequest, ScheduleSpec, next_fire, request_json
 from ...seeding import derive_seed
 from ...serialization import package_versions, python_version
 from ..base import Backend, JobInfo, JobRequest
@@ -146,54 +148,14 @@ class AwsBackend(Backend):
                 payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
                 job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
                 ) -> tuple[JobSpec, list[Chunk]]:
-        """Write a job's objects: function, one payload object, manifest, spec, job record."""
-        refs: list[TaskRef] = []
-        seed_iter = iter(seeds) if seeds is not None else None
-        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
-            offset = 0
-            for index, blob in enumerate(payloads):
-                payload.write(blob)
-                seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
-                refs.append(TaskRef(index, PAYLOAD_OBJECT, offset, len(blob), seed))
-                offset += len(blob)
-            payload.seek(0)
-            self.store.s3.upload_fileobj(payload, self.config.bucket,
-                                         self.store.key(job_id, PAYLOAD_OBJECT))
-        tier = plan_tier(options)
-        size = options.chunksize
-        manifest = [Chunk(job_id, n, tier, 1, tuple(refs[start:start + size]))
-                    for n, start in enumerate(range(0, len(refs), size))]
-        spec = JobSpec(
-            job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
-            options=options, python=python_version(), packages=package_versions(),
-            created=time.time(), client=client_id(), has_reducer=reducer is not None,
-            reducer=reducer_name)
-        self.store.put_bundle(spec, function, reducer)
-        self._put_manifests(job_id, "manifest", manifest)
-        self.store.put_job(spec, RUNNING, client_id())
-        return spec, manifest
-
-    def _put_manifests(self, job_id: str, name: str, chunks: list[Chunk]) -> None:
-        """``name``.json (all chunks, for retries) and one manifest per tier for the maps.
-
-        Splitting by tier lets each Distributed Map run its items without a Choice state:
-        one state transition per chunk instead of two.
-        """
-        self.store.put_object(job_id, f"{name}.json",
-                              json.dumps([c.to_json() for c in chunks]).encode())
-        for tier in ("lambda", "batch"):
-            part = [c.to_json() for c in chunks if c.tier == tier]
-            self.store.put_object(job_id, f"{name}-{tier}.json", json.dumps(part).encode())
+        return upload_job(self.store, job_id, kind, function, function_name, payloads, seeds,
+                          options, job_seed, reducer, reducer_name)
 
     def _execute(self, run: JobRun, manifest: str, name: str) -> None:
         """Start the job's execution over the tier manifests written as ``manifest``."""
         response = self.sfn.start_execution(
             stateMachineArn=self.config.state_machine_arn, name=name,
-            input=json.dumps({
-                "job_id": run.job_id, "bucket": self.config.bucket,
-                "lambda_manifest_key": self.store.key(run.job_id, f"{manifest}-lambda.json"),
-                "batch_manifest_key": self.store.key(run.job_id, f"{manifest}-batch.json"),
-                "map_error": None}))
+            input=json.dumps(execution_input(self.store, run.job_id, manifest)))
         arn = response["executionArn"]
         self.store.update_job(run.job_id, execution_arn=arn, state=RUNNING)
         LIVE_RUNS[run.job_id] = run
@@ -447,7 +409,7 @@ class AwsBackend(Backend):
         if not chunks and not needs_reduce:
             return self.counts(job_id)
         retry_number = int(time.time())
-        self._put_manifests(job_id, f"manifest-retry-{retry_number}", chunks)
+        put_manifests(self.store, job_id, f"manifest-retry-{retry_number}", chunks)
         futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
         reduce_future = Future(job_id, REDUCE_INDEX, self) if needs_reduce else None
         if progress is not None:
@@ -457,5 +419,160 @@ class AwsBackend(Backend):
         run.stored.wait()
         return self.counts(job_id)
 
+    # -- schedules: EventBridge Scheduler starts the state machine -------------------------
+
+    def _scheduler(self) -> Any:
+        if not (self.config.schedule_group and self.config.scheduler_role_arn):
+            raise ConfigurationError(
+                "this stack's schedule group and scheduler role are unknown: redeploy the "
+                "current template.yaml and run `fanout configure --stack NAME` again")
+        kwargs = {"endpoint_url": self.config.endpoint_url} if self.config.endpoint_url else {}
+        return self.store.session.client("scheduler", **kwargs)
+
+    def put_schedule(self, request: ScheduleRequest) -> ScheduleSpec:
+        self.check_stack()
+        scheduler = self._scheduler()
+        spec = request.spec
+        key = self.store.put_schedule_bundle(spec.name, {
+            "spec": request_json(spec), "function": request.function,
+            "items": request.items, "reducer": request.reducer})
+        target: dict[str, Any] = {
+            "Arn": self.config.state_machine_arn, "RoleArn": self.config.scheduler_role_arn,
+            "Input": json.dumps({"schedule": spec.name, "bucket": self.config.bucket,
+                                 "schedule_key": key}),
+            "RetryPolicy": {"MaximumRetryAttempts": 5, "MaximumEventAgeInSeconds": 3600}}
+        if self.config.schedule_dlq_arn:
+            target["DeadLetterConfig"] = {"Arn": self.config.schedule_dlq_arn}
+        try:
+            scheduler.create_schedule(
+                Name=spec.name, GroupName=self.config.schedule_group,
+                ScheduleExpression=spec.expression,
+                ScheduleExpressionTimezone=spec.timezone,
+                FlexibleTimeWindow={"Mode": "OFF"},
+                State="ENABLED" if spec.enabled else "DISABLED", Target=target,
+                Description=f"fanout: {spec.function} over {spec.items_detail}")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConflictException":
+                raise ValueError(f"a schedule named {spec.name!r} exists already; remove it "
+                                 f"first (`fanout --backend aws schedule remove {spec.name}`)"
+                                 ) from exc
+            raise
+        return self.get_schedule(spec.name)
+
+    def get_schedule(self, name: str) -> ScheduleSpec:
+        scheduler = self._scheduler()
+        try:
+            remote = scheduler.get_schedule(Name=name, GroupName=self.config.schedule_group)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+                raise KeyError(name) from None
+            raise
+        data = json.loads(self.store.schedule_bundle(name)["spec"])
+        data["enabled"] = remote.get("State") == "ENABLED"
+        upcoming = next_fire(data["expression"], data["timezone"], datetime.now(UTC))
+        data["next_fire"] = upcoming.timestamp()
+        return ScheduleSpec.from_json(data)
+
+    def list_schedules(self) -> list[ScheduleSpec]:
+        if not (self.config.schedule_group and self.config.scheduler_role_arn):
+            return []
+        scheduler = self._scheduler()
+        names = []
+        for page in scheduler.get_paginator("list_schedules").paginate(
+                GroupName=self.config.schedule_group):
+            names += [item["Name"] for item in page.get("Schedules", [])]
+        return [self.get_schedule(name) for name in sorted(names)]
+
+    def set_schedule_enabled(self, name: str, enabled: bool) -> ScheduleSpec:
+        scheduler = self._scheduler()
+        try:
+            remote = scheduler.get_schedule(Name=name, GroupName=self.config.schedule_group)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+                raise KeyError(name) from None
+            raise
+        keep = ("ScheduleExpression", "ScheduleExpressionTimezone", "FlexibleTimeWindow",
+                "Target", "Description")
+        scheduler.update_schedule(Name=name, GroupName=self.config.schedule_group,
+                                  State="ENABLED" if enabled else "DISABLED",
+                                  **{k: remote[k] for k in keep if k in remote})
+        return self.get_schedule(name)
+
+    def delete_schedule(self, name: str) -> None:
+        try:
+            self._scheduler().delete_schedule(Name=name, GroupName=self.config.schedule_group)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+                raise KeyError(name) from None
+            raise
+
+    def schedule_runs(self, name: str) -> list[dict[str, Any]]:
+        self.get_schedule(name)  # KeyError for an unknown schedule
+        runs = []
+        for fired_at, job_id, outcome in self.store.schedule_runs(name):
+            state = outcome
+            if job_id:
+                try:
+                    state = self.store.job(job_id)["state"]
+                except KeyError:
+                    state = "missing"
+            runs.append({"job_id": job_id, "fired_at": fired_at, "state": state})
+        return runs
+
     def __repr__(self) -> str:
         return f"AwsBackend(bucket={self.config.bucket!r}, table={self.config.table!r})"
+
+
+def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, function_name: str,
+               payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
+               job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
+               ) -> tuple[JobSpec, list[Chunk]]:
+    """Write a job's objects (one payload object, the bundle, the manifests) and its record.
+
+    Used by the client and by the plan step of scheduled runs, so a job looks the same
+    whoever made it.
+    """
+    refs: list[TaskRef] = []
+    seed_iter = iter(seeds) if seeds is not None else None
+    with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
+        offset = 0
+        for index, blob in enumerate(payloads):
+            payload.write(blob)
+            seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
+            refs.append(TaskRef(index, PAYLOAD_OBJECT, offset, len(blob), seed))
+            offset += len(blob)
+        payload.seek(0)
+        store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
+    tier = plan_tier(options)
+    size = options.chunksize
+    manifest = [Chunk(job_id, n, tier, 1, tuple(refs[start:start + size]))
+                for n, start in enumerate(range(0, len(refs), size))]
+    spec = JobSpec(
+        job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
+        options=options, python=python_version(), packages=package_versions(),
+        created=time.time(), client=client_id(), has_reducer=reducer is not None,
+        reducer=reducer_name)
+    store.put_bundle(spec, function, reducer)
+    put_manifests(store, job_id, "manifest", manifest)
+    store.put_job(spec, RUNNING, client_id())
+    return spec, manifest
+
+
+def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) -> None:
+    """``name``.json (all chunks, for retries) and one manifest per tier for the maps.
+
+    Splitting by tier lets each Distributed Map run its items without a Choice state:
+    one state transition per chunk instead of two.
+    """
+    store.put_object(job_id, f"{name}.json", json.dumps([c.to_json() for c in chunks]).encode())
+    for tier in ("lambda", "batch"):
+        part = [c.to_json() for c in chunks if c.tier == tier]
+        store.put_object(job_id, f"{name}-{tier}.json", json.dumps(part).encode())
+
+
+def execution_input(store: AwsStore, job_id: str, manifest: str) -> dict[str, Any]:
+    """What the state machine's map states read: where the job's tier manifests are."""
+    return {"job_id": job_id, "bucket": store.bucket,
+            "lambda_manifest_key": store.key(job_id, f"{manifest}-lambda.json"),
+            "batch_manifest_key": store.key(job_id, f"{manifest}-batch.json"),
+            "map_error": None}

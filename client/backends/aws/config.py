@@ -22,12 +22,18 @@ OUTPUTS = {
     "StateMachineArn": "state_machine_arn",
     "JobQueueArn": "job_queue_arn",
     "PythonRuntime": "python_runtime",
+    "ScheduleGroupName": "schedule_group",
+    "SchedulerRoleArn": "scheduler_role_arn",
+    "ScheduleDeadLetterQueueArn": "schedule_dlq_arn",
 }
 ENVIRONMENT = {
     "bucket": "FANOUT_AWS_BUCKET",
     "table": "FANOUT_AWS_TABLE",
     "state_machine_arn": "FANOUT_AWS_STATE_MACHINE",
     "job_queue_arn": "FANOUT_AWS_JOB_QUEUE",
+    "schedule_group": "FANOUT_AWS_SCHEDULE_GROUP",
+    "scheduler_role_arn": "FANOUT_AWS_SCHEDULER_ROLE",
+    "schedule_dlq_arn": "FANOUT_AWS_SCHEDULE_DLQ",
 }
 
 
@@ -60,7 +66,10 @@ def load_config(options: dict[str, Any], home: str | None = None) -> tuple[AwsCo
         or os.environ.get("AWS_DEFAULT_REGION")
     config = AwsConfig(bucket=values["bucket"], table=values["table"],
                        state_machine_arn=values["state_machine_arn"],
-                       job_queue_arn=values["job_queue_arn"] or "", region=region,
+                       job_queue_arn=values["job_queue_arn"] or "",
+                       schedule_group=values["schedule_group"] or "",
+                       scheduler_role_arn=values["scheduler_role_arn"] or "",
+                       schedule_dlq_arn=values["schedule_dlq_arn"] or "", region=region,
                        endpoint_url=options.get("endpoint_url"))
     return config, options.get("python_runtime") or saved.get("python_runtime")
 

@@ -228,6 +228,57 @@ def finalize_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         _flush_metrics()
 
 
+# -- Lambda: plan a scheduled run --------------------------------------------------------------
+
+
+def plan(event: dict[str, Any], store: AwsStore | None = None,
+         now: float | None = None) -> dict[str, Any]:
+    """Turn one firing of a schedule into a job (or a recorded skip)."""
+    from ... import serialization
+    from ...schedules import ScheduleSpec, s3_items
+    from ...seeding import derive_seed, fresh_seed
+    from ..local.store import new_job_id
+    from .backend import execution_input, upload_job
+
+    store = store or store_from_env()
+    name = event["schedule"]
+    fired_at = time.time() if now is None else now
+    bundle = store.schedule_bundle(name)
+    spec = ScheduleSpec.from_json(json.loads(bundle["spec"]))
+    for _fired, job_id, _outcome in store.schedule_runs(name, limit=10):
+        if job_id:
+            if store.job(job_id)["state"] == RUNNING:
+                store.put_schedule_run(name, fired_at, None, "skipped")
+                logger.info("scheduled run skipped", extra={"schedule": name,
+                                                              "running": job_id})
+                return {"skipped": True, "schedule": name, "running": job_id}
+            break
+    if spec.items == "s3":
+        items = s3_items(spec.items_detail)
+    else:
+        loaded = serialization.loads(bundle["items"])
+        items = list(loaded() if spec.items == "function" else loaded)
+    seed = fresh_seed() if spec.options.seed is None else \
+        derive_seed(spec.options.seed, "schedule", name, int(fired_at))
+    job_id = new_job_id()
+    upload_job(store, job_id, "scheduled", bundle["function"], spec.function,
+               (serialization.dumps_call((item,), {}) for item in items), None, spec.options,
+               seed, bundle.get("reducer"), spec.reducer)
+    store.put_schedule_run(name, fired_at, job_id, "started")
+    if hasattr(logger, "set_correlation_id"):
+        logger.set_correlation_id(job_id)
+    logger.info("scheduled run planned", extra={"schedule": name, "tasks": len(items)})
+    return execution_input(store, job_id, "manifest")
+
+
+def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry for the ``PlanScheduledRun`` state."""
+    try:
+        return plan(event)
+    finally:
+        _flush_metrics()
+
+
 # -- AWS Batch (Fargate Spot) --------------------------------------------------------------------
 
 

@@ -49,6 +49,9 @@ class AwsConfig:
     table: str
     state_machine_arn: str
     job_queue_arn: str = ""
+    schedule_group: str = ""
+    scheduler_role_arn: str = ""
+    schedule_dlq_arn: str = ""
     region: str | None = None
     endpoint_url: str | None = None
 
@@ -324,6 +327,47 @@ class AwsStore:
             TableName=self.table, Key={"job_id": {"S": job_id}, "item": {"S": "job"}},
             UpdateExpression="SET " + ", ".join(sets), ExpressionAttributeNames=names,
             ExpressionAttributeValues=values)
+
+    # -- schedules: the stored definition in S3, runs in the table -------------------------
+
+    @staticmethod
+    def schedule_prefix(name: str) -> str:
+        return f"schedule-{name}"
+
+    def put_schedule_bundle(self, name: str, bundle: dict[str, Any]) -> str:
+        prefix = self.schedule_prefix(name)
+        self.put_object(prefix, "schedule.pkl", pickle.dumps(bundle, protocol=5))
+        return self.key(prefix, "schedule.pkl")
+
+    def schedule_bundle(self, name: str) -> dict[str, Any]:
+        try:
+            data = self.get_object(self.schedule_prefix(name), "schedule.pkl")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise KeyError(name) from None
+            raise
+        bundle: dict[str, Any] = pickle.loads(data)
+        return bundle
+
+    def put_schedule_run(self, name: str, fired_at: float, job_id: str | None,
+                         outcome: str) -> None:
+        item = {"job_id": {"S": self.schedule_prefix(name)},
+                "item": {"S": f"run#{fired_at:017.6f}"},
+                "fired_at": {"N": repr(fired_at)}, "outcome": {"S": outcome},
+                "expires": {"N": str(int(time.time()) + RECORD_TTL_DAYS * 86400)}}
+        if job_id:
+            item["run_job_id"] = {"S": job_id}
+        self.dynamodb.put_item(TableName=self.table, Item=item)
+
+    def schedule_runs(self, name: str, limit: int = 100) -> list[tuple[float, str | None, str]]:
+        response = self.dynamodb.query(
+            TableName=self.table, ScanIndexForward=False, Limit=limit, ConsistentRead=True,
+            KeyConditionExpression="job_id = :s AND begins_with(#item, :run)",
+            ExpressionAttributeNames={"#item": "item"},
+            ExpressionAttributeValues={":s": {"S": self.schedule_prefix(name)},
+                                       ":run": {"S": "run#"}})
+        return [(float(i["fired_at"]["N"]), i.get("run_job_id", {}).get("S"),
+                 i["outcome"]["S"]) for i in response["Items"]]
 
     # -- values and checkpoints ------------------------------------------------------------
 
