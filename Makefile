@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fanout demo
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
 
 # mypy cannot see through the editable install's hook that maps `fanout` to client/;
@@ -26,6 +26,30 @@ lint: $(STAMP)
 	@mkdir -p build/typing && ln -sfn ../../client build/typing/fanout
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Debian's chromium and chromedriver, for the dashboard's browser test
+# (tests/test_dashboard_browser.py): installed with apt-get when either is missing.
+.PHONY: browser
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	help="install Debian's chromium and chromium-driver packages, then run make again"; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make browser: /usr/bin/chromium or /usr/bin/chromedriver is missing and there is no apt-get: $$help"; \
+		exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	else \
+		echo "make browser: /usr/bin/chromium or /usr/bin/chromedriver is missing and installing needs root (no sudo here): as root run 'apt-get update && apt-get install -y chromium chromium-driver'"; \
+		exit 1; \
+	fi; \
+	echo "make browser: installing chromium and chromium-driver (for the dashboard's browser test)"; \
+	{ $$sudo apt-get update && $$sudo apt-get install -y chromium chromium-driver; } || \
+		{ echo "make browser: apt-get could not install chromium and chromium-driver: $$help"; exit 1; }; \
+	if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then \
+		echo "make browser: installed, but /usr/bin/chromium or /usr/bin/chromedriver is still missing: $$help"; \
+		exit 1; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -12,6 +12,7 @@ import pickle
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import cloudpickle
@@ -36,10 +37,17 @@ from .seeding import derive_seed
 ResultCallback = Callable[[ResultRecord], None]
 
 
+def _user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from the first frame outside this module: the user's code first."""
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
 def exception_fields(exc: BaseException) -> dict[str, Any]:
     """The record fields describing ``exc``; the pickled exception only if it round-trips."""
     exc_type = type(exc)
-    text = "".join(traceback.format_exception(exc))
+    text = "".join(traceback.format_exception(exc_type, exc, _user_frames(exc.__traceback__)))
     try:
         # cloudpickle: an exception class defined in the user's script travels by value and
         # comes back as the very class the client defined, so ``except MyError`` works.
