@@ -44,7 +44,7 @@ browser:
 		exit 1; \
 	fi; \
 	echo "make browser: installing chromium and chromium-driver (for the dashboard's browser test)"; \
-	{ $$sudo apt-get update && $$sudo apt-get install -y chromium chromium-driver; } || \
+	{ $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; } || \
 		{ echo "make browser: apt-get could not install chromium and chromium-driver: $$help"; exit 1; }; \
 	if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then \
 		echo "make browser: installed, but /usr/bin/chromium or /usr/bin/chromedriver is still missing: $$help"; \
