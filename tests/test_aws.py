@@ -295,3 +295,24 @@ def test_a_scheduled_run_is_skipped_while_the_previous_one_runs(
     gate.touch()
     first = backend.schedule_runs("slow-one")[1]["job_id"]
     fanout.Job.attach(first, backend="aws", **aws.backend_options).results(timeout=120)
+
+
+def test_a_schedule_over_an_s3_prefix_runs_one_task_per_object(ex: fanout.Executor,
+                                                               aws: EmulatedAws) -> None:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="portfolio-data")
+    for name in ("a.csv", "b.csv", "c.csv"):
+        s3.put_object(Bucket="portfolio-data", Key=f"today/{name}", Body=b"1,2,3")
+    s3.put_object(Bucket="portfolio-data", Key="yesterday/x.csv", Body=b"0")
+    ex.schedule("per-file", tasks.identity, "s3://portfolio-data/today/", rate="rate(1 day)")
+    remote = aws.client("scheduler").get_schedule(
+        Name="per-file", GroupName=aws.backend_options["schedule_group"])
+    aws.client("stepfunctions").start_execution(
+        stateMachineArn=remote["Target"]["Arn"], name=uuid.uuid4().hex,
+        input=remote["Target"]["Input"])
+    backend = ex.backend
+    eventually(lambda: backend.schedule_runs("per-file"), what="the run")
+    job_id = backend.schedule_runs("per-file")[0]["job_id"]
+    job = fanout.Job.attach(job_id, backend="aws", **aws.backend_options)
+    assert sorted(job.results(timeout=120)) == [
+        f"s3://portfolio-data/today/{name}" for name in ("a.csv", "b.csv", "c.csv")]

@@ -103,3 +103,9 @@ def test_errors_are_messages_not_tracebacks(home: Path) -> None:
 def test_doctor_checks_the_store(home: Path) -> None:
     out = cli("doctor").stdout
     assert "cloudpickle 3.1.2" in out and "integrity: ok" in out
+
+
+def test_dashboard_refuses_other_interfaces_without_a_token(home: Path) -> None:
+    refused = cli("dashboard", "--host", "0.0.0.0", "--port", "0", check=False)
+    assert refused.returncode == 2
+    assert "without a token" in refused.stderr and "--token" in refused.stderr
