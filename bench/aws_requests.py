@@ -69,7 +69,7 @@ def run_job(n: int, chunksize: int) -> tuple[Counter[tuple[str, str, str]], int,
         if values != list(range(n)):
             raise RuntimeError("the emulated job returned wrong results")
         counts = Counter(aws.requests)
-        arn = ex.backend.store.job(results.job_id)["execution_arn"]  # type: ignore[attr-defined]
+        arn = ex.backend.store.job(results.job_id)["execution_arn"]
         transitions = aws.state_transitions(arn)
     # moto lists a Distributed Map's child executions only in the parent's history; each
     # child enters exactly one state (its tier's task state), one per chunk.

@@ -122,7 +122,7 @@ def test_cancel_stops_the_execution(ex: fanout.Executor, aws: EmulatedAws,
     info = job.info
     assert info.state == "cancelled"
     assert job.status()["cancelled"] + job.status()["succeeded"] == 4
-    arn = ex.backend.store.job(results.job_id)["execution_arn"]  # type: ignore[attr-defined]
+    arn = ex.backend.store.job(results.job_id)["execution_arn"]
     sfn = aws.client("stepfunctions")
     eventually(lambda: sfn.describe_execution(executionArn=arn)["status"] == "ABORTED",
                what="the execution to be aborted")

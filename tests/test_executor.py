@@ -65,7 +65,7 @@ def test_map_accepts_several_iterables_and_starmap(ex: fanout.Executor) -> None:
 def test_map_chunksize_groups_tasks_into_chunks(ex: fanout.Executor) -> None:
     results = ex.map(tasks.square, range(20), chunksize=7)
     assert list(results) == [i * i for i in range(20)]
-    manifest = ex.backend.store.manifest(results.job_id)  # type: ignore[attr-defined]
+    manifest = ex.backend.store.manifest(results.job_id)
     assert [len(c.tasks) for c in manifest] == [7, 7, 6]
     with pytest.raises(ValueError, match="chunksize"):
         ex.map(tasks.square, range(3), chunksize=0)

@@ -24,7 +24,7 @@ import tasks
 def test_a_job_is_one_function_object_and_one_payload_object(ex: fanout.Executor) -> None:
     results = ex.map(tasks.add, range(50), range(50), chunksize=8)
     assert list(results) == [2 * i for i in range(50)]
-    store: LocalStore = ex.backend.store  # type: ignore[attr-defined]
+    store: LocalStore = ex.backend.store
     files = sorted(p.name for p in store.job_dir(results.job_id).iterdir())
     assert files == ["function.pkl", "payload-0.bin"]
     manifest = store.manifest(results.job_id)
@@ -92,7 +92,7 @@ def test_no_progress_bar_when_not_a_terminal(home: Path,
 def test_python_minor_version_mismatch_is_a_configuration_error(ex: fanout.Executor) -> None:
     results = ex.map(tasks.square, range(2))
     list(results)
-    store: LocalStore = ex.backend.store  # type: ignore[attr-defined]
+    store: LocalStore = ex.backend.store
     spec = json.loads(store.job(results.job_id).spec.to_json())
     spec["python"] = "3.9.18"  # as if a Python 3.9 client had submitted it
     spec["job_id"] = "mismatch-job"
@@ -143,7 +143,7 @@ def test_unknown_backend_is_a_configuration_error(home: Path,
 
 def test_store_records_are_plain_sqlite(ex: fanout.Executor) -> None:
     list(ex.map(tasks.square, range(3)))
-    db = sqlite3.connect(ex.backend.store.db_path)  # type: ignore[attr-defined]
+    db = sqlite3.connect(ex.backend.store.db_path)
     try:
         assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 3
     finally:
@@ -159,7 +159,7 @@ def test_large_results_go_to_a_blob_with_a_pointer(ex: fanout.Executor) -> None:
     assert [f.result(timeout=60)[:1] for f in futures] == [b"\x00", b"\x01", b"\x02"]
     record = ex.backend.record(futures[1].job_id, futures[1].task_index)
     assert record is not None and record.value is None and record.value_ref
-    store: LocalStore = ex.backend.store  # type: ignore[attr-defined]
+    store: LocalStore = ex.backend.store
     assert len(store.load_value(record)) > store.max_record_value_bytes
     job = fanout.Job.attach(futures[1].job_id)  # another reader follows the pointer too
     assert job.results(timeout=60)[futures[1].task_index] == big_result(1)

@@ -72,7 +72,7 @@ def test_a_retried_task_resumes_from_its_checkpoint(ex: fanout.Executor,
                                                     tmp_path: Path) -> None:
     future = ex.submit(resumable, str(tmp_path / "died"))
     assert future.result(timeout=60) == (3, 5)
-    store = ex.backend.store  # type: ignore[attr-defined]
+    store = ex.backend.store
     assert store.get_checkpoint(future.job_id, future.task_index) is None  # removed on success
 
 

@@ -75,20 +75,29 @@ class Backend(ABC):
     @abstractmethod
     def list_jobs(self, limit: int = 50) -> list[JobInfo]: ...
 
-    @abstractmethod
-    def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]: ...
+    # A backend's store speaks the protocol's store interface (local: SQLite and files;
+    # aws: S3 and DynamoDB), so reading records is the same on every backend.
+    store: Any
 
-    @abstractmethod
-    def records(self, job_id: str) -> list[ResultRecord]: ...
+    def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]:
+        """Records written after ``seq``; returns them and the new ``seq``."""
+        result: tuple[list[ResultRecord], int] = self.store.results_since(job_id, seq)
+        return result
 
-    @abstractmethod
-    def record(self, job_id: str, task_index: int) -> ResultRecord | None: ...
+    def records(self, job_id: str) -> list[ResultRecord]:
+        records: list[ResultRecord] = self.store.results(job_id)
+        return records
+
+    def record(self, job_id: str, task_index: int) -> ResultRecord | None:
+        record: ResultRecord | None = self.store.result(job_id, task_index)
+        return record
 
     @abstractmethod
     def counts(self, job_id: str) -> dict[str, int]: ...
 
-    @abstractmethod
-    def load_value(self, record: ResultRecord) -> bytes: ...
+    def load_value(self, record: ResultRecord) -> bytes:
+        value: bytes = self.store.load_value(record)
+        return value
 
     @abstractmethod
     def cancel_job(self, job_id: str) -> None: ...

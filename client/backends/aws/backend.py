@@ -75,6 +75,7 @@ class AwsBackend(Backend):
     (default: the environment, then ``fanout configure``'s file under ``FANOUT_HOME``)."""
 
     name = "aws"
+    store: AwsStore
 
     def __init__(self, max_workers: int | None = None, home: str | None = None,
                  **options: Any) -> None:
@@ -339,14 +340,8 @@ class AwsBackend(Backend):
     def list_jobs(self, limit: int = 50) -> list[JobInfo]:
         return [self._info(job) for job in self.store.jobs(limit)]
 
-    def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]:
-        return self.store.results_since(job_id, seq)
 
-    def records(self, job_id: str) -> list[ResultRecord]:
-        return self.store.results(job_id)
 
-    def record(self, job_id: str, task_index: int) -> ResultRecord | None:
-        return self.store.result(job_id, task_index)
 
     def counts(self, job_id: str) -> dict[str, int]:
         job = self._job(job_id)
@@ -357,8 +352,6 @@ class AwsBackend(Backend):
             - counts[CANCELLED]
         return counts
 
-    def load_value(self, record: ResultRecord) -> bytes:
-        return self.store.load_value(record)
 
     def cancel_job(self, job_id: str) -> None:
         job = self._job(job_id)
@@ -459,14 +452,18 @@ class AwsBackend(Backend):
             raise
         return self.get_schedule(spec.name)
 
-    def get_schedule(self, name: str) -> ScheduleSpec:
-        scheduler = self._scheduler()
+    def _remote_schedule(self, name: str) -> dict[str, Any]:
         try:
-            remote = scheduler.get_schedule(Name=name, GroupName=self.config.schedule_group)
+            remote: dict[str, Any] = self._scheduler().get_schedule(
+                Name=name, GroupName=self.config.schedule_group)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ResourceNotFoundException":
                 raise KeyError(name) from None
             raise
+        return remote
+
+    def get_schedule(self, name: str) -> ScheduleSpec:
+        remote = self._remote_schedule(name)
         data = json.loads(self.store.schedule_bundle(name)["spec"])
         data["enabled"] = remote.get("State") == "ENABLED"
         upcoming = next_fire(data["expression"], data["timezone"], datetime.now(UTC))
@@ -485,12 +482,7 @@ class AwsBackend(Backend):
 
     def set_schedule_enabled(self, name: str, enabled: bool) -> ScheduleSpec:
         scheduler = self._scheduler()
-        try:
-            remote = scheduler.get_schedule(Name=name, GroupName=self.config.schedule_group)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
-                raise KeyError(name) from None
-            raise
+        remote = self._remote_schedule(name)
         keep = ("ScheduleExpression", "ScheduleExpressionTimezone", "FlexibleTimeWindow",
                 "Target", "Description")
         scheduler.update_schedule(Name=name, GroupName=self.config.schedule_group,

@@ -39,6 +39,7 @@ class LocalBackend(Backend):
     """Options: ``max_workers`` (default: CPU count), ``home`` (default: ``FANOUT_HOME``)."""
 
     name = "local"
+    store: LocalStore
 
     def __init__(self, max_workers: int | None = None, home: str | None = None) -> None:
         if max_workers is None:
@@ -181,22 +182,14 @@ class LocalBackend(Backend):
     def list_jobs(self, limit: int = 50) -> list[JobInfo]:
         return [self._info(row.job_id) for row in self.store.jobs(limit)]
 
-    def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]:
-        return self.store.results_since(job_id, seq)
 
-    def records(self, job_id: str) -> list[ResultRecord]:
-        return self.store.results(job_id)
 
-    def record(self, job_id: str, task_index: int) -> ResultRecord | None:
-        return self.store.result(job_id, task_index)
 
     def counts(self, job_id: str) -> dict[str, int]:
         self._info(job_id)
         self.store.prune_dead_workers()
         return self.store.counts(job_id)
 
-    def load_value(self, record: ResultRecord) -> bytes:
-        return self.store.load_value(record)
 
     def cancel_job(self, job_id: str) -> None:
         info = self._info(job_id)
