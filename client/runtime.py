@@ -9,9 +9,12 @@ unpicklable result or a Python version mismatch becomes that task's record.
 from __future__ import annotations
 
 import pickle
+import signal
+import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +23,7 @@ import cloudpickle
 from . import serialization
 from .capture import Capture, StreamCapture
 from .context import TaskContext, running
-from .errors import ConfigurationError, RemoteError, SerializationError
+from .errors import ConfigurationError, RemoteError, SerializationError, TaskTimeout
 from .protocol import (
     FAILED,
     REDUCE_INDEX,
@@ -64,6 +67,30 @@ def exception_fields(exc: BaseException) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _deadline(seconds: float | None, task_index: int) -> Iterator[None]:
+    """Raise TaskTimeout inside the task after ``seconds`` (main thread only).
+
+    A task stuck in C code that never returns to the interpreter is not interrupted; the
+    platform's own limit (Lambda's timeout, Batch's attempt duration) still applies.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TaskTimeout(f"task {task_index} ran longer than timeout={seconds}s and was "
+                          "stopped; raise timeout= or split the task")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class WorkerRuntime:
     """Runs tasks for any backend; ``store`` is that backend's :class:`TaskStore`."""
 
@@ -83,6 +110,9 @@ class WorkerRuntime:
         self.sink: Callable[[ResultRecord], None] | None = None
         #: Asked before each task; False stops the chunk (the local worker's client died).
         self.keep_going: Callable[[], bool] | None = None
+        #: Enforce ``timeout=`` here with SIGALRM (AWS workers: nobody is watching from
+        #: outside). The local backend's supervisor kills the worker instead.
+        self.enforce_timeouts = False
         self._functions: OrderedDict[tuple[str, str], Callable[..., Any]] = OrderedDict()
         self._specs: OrderedDict[str, JobSpec] = OrderedDict()
 
@@ -184,9 +214,10 @@ class WorkerRuntime:
         record = self._record(ctx.job_id, ctx.task_index, ctx.attempt, started)
         if self.on_start is not None:
             self.on_start(ctx)
+        timeout = self.spec(ctx.job_id).options.timeout if self.enforce_timeouts else None
         with self.capture.task() as captured:
             try:
-                with running(ctx):
+                with running(ctx), _deadline(timeout, ctx.task_index):
                     value = call()
                 blob = serialization.dumps_value(value)
             except SerializationError as exc:

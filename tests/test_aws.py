@@ -316,3 +316,12 @@ def test_a_schedule_over_an_s3_prefix_runs_one_task_per_object(ex: fanout.Execut
     job = fanout.Job.attach(job_id, backend="aws", **aws.backend_options)
     assert sorted(job.results(timeout=120)) == [
         f"s3://portfolio-data/today/{name}" for name in ("a.csv", "b.csv", "c.csv")]
+
+
+@pytest.mark.parametrize("tier", ["lambda", "batch"])
+def test_task_timeout_is_enforced_on_aws(ex: fanout.Executor, tier: str) -> None:
+    limited = ex.options(timeout=1.0, tier=tier)
+    slow, quick = limited.submit(tasks.spin, 30), limited.submit(tasks.spin, 0.0)
+    with pytest.raises(fanout.TaskTimeout, match="timeout=1.0"):
+        slow.result(timeout=120)
+    assert quick.result(timeout=120) == 0.0

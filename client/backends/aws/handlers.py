@@ -84,6 +84,7 @@ def _warm_runtime(store: AwsStore, worker_id: str) -> WorkerRuntime:
         runtime = _runtimes[id(store)] = WorkerRuntime(store, worker_id, StreamCapture())
     runtime.worker_id = worker_id
     runtime.sink = None
+    runtime.enforce_timeouts = True  # no supervisor outside a Lambda or a Batch container
     return runtime
 
 
