@@ -132,6 +132,24 @@ class ResultRecord:
         return max(0.0, self.ended - self.started)
 
 
+def retry_plan(manifest: list[Chunk], records: list[ResultRecord]) -> list[Chunk]:
+    """The chunks that re-run a job's unsucceeded tasks, each at a later attempt.
+
+    The attempt is one more than any stored attempt of the chunk's tasks, so the new results
+    may replace the old failures under the conditional put, and a success stays untouched.
+    """
+    by_index = {r.task_index: r for r in records}
+    chunks = []
+    for chunk in manifest:
+        todo = tuple(t for t in chunk.tasks
+                     if t.index not in by_index or by_index[t.index].status != SUCCEEDED)
+        if todo:
+            attempt = 1 + max((by_index[t.index].attempt for t in todo if t.index in by_index),
+                              default=0)
+            chunks.append(Chunk(chunk.job_id, chunk.index, chunk.tier, attempt, todo))
+    return chunks
+
+
 def client_id() -> str:
     import os
 

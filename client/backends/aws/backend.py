@@ -40,6 +40,7 @@ from ...protocol import (
     TaskRef,
     client_id,
     now,
+    retry_plan,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec, next_fire, request_json
 from ...seeding import derive_seed
@@ -385,17 +386,9 @@ class AwsBackend(Backend):
                                f"for it or cancel it (`fanout cancel {job_id}`) first")
         self._check_open()
         spec: JobSpec = job["spec"]
-        records = {r.task_index: r for r in self.store.results(job_id)}
         manifest = [Chunk.from_json(c) for c in
                     json.loads(self.store.get_object(job_id, "manifest.json"))]
-        chunks = []
-        for chunk in manifest:
-            todo = tuple(t for t in chunk.tasks
-                         if t.index not in records or records[t.index].status != SUCCEEDED)
-            if todo:
-                attempt = 1 + max((records[t.index].attempt for t in todo if t.index in records),
-                                  default=0)
-                chunks.append(Chunk(job_id, chunk.index, chunk.tier, attempt, todo))
+        chunks = retry_plan(manifest, self.store.results(job_id))
         reduce_record = self.store.result(job_id, REDUCE_INDEX) if spec.has_reducer else None
         needs_reduce = spec.has_reducer and (reduce_record is None
                                              or reduce_record.status != SUCCEEDED)

@@ -20,6 +20,7 @@ from ...protocol import (
     TaskRef,
     client_id,
     now,
+    retry_plan,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec
 from ...seeding import derive_seed
@@ -230,15 +231,7 @@ class LocalBackend(Backend):
                 f"cancel it (`fanout cancel {job_id}`) before retrying"
             )
         self._check_open()
-        records = {r.task_index: r for r in self.store.results(job_id)}
-        chunks: list[Chunk] = []
-        for chunk in self.store.manifest(job_id):
-            todo = tuple(t for t in chunk.tasks
-                         if records.get(t.index) is None or records[t.index].status != SUCCEEDED)
-            if todo:
-                attempt = 1 + max((records[t.index].attempt for t in todo if t.index in records),
-                                  default=0)
-                chunks.append(Chunk(job_id, chunk.index, chunk.tier, attempt, todo))
+        chunks = retry_plan(self.store.manifest(job_id), self.store.results(job_id))
         spec = info.spec
         reduce_record = self.store.result(job_id, -1) if spec.has_reducer else None
         needs_reduce = spec.has_reducer and (
