@@ -26,7 +26,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from ...collector import LIVE_RUNS, JobRun
 from ...errors import ConfigurationError, WorkerLost
 from ...future import Future
-from ...options import TaskOptions, plan_tier
+from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
+from ...options import TaskOptions
 from ...protocol import (
     CANCELLED,
     FAILED,
@@ -37,14 +38,11 @@ from ...protocol import (
     Chunk,
     JobSpec,
     ResultRecord,
-    TaskRef,
     client_id,
     now,
     retry_plan,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec, next_fire, request_json
-from ...seeding import derive_seed
-from ...serialization import package_versions, python_version
 from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
 from ..local.store import new_job_id
@@ -52,7 +50,6 @@ from .config import load_config
 from .store import AwsStore
 
 log = logging.getLogger("fanout.aws")
-PAYLOAD_OBJECT = "payload-0.bin"
 POLL_MIN_SECONDS = 0.2
 POLL_MAX_SECONDS = 2.0
 #: Polls between checks of the execution's status (catches a run that died without finalizing).
@@ -517,26 +514,12 @@ def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, functio
     Used by the client and by the plan step of scheduled runs, so a job looks the same
     whoever made it.
     """
-    refs: list[TaskRef] = []
-    seed_iter = iter(seeds) if seeds is not None else None
     with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
-        offset = 0
-        for index, blob in enumerate(payloads):
-            payload.write(blob)
-            seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
-            refs.append(TaskRef(index, PAYLOAD_OBJECT, offset, len(blob), seed))
-            offset += len(blob)
+        refs = write_payload(payload, payloads, job_seed, seeds)
         payload.seek(0)
         store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
-    tier = plan_tier(options)
-    size = options.chunksize
-    manifest = [Chunk(job_id, n, tier, 1, tuple(refs[start:start + size]))
-                for n, start in enumerate(range(0, len(refs), size))]
-    spec = JobSpec(
-        job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
-        options=options, python=python_version(), packages=package_versions(),
-        created=time.time(), client=client_id(), has_reducer=reducer is not None,
-        reducer=reducer_name)
+    spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
+                              reducer_name, has_reducer=reducer is not None)
     store.put_bundle(spec, function, reducer)
     put_manifests(store, job_id, "manifest", manifest)
     store.put_job(spec, RUNNING, client_id())

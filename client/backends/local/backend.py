@@ -10,28 +10,24 @@ from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
 from ...future import Future
-from ...options import TaskOptions, plan_tier
+from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
+from ...options import TaskOptions
 from ...protocol import (
     CANCELLED,
     SUCCEEDED,
     Chunk,
     JobSpec,
     ResultRecord,
-    TaskRef,
-    client_id,
     now,
     retry_plan,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec
-from ...seeding import derive_seed
-from ...serialization import package_versions, python_version
 from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
 from . import scheduler
 from .pool import Dispatch, Supervisor
 from .store import LocalStore, Owner, new_job_id
 
-PAYLOAD_OBJECT = "payload-0.bin"
 #: How long cancelling another process's job waits for that process to apply it.
 CANCEL_WAIT_SECONDS = 10.0
 
@@ -75,29 +71,12 @@ class LocalBackend(Backend):
         self.store.write_object(job_id, "function.pkl", function)
         if reducer is not None:
             self.store.write_object(job_id, "reducer.pkl", reducer)
-        refs: list[TaskRef] = []
-        seed_iter = iter(seeds) if seeds is not None else None
         with self.store.open_payload(job_id, PAYLOAD_OBJECT) as handle:
-            offset = 0
-            for index, blob in enumerate(payloads):
-                handle.write(blob)
-                seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
-                refs.append(TaskRef(index, PAYLOAD_OBJECT, offset, len(blob), seed))
-                offset += len(blob)
+            refs = write_payload(handle, payloads, job_seed, seeds)
             handle.flush()
             os.fsync(handle.fileno())
-        tier = plan_tier(options)
-        size = options.chunksize
-        manifest = [
-            Chunk(job_id, number, tier, 1, tuple(refs[start:start + size]))
-            for number, start in enumerate(range(0, len(refs), size))
-        ]
-        spec = JobSpec(
-            job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
-            options=options, python=python_version(), packages=package_versions(),
-            created=time.time(), client=client_id(), has_reducer=reducer is not None,
-            reducer=reducer_name,
-        )
+        spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
+                                  reducer_name, has_reducer=reducer is not None)
         self.store.create_job(spec, manifest, Owner.me())
         return spec, manifest
 
