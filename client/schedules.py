@@ -187,6 +187,25 @@ def describe_items(items: Any) -> tuple[str, str]:
     return "list", f"{count} items"
 
 
+def run_items(spec: ScheduleSpec, items_blob: bytes | None) -> list[Any]:
+    """The items of one run: the stored list, the stored function's answer now, or S3 keys."""
+    from . import serialization
+
+    if spec.items == "s3":
+        return s3_items(spec.items_detail)
+    loaded = serialization.loads(items_blob or b"")
+    return list(loaded() if spec.items == "function" else loaded)
+
+
+def run_seed(spec: ScheduleSpec, fired_at: float) -> int:
+    """A run's job seed: reproducible per (schedule seed, name, fire time) when seeded."""
+    from .seeding import derive_seed, fresh_seed
+
+    if spec.options.seed is None:
+        return fresh_seed()
+    return derive_seed(spec.options.seed, "schedule", spec.name, int(fired_at))
+
+
 def s3_items(prefix: str) -> list[str]:
     """One task per object under ``s3://bucket/prefix``: the object's full ``s3://`` URI."""
     import boto3

@@ -236,8 +236,7 @@ def plan(event: dict[str, Any], store: AwsStore | None = None,
          now: float | None = None) -> dict[str, Any]:
     """Turn one firing of a schedule into a job (or a recorded skip)."""
     from ... import serialization
-    from ...schedules import ScheduleSpec, s3_items
-    from ...seeding import derive_seed, fresh_seed
+    from ...schedules import ScheduleSpec, run_items, run_seed
     from ..local.store import new_job_id
     from .backend import execution_input, upload_job
 
@@ -254,13 +253,8 @@ def plan(event: dict[str, Any], store: AwsStore | None = None,
                                                               "running": job_id})
                 return {"skipped": True, "schedule": name, "running": job_id}
             break
-    if spec.items == "s3":
-        items = s3_items(spec.items_detail)
-    else:
-        loaded = serialization.loads(bundle["items"])
-        items = list(loaded() if spec.items == "function" else loaded)
-    seed = fresh_seed() if spec.options.seed is None else \
-        derive_seed(spec.options.seed, "schedule", name, int(fired_at))
+    items = run_items(spec, bundle["items"])
+    seed = run_seed(spec, fired_at)
     job_id = new_job_id()
     upload_job(store, job_id, "scheduled", bundle["function"], spec.function,
                (serialization.dumps_call((item,), {}) for item in items), None, spec.options,

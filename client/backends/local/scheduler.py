@@ -20,9 +20,9 @@ from ...schedules import (
     ScheduleSpec,
     next_fire,
     request_json,
-    s3_items,
+    run_items,
+    run_seed,
 )
-from ...seeding import derive_seed, fresh_seed
 from ..base import JobRequest
 
 if TYPE_CHECKING:  # the backend imports this module
@@ -92,14 +92,9 @@ def fire(backend: LocalBackend, name: str, fired_at: float) -> str | None:
         backend.store.add_schedule_run(name, fired_at, None, "skipped")
         return None
     store = backend.store
-    if spec.items == "s3":
-        items = s3_items(spec.items_detail)
-    else:
-        loaded = serialization.loads(store.schedule_object(name, "items.pkl") or b"")
-        items = list(loaded() if spec.items == "function" else loaded)
+    items = run_items(spec, store.schedule_object(name, "items.pkl"))
     reducer = store.schedule_object(name, "reducer.pkl")
-    seed = fresh_seed() if spec.options.seed is None else \
-        derive_seed(spec.options.seed, "schedule", name, int(fired_at))
+    seed = run_seed(spec, fired_at)
     request = JobRequest(
         kind="scheduled", function=store.schedule_object(name, "function.pkl") or b"",
         function_name=spec.function,
