@@ -7,6 +7,8 @@ Each one names a different remedy: fix the code (``RemoteError``), give the task
 
 from __future__ import annotations
 
+import pickle
+
 
 class FanoutError(Exception):
     """Base class of every error fanout raises itself."""
@@ -37,9 +39,43 @@ class WorkerLost(FanoutError):
     """The process running a task died (killed, crashed, out of memory) on every attempt."""
 
 
-class SerializationError(FanoutError, TypeError):
-    """A function, argument or result could not be pickled; the message names which."""
+class SerializationError(FanoutError, pickle.PicklingError, TypeError):
+    """A function, argument or result could not be pickled; the message names which.
+
+    Also a ``pickle.PicklingError`` (what ``ProcessPoolExecutor`` raises for the same
+    mistake) and a ``TypeError`` (what earlier fanout releases documented), so code that
+    catches either keeps working.
+    """
 
 
 class ConfigurationError(FanoutError):
     """The set-up is wrong (store, backend, Python versions); the message says how to fix it."""
+
+
+class StoreError(ConfigurationError):
+    """The store cannot be read or written (full disk, read-only, corrupt, unreachable).
+
+    The message names the path or table and the cause; records already stored stay intact.
+    """
+
+
+class JobNotFound(FanoutError, KeyError):
+    """No job with that id in the store; also a ``KeyError`` so lookups keep their idiom."""
+
+    def __str__(self) -> str:  # KeyError's str() would quote the whole sentence
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class ScheduleNotFound(FanoutError, KeyError):
+    """No schedule with that name; also a ``KeyError``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "schedule not found"
+
+
+class ScheduleExists(FanoutError, ValueError):
+    """A schedule with that name exists already; also a ``ValueError``."""
+
+
+class DependencyFailed(FanoutError):
+    """A task's input was a future whose task failed; names the upstream job and task."""
