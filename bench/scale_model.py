@@ -128,11 +128,16 @@ PAGE_TASKS = 8
 FLUSH_SECONDS = 10.0
 PROPOSED_POLL_OVERLAP = 5.0
 PROPOSED_INLINE_LIMIT = 16 * 1024
-#: Client CPU per polled record, measured by bench/aws_ingest.py (override with --client-us):
-#: botocore's parse of the query page, AwsStore._record, unpickle and resolve.
+#: The proposed ramp: MaxConcurrency grows by 80% of Lambda's +1,000 per 10 s.
+RAMP_SHARE = 0.8
+#: Client CPU per polled record, measured by bench/aws_ingest.py on 2026-11-23 (44.6 µs new,
+#: 41.8 µs re-read; override with --client-us): botocore's parse of the query page,
+#: AwsStore._record, unpickle and resolve.
 CLIENT_SECONDS_PER_RECORD = 45e-6
-#: Client CPU per index key re-read in the proposed poll (a 3-attribute item).
-CLIENT_SECONDS_PER_KEY = 8e-6
+#: The same per task of a proposed page (8 tasks per item; 25.1 µs measured, prototype
+#: decoder) and per KEYS_ONLY index entry the proposed poll re-reads (7.2 µs measured).
+CLIENT_SECONDS_PER_PAGE_TASK = 25e-6
+CLIENT_SECONDS_PER_KEY = 7.2e-6
 
 
 # -- DynamoDB item sizes ([D1]; https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html)
@@ -260,13 +265,16 @@ class Design:
     inline_limit: int
     page_tasks: int = 1
     flush_seconds: float = 0.0
+    #: MaxConcurrency raised step by step (UpdateMapRun) to this share of Lambda's scaling
+    #: rate; None: the Map Runs start children as fast as Step Functions allows.
+    ramp_share: float | None = None
 
 
 TODAY = Design("today", True, 1, "user", TODAY_MAX_CONCURRENCY, TODAY_POLL_OVERLAP, 1,
                TODAY_INLINE_LIMIT)
 TODAY_KEYS = replace(TODAY, name="today-keys", chunk_plan="rate", max_concurrency=None)
 PROPOSED = Design("proposed", False, None, "rate", None, PROPOSED_POLL_OVERLAP, None,
-                  PROPOSED_INLINE_LIMIT, PAGE_TASKS, FLUSH_SECONDS)
+                  PROPOSED_INLINE_LIMIT, PAGE_TASKS, FLUSH_SECONDS, RAMP_SHARE)
 DESIGNS = (TODAY, TODAY_KEYS, PROPOSED)
 
 
@@ -355,13 +363,19 @@ def plan_chunks(workload: Workload, design: Design) -> tuple[int, int, int]:
 
 
 def simulate(workload: Workload, chunk_tasks: int, maps: int, max_conc: int,
-             dt: float = 0.5) -> tuple[float, float, float, list[tuple[float, float]]]:
-    """Discrete-time run of the job's chunks: (wall s, peak running, ramp s, series).
+             ramp_share: float | None = None, dt: float = 0.5
+             ) -> tuple[float, float, float, float, list[tuple[float, float]]]:
+    """Discrete-time run of the job's chunks: (wall s, peak running, ramp s, scaling
+    pressure, series of (t, results/s)).
 
     Each step starts as many pending chunks as the binding limit allows: MaxConcurrency
-    per Map Run, the account's Lambda quota, Lambda's scaling rate (environments
-    available = 1,000 + 1,000 per 10 s elapsed; finished environments are reused) and
-    each Map Run's child start rate. Tasks finish evenly over a chunk's run.
+    per Map Run (raised step by step to ``ramp_share`` of Lambda's scaling when the design
+    ramps), the account's Lambda quota, Lambda's scaling rate (environments available =
+    1,000 + 1,000 per 10 s elapsed; finished environments are reused) and each Map Run's
+    child start rate. Tasks finish evenly over a chunk's run. The scaling pressure is the
+    largest ratio, over the run, of the executions Step Functions would start (its start
+    rate and MaxConcurrency permitting) to the environments Lambda has: above 1, Lambda
+    answers TooManyRequestsException.
     """
     chunk_seconds = chunk_tasks * workload.task_seconds
     n_chunks = math.ceil(workload.tasks / chunk_tasks)
@@ -369,16 +383,22 @@ def simulate(workload: Workload, chunk_tasks: int, maps: int, max_conc: int,
     pending, running, t = n_chunks, 0, 0.0
     ends: deque[tuple[float, int]] = deque()
     start_credit = 0.0
-    peak, ramp = 0.0, 0.0
+    peak, ramp, pressure = 0.0, 0.0, 0.0
     target = min(max_conc * maps, quota, n_chunks)
     series: list[tuple[float, float]] = []
     while pending or running:
         while ends and ends[0][0] <= t + 1e-9:
             running -= ends.popleft()[1]
-        envs = LAMBDA_SCALE_STEP * (1 + math.floor(t / LAMBDA_SCALE_SECONDS))
+        window = 1 + math.floor(t / LAMBDA_SCALE_SECONDS)
+        envs = LAMBDA_SCALE_STEP * window
+        cap = float(min(max_conc * maps, quota))
+        if ramp_share is not None:
+            cap = min(cap, ramp_share * envs)
         start_credit = min(start_credit + CHILD_START_RATE_STANDARD * maps * dt,
                            CHILD_START_RATE_STANDARD * maps)
-        room = min(max_conc * maps, quota, envs) - running
+        wanted = min(cap, running + min(pending, math.floor(start_credit)))
+        pressure = max(pressure, wanted / envs)
+        room = min(cap, envs) - running
         starts = int(max(0, min(pending, room, math.floor(start_credit))))
         if starts:
             pending -= starts
@@ -392,7 +412,7 @@ def simulate(workload: Workload, chunk_tasks: int, maps: int, max_conc: int,
         t += dt
         if t > 1e7:
             raise RuntimeError("simulation did not finish")
-    return t, float(peak), ramp, series
+    return t, float(peak), ramp, pressure, series
 
 
 # -- the shard and prefix rules -------------------------------------------------------------
@@ -441,7 +461,8 @@ def prefix_count(put_rate: float, get_rate: float) -> int:
 def predict(workload: Workload, design: Design,
             client_seconds: float = CLIENT_SECONDS_PER_RECORD) -> Prediction:
     chunk_tasks, maps, max_conc = plan_chunks(workload, design)
-    wall, peak, ramp, series = simulate(workload, chunk_tasks, maps, max_conc)
+    wall, peak, ramp, pressure, series = simulate(workload, chunk_tasks, maps, max_conc,
+                                                  design.ramp_share)
     d = workload.task_seconds
     rate = peak / d  # results per second at the peak
     chunk_seconds = chunk_tasks * d
@@ -474,7 +495,8 @@ def predict(workload: Workload, design: Design,
         per_item_cpu, reread_cpu = client_seconds, client_seconds
         items_per_s = rate
     else:
-        per_item_cpu = client_seconds * design.page_tasks
+        per_item_cpu = CLIENT_SECONDS_PER_PAGE_TASK * client_seconds \
+            / CLIENT_SECONDS_PER_RECORD * design.page_tasks
         reread_cpu = CLIENT_SECONDS_PER_KEY
         items_per_s = rate * writes
     load_per_item = per_item_cpu  # CPU of each new item (new tasks in it)
@@ -529,6 +551,11 @@ def predict(workload: Workload, design: Design,
                       quota, "executions", "L1 L4",
                       "default 1,000: raise the quota first" if peak > quota else "",
                       quota=True))
+    loads.append(Load("Lambda: environments wanted vs scaling rate (ramp)",
+                      pressure * LAMBDA_SCALE_STEP / LAMBDA_SCALE_SECONDS,
+                      LAMBDA_SCALE_STEP / LAMBDA_SCALE_SECONDS, "envs/s equiv.", "L4",
+                      "largest ratio of executions started to environments available"
+                      + ("; MaxConcurrency ramped" if design.ramp_share else "")))
     loads.append(Load("Step Functions: child starts per Map Run", chunk_starts / maps,
                       CHILD_START_RATE_STANDARD, "starts/s", "SF1",
                       f"{maps} Map Run(s); children wait when over"))
@@ -599,6 +626,7 @@ def _short(load: Load, times: bool = True) -> str:
         "S3: hottest values prefix, PUT": "S3 PUT/prefix",
         "S3: hottest prefix, GET": "S3 GET/prefix",
         "Lambda: concurrent executions vs account quota": "Lambda concurrency",
+        "Lambda: environments wanted vs scaling rate (ramp)": "Lambda scaling",
         "Step Functions: child starts per Map Run": "child starts",
         "Step Functions: state transitions": "transitions",
     }
