@@ -92,13 +92,19 @@ STATE_TRANSITIONS = 5_000.0
 #: The share of a limit a design may plan to use: headroom for skew, retries and bursts.
 PLAN_UTILISATION = 0.5
 
-# -- prices: us-east-1 public prices (USD), read 2026-11-23 ----------------------------------
-#   Lambda x86 GB-s and requests: https://aws.amazon.com/lambda/pricing/
-#   Step Functions Standard transitions: https://aws.amazon.com/step-functions/pricing/
-#   S3 Standard requests: https://aws.amazon.com/s3/pricing/
-#   DynamoDB on-demand WRU/RRU (after the 2024-11 cut): https://aws.amazon.com/dynamodb/pricing/on-demand/
-# The same table as bench/aws_requests.py (read 2026-11-21), re-checked against third-party
-# copies of the pricing pages on 2026-11-23.
+# -- prices: us-east-1 public list prices (USD) ------------------------------------------------
+# The table of bench/aws_requests.py (read 2026-11-21), re-checked 2026-11-23 with the search
+# tool's stored copies of the pricing pages:
+#   Lambda x86, first 6 billion GB-s tier, and requests: https://aws.amazon.com/lambda/pricing/
+#     ($0.0000166667 per GB-s, $0.20 per 1M requests; also the "How AWS pricing works"
+#     whitepaper, https://docs.aws.amazon.com/whitepapers/latest/how-aws-pricing-works/lambda.html)
+#   Step Functions Standard: https://aws.amazon.com/step-functions/pricing/ ($0.0250 per
+#     1,000 state transitions, US East (N. Virginia))
+#   DynamoDB on-demand after the 2024-11 cut: https://aws.amazon.com/dynamodb/pricing/on-demand/
+#     ($0.625 per 1M WRU, $0.125 per 1M RRU; confirmed on 2026-11-23 only by third-party
+#     copies, e.g. https://airbyte.com/data-engineering-resources/dynamodb-pricing)
+#   S3 Standard requests: https://aws.amazon.com/s3/pricing/ ($0.005 per 1,000 PUT, $0.0004
+#     per 1,000 GET; as read 2026-11-21, not re-checked)
 LAMBDA_GB_SECOND = 0.0000166667
 LAMBDA_REQUEST = 0.20 / 1e6
 SFN_TRANSITION = 0.025 / 1000
@@ -592,7 +598,7 @@ def summary_table(preds: list[Prediction]) -> str:
     lines = [
         "| concurrent tasks | design | chunk (tasks x s) | Map Runs | peak running | wall "
         "| hottest key WCU/s, table / index (keys) | hottest index key RCU/s "
-        "| client cores for the poll | throttles (x limit) | at ≥ 90% of a limit "
+        "| client poll: cores, cycle | throttles (x limit) | at ≥ 90% of a limit "
         "| quotas to raise |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -610,7 +616,8 @@ def summary_table(preds: list[Prediction]) -> str:
             f"| {p.workload.concurrency:,} | {p.design.name} | {p.chunk_tasks} x "
             f"{p.workload.task_seconds:g} | {p.maps} | {p.concurrency:,.0f} | "
             f"{p.wall_seconds / 60:,.1f} min | {_fmt(table.rate)} / {_fmt(index.rate)} "
-            f"({p.shards}) | {_fmt(reads.rate)} | {p.client_core_share:.2f} | "
+            f"({p.shards}) | {_fmt(reads.rate)} | {p.client_core_share:.2f}, "
+            f"{p.poll_cycle:.1f} s | "
             f"{throttled} | {risky} | {quotas} |")
     return "\n".join(lines)
 
@@ -728,8 +735,8 @@ def render(client_seconds: float) -> str:
         "",
         summary_table(preds),
         "",
-        "Cost of the same jobs (us-east-1 prices read 2026-11-23, sources in "
-        "`bench/scale_model.py`; 1,769 MB Lambda):",
+        "Cost of the same jobs (us-east-1 list prices read 2026-11-21 and re-checked "
+        "2026-11-23; sources in `bench/scale_model.py`; 1,769 MB Lambda, x86):",
         "",
         cost_table(preds),
         "",
