@@ -93,8 +93,8 @@ STATE_TRANSITIONS = 5_000.0
 PLAN_UTILISATION = 0.5
 
 # -- prices: us-east-1 public list prices (USD) ------------------------------------------------
-# The table of bench/aws_requests.py (read 2026-11-21), re-checked 2026-11-23 with the search
-# tool's stored copies of the pricing pages:
+# The table of bench/aws_requests.py (read 2026-11-21), re-checked 2026-11-23 against stored
+# copies of the pricing pages:
 #   Lambda x86, first 6 billion GB-s tier, and requests: https://aws.amazon.com/lambda/pricing/
 #     ($0.0000166667 per GB-s, $0.20 per 1M requests; also the "How AWS pricing works"
 #     whitepaper, https://docs.aws.amazon.com/whitepapers/latest/how-aws-pricing-works/lambda.html)
@@ -105,13 +105,17 @@ PLAN_UTILISATION = 0.5
 #     copies, e.g. https://airbyte.com/data-engineering-resources/dynamodb-pricing)
 #   S3 Standard requests: https://aws.amazon.com/s3/pricing/ ($0.005 per 1,000 PUT, $0.0004
 #     per 1,000 GET; as read 2026-11-21, not re-checked)
-LAMBDA_GB_SECOND = 0.0000166667
-LAMBDA_REQUEST = 0.20 / 1e6
-SFN_TRANSITION = 0.025 / 1000
-S3_PUT = 0.005 / 1000
-S3_GET = 0.0004 / 1000
-DDB_WRU = 0.625 / 1e6
-DDB_RRU = 0.125 / 1e6
+# One price table for both AWS benchmarks: it lives in bench/aws_requests.py.
+from bench.aws_requests import (  # noqa: E402
+    DDB_RRU,
+    DDB_WRU,
+    LAMBDA_GB_SECOND,
+    LAMBDA_REQUEST,
+    S3_GET,
+    S3_PUT,
+    SFN_TRANSITION,
+)
+
 LAMBDA_MEMORY_MB = 1769
 
 # -- fanout's own constants (from the code) ---------------------------------------------------
