@@ -356,8 +356,8 @@ def plan_chunks(workload: Workload, design: Design) -> tuple[int, int, int]:
 
     The proposed plan: a chunk must run long enough that the requested concurrency needs
     at most half the Standard child start rate, ``C / chunk_seconds <= 0.5 x 100/s``, and
-    not longer than 80% of Lambda's 900-s timeout; one Map Run holds at most 10,000
-    children, so larger jobs split their manifest over several Map Runs.
+    not longer than 80% of Lambda's 900-s timeout, in whole result pages; one Map Run holds
+    at most 10,000 children, so larger jobs split their manifest over several Map Runs.
     """
     c = workload.concurrency
     maps = 1 if design.chunk_plan == "user" else max(1, math.ceil(c / MAP_MAX_CHILDREN))
@@ -368,6 +368,8 @@ def plan_chunks(workload: Workload, design: Design) -> tuple[int, int, int]:
         seconds = per_map / (PLAN_UTILISATION * CHILD_START_RATE_STANDARD)
         seconds = min(seconds, 0.8 * LAMBDA_TIMEOUT)
         chunk = max(workload.chunksize, math.ceil(seconds / workload.task_seconds))
+        # Whole pages per chunk, so two chunks never write to one page item.
+        chunk = design.page_tasks * math.ceil(chunk / design.page_tasks)
     max_conc = design.max_concurrency or min(MAP_MAX_CHILDREN, math.ceil(c / maps))
     return chunk, maps, max_conc
 
