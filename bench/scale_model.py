@@ -140,14 +140,15 @@ PROPOSED_POLL_OVERLAP = 5.0
 PROPOSED_INLINE_LIMIT = 16 * 1024
 #: The proposed ramp: MaxConcurrency grows by 80% of Lambda's +1,000 per 10 s.
 RAMP_SHARE = 0.8
-#: Client CPU per polled record, measured by bench/aws_ingest.py on 2026-11-23 (44.6 µs new,
-#: 41.8 µs re-read; override with --client-us): botocore's parse of the query page,
-#: AwsStore._record, unpickle and resolve.
+#: Client CPU per polled record (override with --client-us), from bench/aws_ingest.py on
+#: 2026-11-23 (docs/scale.md): 44.2 µs of the client thread's CPU end to end against moto
+#: (HTTP, botocore's parse, AwsStore._record, unpickle, resolve); offline 41.3 µs for a new
+#: record and 38.4 µs for a re-read one. Re-reads are charged at the full cost here.
 CLIENT_SECONDS_PER_RECORD = 45e-6
-#: The same per task of a proposed page (8 tasks per item; 25.1 µs measured, prototype
-#: decoder) and per KEYS_ONLY index entry the proposed poll re-reads (7.2 µs measured).
-CLIENT_SECONDS_PER_PAGE_TASK = 25e-6
-CLIENT_SECONDS_PER_KEY = 7.2e-6
+#: The same per task of a proposed page (8 tasks per item; 26.5 µs measured with the
+#: prototype decoder) and per KEYS_ONLY index entry the proposed poll re-reads (6.9 µs).
+CLIENT_SECONDS_PER_PAGE_TASK = 27e-6
+CLIENT_SECONDS_PER_KEY = 7e-6
 
 
 # -- DynamoDB item sizes ([D1]; https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html)
