@@ -28,6 +28,9 @@ from .errors import (
 from .executor import Executor, MapIterator
 from .future import Future
 from .job import Job
+from .joblib_hook import install as _install_joblib_backend
+
+_install_joblib_backend()  # joblib.parallel_config(backend="fanout") once joblib is imported
 
 __version__ = "0.1.0"
 
