@@ -29,6 +29,9 @@ from fanout.web.server import make_server
 
 from conftest import eventually, wait_for_file
 
+pytestmark = pytest.mark.skipif(os.environ.get("FANOUT_BROWSER") == "skip",
+                                reason="make test BROWSER=skip: no browser tests asked for")
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
