@@ -12,6 +12,7 @@ default) and, by naming another backend, on serverless workers.
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 
 from .context import checkpoint, restore, task_rng, task_seed
+from .cost import estimate
 from .errors import (
     ConfigurationError,
     DependencyFailed,
@@ -55,6 +56,7 @@ __all__ = [
     "WorkerLost",
     "as_completed",
     "checkpoint",
+    "estimate",
     "restore",
     "task_rng",
     "task_seed",

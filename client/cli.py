@@ -97,9 +97,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     job = _attach(args)
     info = job.info
     counts = job.status()
+    from .cost import describe
+
+    cost = job.summary()["cost"]
     if args.json:
         print(json.dumps({"job_id": job.job_id, "state": info.state, "orphaned": info.orphaned,
-                          "counts": counts, "summary": info.summary}, indent=2))
+                          "counts": counts, "summary": info.summary, "cost": cost}, indent=2))
         return 0
     state = f"{info.state} (orphaned: its client {info.owner} is gone)" if info.orphaned \
         else info.state
@@ -109,6 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  task time {info.summary.get('task_seconds', 0):.2f} s over "
               f"{info.summary.get('wall_seconds', 0):.2f} s wall, "
               f"{info.summary.get('workers', 0)} workers")
+    print(f"  {describe(cost)}")
     if info.orphaned:
         print(f"  run `fanout retry {job.job_id}` to finish it")
     return 0
