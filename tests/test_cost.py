@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from chalice.test import Client
 
 import fanout
 from fanout import cost
-from fanout.testing import EmulatedAws, emulated_aws
+from fanout.testing import EmulatedAws
 from fanout.web.app import create_app
 
 import tasks
@@ -81,21 +80,15 @@ def test_prices_are_dated_cited_and_replaceable() -> None:
     with pytest.raises(ValueError, match="finite number >= 0"):
         cost.register_prices(replace(table, region="test-1", s3_put=-1.0))
     cost.register_prices(replace(table, region="test-1", s3_put=1.0))
-    assert cost.prices_for("test-1").s3_put == 1.0
+    try:
+        assert cost.prices_for("test-1").s3_put == 1.0
+    finally:
+        cost._TABLES.pop("test-1")  # leave the process's tables as they were
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
-    old = os.environ.get("FANOUT_HOME")
-    os.environ["FANOUT_HOME"] = str(tmp_path_factory.mktemp("aws-home"))
-    try:
-        with emulated_aws() as emulation:
-            yield emulation
-    finally:
-        if old is None:
-            os.environ.pop("FANOUT_HOME", None)
-        else:
-            os.environ["FANOUT_HOME"] = old
+def aws(offline_aws: EmulatedAws) -> EmulatedAws:
+    return offline_aws
 
 
 def _requests(aws: EmulatedAws) -> collections.Counter[tuple[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import joblib
@@ -16,7 +15,7 @@ from joblib import Parallel, delayed
 import fanout
 from fanout.backends import create_backend
 from fanout.protocol import SUCCEEDED
-from fanout.testing import EmulatedAws, emulated_aws
+from fanout.testing import EmulatedAws
 
 import tasks
 
@@ -132,17 +131,8 @@ def test_import_fanout_neither_needs_nor_imports_joblib(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
-    old = os.environ.get("FANOUT_HOME")
-    os.environ["FANOUT_HOME"] = str(tmp_path_factory.mktemp("aws-home"))
-    try:
-        with emulated_aws() as emulation:
-            yield emulation
-    finally:
-        if old is None:
-            os.environ.pop("FANOUT_HOME", None)
-        else:
-            os.environ["FANOUT_HOME"] = old
+def aws(offline_aws: EmulatedAws) -> EmulatedAws:
+    return offline_aws
 
 
 def test_parallel_on_the_emulated_aws_backend(aws: EmulatedAws) -> None:
