@@ -63,14 +63,16 @@ def test_grid_search_on_fanout_scores_as_on_one_process(home: Path) -> None:
 
 
 def test_parallel_backend_and_task_options_pass_through(home: Path) -> None:
-    with joblib.parallel_backend("fanout", n_jobs=2, timeout=120, memory_mb=512, retries=1):
+    with joblib.parallel_backend("fanout", n_jobs=2, timeout=120, memory_mb=512, retries=1,
+                                 tier="lambda", seed=7):
         squares = Parallel()(delayed(tasks.square)(i) for i in range(25))
     assert squares == [i * i for i in range(25)]
     jobs = _fanout_jobs(home)
     assert jobs
     for job in jobs:
         options = job.info.spec.options
-        assert (options.timeout, options.memory_mb, options.retries) == (120, 512, 1)
+        assert (options.timeout, options.memory_mb, options.retries, options.tier,
+                options.seed) == (120, 512, 1, "lambda", 7)
 
 
 def test_a_failing_call_raises_its_own_exception_and_cancels_the_rest(home: Path) -> None:
