@@ -19,7 +19,7 @@ from . import __version__
 from .backends import create_backend
 from .errors import ConfigurationError, FanoutError
 from .job import Job
-from .protocol import FAILED, SUCCEEDED, TASK_STATES
+from .protocol import FAILED, SUCCEEDED, TASK_STATES, ResultRecord
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,7 +79,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     backend = create_backend(args.backend, **_backend_options(args))
     rows = []
     for info in backend.list_jobs(args.limit):
-        summary = info.summary or {}
+        # A job that never finished (orphaned, or still running) has no summary yet: count
+        # its stored results instead of leaving ok/failed blank.
+        summary = info.summary or backend.counts(info.job_id)
         state = "orphaned" if info.orphaned else info.state
         rows.append((info.job_id, _when(info.spec.created), info.spec.kind,
                      info.spec.function.rsplit(".", 1)[-1], info.spec.n_tasks, state,
@@ -95,9 +97,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     job = _attach(args)
     info = job.info
     counts = job.status()
+    from .cost import describe
+
+    cost = job.summary()["cost"]
     if args.json:
         print(json.dumps({"job_id": job.job_id, "state": info.state, "orphaned": info.orphaned,
-                          "counts": counts, "summary": info.summary}, indent=2))
+                          "counts": counts, "summary": info.summary, "cost": cost}, indent=2))
         return 0
     state = f"{info.state} (orphaned: its client {info.owner} is gone)" if info.orphaned \
         else info.state
@@ -107,6 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  task time {info.summary.get('task_seconds', 0):.2f} s over "
               f"{info.summary.get('wall_seconds', 0):.2f} s wall, "
               f"{info.summary.get('workers', 0)} workers")
+    print(f"  {describe(cost)}")
     if info.orphaned:
         print(f"  run `fanout retry {job.job_id}` to finish it")
     return 0
@@ -117,6 +123,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     from . import serialization
 
     backend = create_backend(args.backend, **_backend_options(args))
+    if args.json:
+        return _print_results_json(job, backend)
     failed = 0
     for record in job.records():
         if record.status == SUCCEEDED:
@@ -129,6 +137,46 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _print_results_json(job: Job, backend: Any) -> int:
+    """JSON Lines: one object per task, in task order, every task (finished or not).
+
+    One object per line rather than one document, so a million-task job streams through
+    ``jq``/``head`` without being held in memory; ``jq -s`` makes it one array.
+    """
+    records = {record.task_index: record for record in job.records()}
+    failed = 0
+    for index in range(job.n_tasks):
+        record = records.get(index)
+        row: dict[str, Any] = {"task": index}
+        if record is None:
+            row["state"] = "unfinished"  # pending or running: no result stored yet
+        else:
+            row.update(state=record.status, attempt=record.attempt, worker=record.worker_id,
+                       seconds=round(record.duration, 6))
+            if record.status == SUCCEEDED:
+                row.update(_json_value(backend, record))
+            else:
+                failed += record.status == FAILED
+                row["error"] = {"type": record.exc_type, "message": record.exc_message}
+        print(json.dumps(row, allow_nan=False))
+    return 1 if failed else 0
+
+
+def _json_value(backend: Any, record: ResultRecord) -> dict[str, Any]:
+    """``{"value": v}`` when ``v`` is plain JSON, else ``{"repr": repr(v)}`` (never lossy JSON)."""
+    from . import serialization
+
+    try:
+        value = serialization.loads(backend.load_value(record))
+    except Exception as exc:
+        return {"repr": None, "unreadable": f"cannot unpickle the result here: {exc!r}"}
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return {"repr": repr(value)}
+    return {"value": value}
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     job = _attach(args)
     if not 0 <= args.task < job.n_tasks:
@@ -139,10 +187,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"task {args.task} has not finished; its output appears when it does",
               file=sys.stderr)
         return 1
-    sys.stdout.write(job._backend.logs(job.job_id, args.task, args.stream))
+    output = job._backend.logs(job.job_id, args.task, args.stream)
+    sys.stdout.write(output)
     if record.status == FAILED and record.traceback and args.stream != "stdout":
         sys.stdout.write(f"\n--- task {args.task} failed (attempt {record.attempt}) ---\n")
         sys.stdout.write(record.traceback)
+    elif not output:  # say so on stderr: silence looks like a broken command
+        streams = "stdout or stderr" if args.stream == "both" else args.stream
+        print(f"task {args.task} of job {job.job_id} ({record.status}) wrote no output on "
+              f"{streams}", file=sys.stderr)
     return 0
 
 
@@ -207,7 +260,9 @@ def _schedule_backend(args: argparse.Namespace) -> Any:
 
 
 def _print_schedule(spec: Any) -> None:
-    upcoming = _when(spec.next_fire) if spec.next_fire else "-"
+    from .schedules import show_time
+
+    upcoming = show_time(spec.next_fire, spec.timezone) if spec.next_fire else "-"
     state = "enabled" if spec.enabled else "paused"
     print(f"{spec.name}: {spec.expression} ({spec.timezone}), {state}, next run {upcoming}")
     print(f"  runs {spec.function} over {spec.items_detail} ({spec.items})"
@@ -253,7 +308,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             backend.delete_schedule(args.name)
             print(f"removed schedule {args.name}; its past runs stay in the store")
         elif action == "runs":
-            rows = [(r["job_id"] or "-", _when(r["fired_at"]), r["state"])
+            from .schedules import show_time
+
+            zone = backend.get_schedule(args.name).timezone
+            rows = [(r["job_id"] or "-", show_time(r["fired_at"], zone), r["state"])
                     for r in backend.schedule_runs(args.name)]
             print(_table(rows, ("job", "fired", "state")) if rows else "no runs yet")
         elif action == "serve":
@@ -329,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", cmd_status, "task counts and state of a job", job=True)
     status.add_argument("--json", action="store_true")
     results = add("results", cmd_results, "print a job's results, one line per task", job=True)
-    results.add_argument("--json", action="store_true", help="values as JSON")
+    results.add_argument("--json", action="store_true",
+                         help="JSON Lines: one object per task with its state and value")
     logs = add("logs", cmd_logs, "captured stdout/stderr of one task", job=True)
     logs.add_argument("task", type=int, help="task index")
     logs.add_argument("--stream", choices=("both", "stdout", "stderr"), default="both")

@@ -146,11 +146,25 @@ class JobRun:
             ):
                 self.first_failure = record
             now_finished = not self._open
+            self._advance_progress(now_finished)
         resolve(self._by_index[record.task_index], record, self._load_value)
-        if self.progress is not None:
-            self.progress.update(1)
         if now_finished and self.reduce_future is None:
             self._finish()
+
+    def _advance_progress(self, finished: bool) -> None:
+        """Count a task on the bar; after the last one, end the bar's line.
+
+        This runs before the task's future resolves, so the moment ``map`` hands back its
+        last result the bar is complete and closed: a ``print`` right after the map starts
+        on a line of its own instead of on the bar's.
+        """
+        bar = self.progress
+        if bar is None:
+            return
+        bar.update(1)
+        if finished:
+            bar.close()
+            self.progress = None
 
     def needs_reduce(self) -> bool:
         """True when every map task succeeded and the reducer has yet to run."""

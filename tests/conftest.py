@@ -6,10 +6,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import fanout
+
+if TYPE_CHECKING:
+    from fanout.testing import EmulatedAws
 
 
 @pytest.fixture
@@ -46,3 +50,20 @@ def wait_for_file(path: str, timeout: float = 60.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+@pytest.fixture(scope="module")
+def offline_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
+    """One offline AWS (``fanout.testing``) per test module; FANOUT_HOME restored after."""
+    from fanout.testing import emulated_aws
+
+    old = os.environ.get("FANOUT_HOME")
+    os.environ["FANOUT_HOME"] = str(tmp_path_factory.mktemp("aws-home"))
+    try:
+        with emulated_aws() as emulation:
+            yield emulation
+    finally:
+        if old is None:
+            os.environ.pop("FANOUT_HOME", None)
+        else:
+            os.environ["FANOUT_HOME"] = old

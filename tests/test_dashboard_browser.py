@@ -29,6 +29,9 @@ from fanout.web.server import make_server
 
 from conftest import eventually, wait_for_file
 
+pytestmark = pytest.mark.skipif(os.environ.get("FANOUT_BROWSER") == "skip",
+                                reason="make test BROWSER=skip: no browser tests asked for")
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
@@ -207,6 +210,9 @@ def test_dashboard_shows_jobs_failures_and_timeline(served: Served, browser: Any
     statuses = [row.get_attribute("data-status") for row in rows]
     assert statuses == ["failed"] * 2 + ["succeeded"] * 6
     assert [row.get_attribute("data-task-index") for row in rows[:2]] == ["1", "5"]
+    cost = until(lambda: re.search(r"\d+\.\d\d CPU-s, \$0\.00", browser.find_element(
+        By.ID, "detail-summary").text), what="the job's cost in its summary line")
+    assert cost
     assert not browser.find_elements(By.CSS_SELECTOR, "pre.traceback")
     first_failed = browser.find_element(By.CSS_SELECTOR, "tr.task-row[data-status=failed]")
     first_failed.click()

@@ -105,8 +105,12 @@ class JobsService:
                 "next_token": encode_token(offset + size) if more else None}
 
     def job(self, job_id: str) -> dict[str, Any]:
+        from ..cost import job_cost
+
         info = self._job_info(job_id)
-        return self._job_json(info, self.backend.counts(job_id))
+        out = self._job_json(info, self.backend.counts(job_id))
+        out["cost"] = job_cost(self.backend, info.spec, self.backend.records(job_id))
+        return out
 
     def tasks(self, job_id: str, status: str | None = None, limit: str | None = None,
               next_token: str | None = None) -> dict[str, Any]:
