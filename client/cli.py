@@ -118,13 +118,20 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     backend = create_backend(args.backend, **_backend_options(args))
     failed = 0
-    for record in job.records():
+    records = {r.task_index: r for r in job.records()}
+    for index in range(job.n_tasks):  # every task, with its state: a missing one is pending
+        record = records.get(index)
+        if record is None:
+            failed += 1
+            print(f"{index}\t<pending: no result yet>")
+            continue
         if record.status == SUCCEEDED:
             value = serialization.loads(backend.load_value(record))
             text = json.dumps(value, default=repr) if args.json else repr(value)
         else:
             failed += record.status == FAILED
-            text = f"<{record.status}: {record.exc_type or ''} {record.exc_message or ''}>".strip()
+            detail = f"{record.exc_type or ''} {record.exc_message or ''}".strip()
+            text = f"<{record.status}: {detail}>" if detail else f"<{record.status}>"
         print(f"{record.task_index}\t{text}")
     return 1 if failed else 0
 

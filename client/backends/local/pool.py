@@ -249,6 +249,7 @@ class Supervisor:
                 self._assign()
                 self._wait_and_handle()
                 self._enforce_timeouts()
+            self._close_unfinished()
         except BaseException as exc:  # a bug here must not hang the client
             log.exception("fanout supervisor crashed; failing outstanding tasks")
             if isinstance(exc, StoreError):
@@ -658,7 +659,9 @@ class Supervisor:
         stamp = now()
         for index in indexes:
             future = run.future(index)
-            if future.done() or (only_pending and future.running()):
+            # A future cancelled by its caller (map's iterator closed) still needs its
+            # record, or the job would wait for it for ever; a settled one keeps its outcome.
+            if (future.done() and not future.cancelled()) or (only_pending and future.running()):
                 continue
             future.cancel()
             records.append(ResultRecord(run.job_id, index, CANCELLED, attempt, "", stamp, stamp))
@@ -732,6 +735,11 @@ class Supervisor:
         with contextlib.suppress(StoreError):
             self.store.worker_gone(w.worker_id for w in self._workers)
         self._workers.clear()
+
+    def _close_unfinished(self) -> None:
+        """At the end: a job with tasks nobody will run ends cancelled, never "running"."""
+        for run in list(self._runs.values()):
+            self._cancel_job(run.job_id)
 
     def _fail_everything(self, why: str, error: type[Exception] = WorkerLost) -> None:
         for run in list(self._runs.values()):
