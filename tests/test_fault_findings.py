@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from concurrent.futures import wait
 from pathlib import Path
 
+import fault_tasks
 import psutil
 import pytest
 
 import fanout
+from fanout.backends.local.store import LocalStore
 from fanout.protocol import CANCELLED, FAILED, SUCCEEDED
 
-import fault_tasks
 import tasks
 from conftest import eventually
 
@@ -51,7 +52,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 def test_1_a_lone_surrogate_in_a_task_error_fails_only_that_task(ex: fanout.Executor) -> None:
     futures = ex.map(fault_tasks.lone_surrogate_at, range(20), [5] * 20).futures
-    done, not_done = wait(futures, timeout=60)
+    _, not_done = wait(futures, timeout=60)
     assert not not_done, "every future settles"
     for i, future in enumerate(futures):
         if i == 5:
@@ -71,7 +72,7 @@ def test_1_a_full_disk_fails_the_unstorable_tasks_with_store_error(
     with fanout.Executor(max_workers=2, retries=0, progress=False) as ex:
         # 24 results of 200 KiB cannot all fit in 3 MiB: some must fail to be stored.
         futures = ex.map(fault_tasks.big_result, range(24), [200 * 1024] * 24).futures
-        done, not_done = wait(futures, timeout=90)
+        _, not_done = wait(futures, timeout=90)
     assert not not_done, "no future may wait for a record that can never be stored"
     assert time.monotonic() - started < 90
     errors = [f.exception() for f in futures if f.exception() is not None]
@@ -84,7 +85,7 @@ def test_1_a_full_disk_fails_the_unstorable_tasks_with_store_error(
     # What was stored stays intact and readable once there is room again.
     for path in (home / "jobs").rglob("values/*"):
         path.unlink()
-    store = fanout.backends.local.store.LocalStore(home)
+    store = LocalStore(home)
     assert store.integrity_check() == "ok"
 
 
@@ -98,7 +99,7 @@ def test_1_and_4_a_worker_frozen_while_holding_the_store_lock_is_killed(
         job = fanout.Job.attach(results.job_id)
     # The lock holder was killed by the stall watchdog, long before the others' 60 s lock
     # wait ran out (which would have been "database is locked" errors instead).
-    assert time.monotonic() - started < fanout.backends.local.store.LocalStore.busy_timeout
+    assert time.monotonic() - started < LocalStore.busy_timeout
     records = job.records()
     assert [r.status for r in records] == [SUCCEEDED] * 12
     assert records[0].attempt == 2
@@ -114,7 +115,7 @@ def test_2_a_worker_death_is_charged_to_its_own_task_only(home: Path, tmp_path: 
     with fanout.Executor(max_workers=1, retries=retries, progress=False) as ex:
         futures = ex.map(fault_tasks.kill_own_worker_at, range(n), [bad] * n,
                          [str(log)] * n).futures
-        done, not_done = wait(futures, timeout=120)
+        _, not_done = wait(futures, timeout=120)
     assert not not_done
     failed = [f.task_index for f in futures if f.exception() is not None]
     assert failed == [bad], "only the task that killed its worker fails"
@@ -226,9 +227,9 @@ def test_5_a_read_only_store_can_be_read(home: Path, tmp_path: Path,
                                   timeout=60)
             assert done.returncode == 0, done.stderr
             assert expected[command[0]] in done.stdout
-        with pytest.raises(fanout.StoreError, match="read-only"):
-            with fanout.Executor(max_workers=1, progress=False) as ex:
-                ex.submit(tasks.square, 2).result(timeout=60)
+        with (pytest.raises(fanout.StoreError, match="read-only"),
+              fanout.Executor(max_workers=1, progress=False) as ex):
+            ex.submit(tasks.square, 2).result(timeout=60)
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
 
