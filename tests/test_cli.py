@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -165,7 +166,7 @@ def test_dashboard_prints_its_url_once_keeps_the_token_out_and_stops_quietly(
 
 
 def test_a_map_that_fails_to_start_leaves_no_job_directory(home: Path) -> None:
-    def arguments() -> object:
+    def arguments() -> Iterator[int]:
         yield 1
         raise RuntimeError("the input ran dry")
 
