@@ -54,6 +54,7 @@ BATCH_MAX_TASKS = 512
 #: A worker holding a task whose heartbeat is older than this is killed (SIGSTOP, a hang in
 #: C code that holds the GIL) and its task retried like any other death.
 DEFAULT_STALL_SECONDS = 10.0
+STARTUP_GRACE_SECONDS = 20.0
 
 
 @dataclass(slots=True)
@@ -268,12 +269,17 @@ class Supervisor:
                 os.close(self._wake_w)
 
     def _watch(self) -> None:
-        """The watchdog: kill a worker holding a task whose heartbeat stopped."""
+        """The watchdog: kill a worker holding a task whose heartbeat stopped.
+
+        A worker still starting gets ``STARTUP_GRACE_SECONDS`` more (it beats only once its
+        interpreter is up); an idle one is left alone until it is given work or stopped.
+        """
         while not self._watchdog_stop.wait(self.stall_seconds / 4):
             clock = time.monotonic()
             for worker in list(self._workers):
-                if (worker.ready and worker.inflight and not worker.stalled
-                        and worker.heartbeat_age(clock) > self.stall_seconds):
+                limit = self.stall_seconds + (0 if worker.ready else STARTUP_GRACE_SECONDS)
+                if ((worker.inflight or not worker.ready) and not worker.stalled
+                        and worker.heartbeat_age(clock) > limit):
                     log.warning("fanout worker %s sent no heartbeat for %.1fs; killing it",
                                 worker.worker_id, worker.heartbeat_age(clock))
                     worker.stalled = True
@@ -724,6 +730,8 @@ class Supervisor:
                 worker.conn.send(("stop",))
         deadline = time.monotonic() + 10
         for worker in self._workers:
+            if worker.heartbeat_age(time.monotonic()) > self.stall_seconds:
+                worker.kill()  # stopped (SIGSTOP): it would never read "stop"
             try:
                 worker.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
