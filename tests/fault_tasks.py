@@ -10,20 +10,11 @@ import sys
 import time
 
 from conftest import wait_for_file
-
-
-def count(x: int, log_path: str) -> int:
-    """Append one line per execution, so a test can count how often each task ran."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, f"{x}\n".encode())
-    finally:
-        os.close(fd)
-    return x * 10
+from tasks import log_execution
 
 
 def kill_own_worker_at(x: int, bad: int, log_path: str) -> int:
-    value = count(x, log_path)
+    value = log_execution(x, log_path)
     if x == bad:
         os.kill(os.getpid(), signal.SIGKILL)
     return value

@@ -23,7 +23,7 @@ from fanout.backends.local.store import LocalStore
 from fanout.protocol import CANCELLED, FAILED, SUCCEEDED
 
 import tasks
-from conftest import eventually
+from conftest import eventually, tmpfs
 
 TESTS = Path(__file__).parent
 FANOUT = [sys.executable, "-m", "fanout.cli"]
@@ -34,18 +34,10 @@ def executions(log: Path) -> collections.Counter[int]:
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MiB tmpfs: a disk that really fills up (needs root, as in CI's container)."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small-disk", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # -- 1. a failed write in the worker's commit thread ---------------------------------------
@@ -65,8 +57,8 @@ def test_1_a_lone_surrogate_in_a_task_error_fails_only_that_task(ex: fanout.Exec
 
 
 def test_1_a_full_disk_fails_the_unstorable_tasks_with_store_error(
-        tmpfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmpfs / "home"
+        small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = small_disk / "home"
     monkeypatch.setenv("FANOUT_HOME", str(home))
     started = time.monotonic()
     with fanout.Executor(max_workers=2, retries=0, progress=False) as ex:

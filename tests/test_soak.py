@@ -27,6 +27,8 @@ from fanout import serialization
 from fanout.backends.local.store import LocalStore
 from fanout.protocol import SUCCEEDED
 
+from conftest import tmpfs
+
 TESTS = Path(__file__).parent
 N = 800
 SEED = 20261123
@@ -53,19 +55,11 @@ def soak_task(i: int) -> tuple[int, float]:
 
 @pytest.fixture
 def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    monkeypatch.setenv("FANOUT_HOME", str(mount / "home"))
-    monkeypatch.setenv("FANOUT_STALL_SECONDS", str(STALL))
-    monkeypatch.delenv("FANOUT_BACKEND", raising=False)
-    try:
+    with tmpfs(tmp_path / "disk", "48m") as mount:
+        monkeypatch.setenv("FANOUT_HOME", str(mount / "home"))
+        monkeypatch.setenv("FANOUT_STALL_SECONDS", str(STALL))
+        monkeypatch.delenv("FANOUT_BACKEND", raising=False)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def workers_of(home: Path) -> list[psutil.Process]:

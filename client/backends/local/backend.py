@@ -60,7 +60,9 @@ class LocalBackend(Backend):
 
     def _pool(self) -> Supervisor:
         with self._lock:
-            if self._supervisor is None:
+            # A supervisor that ended (it crashed; its futures were failed) is replaced, so
+            # the next submit runs instead of waiting on a thread that is gone.
+            if self._supervisor is None or not self._supervisor.alive:
                 self._supervisor = Supervisor(
                     self.store, self.max_workers, self._pull_submits, self._submit_deadline,
                     self.stall_seconds,
