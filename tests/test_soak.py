@@ -24,6 +24,7 @@ import pytest
 
 import fanout
 from fanout import serialization
+from fanout.backends.local.pool import STARTUP_GRACE_SECONDS
 from fanout.backends.local.store import LocalStore
 from fanout.protocol import SUCCEEDED
 
@@ -105,7 +106,8 @@ class Controller:
             self.log.append(f"{sig.name} {victim.pid}")
             if sig == signal.SIGSTOP:
                 self.stopped.append(victim.pid)
-                deadline = time.monotonic() + 3 * STALL + 15
+                # A worker stopped while starting gets the watchdog's start-up grace on top.
+                deadline = time.monotonic() + STARTUP_GRACE_SECONDS + 3 * STALL + 15
                 while psutil.pid_exists(victim.pid) and victim.status() != psutil.STATUS_ZOMBIE:
                     assert time.monotonic() < deadline, "the stopped worker was never killed"
                     time.sleep(0.05)
@@ -195,7 +197,7 @@ def test_soak_kill_stop_fill_and_restart(disk: Path) -> None:
 
         def keep_killing() -> None:
             for action in (signal.SIGKILL, signal.SIGSTOP, signal.SIGKILL):
-                if retry_done.wait(0.3):
+                if retry_done.wait(0.8):
                     return
                 control.signal_a_worker(action)
 

@@ -54,7 +54,7 @@ BATCH_MAX_TASKS = 512
 #: A worker holding a task whose heartbeat is older than this is killed (SIGSTOP, a hang in
 #: C code that holds the GIL) and its task retried like any other death.
 DEFAULT_STALL_SECONDS = 10.0
-STARTUP_GRACE_SECONDS = 20.0
+STARTUP_GRACE_SECONDS = 10.0
 
 
 @dataclass(slots=True)
