@@ -84,6 +84,14 @@ def leave_a_mess(_: int) -> int:
     return 0
 
 
+def leave_a_mess_with_numpy(x: int) -> int:
+    import numpy
+
+    numpy.random.seed(99)
+    numpy.random.random()
+    return leave_a_mess(x)
+
+
 def look_around(_: int) -> tuple[str, bool, str | None]:
     return os.getcwd(), "/nonexistent-from-a-task" in sys.path, os.environ.get(
         "FANOUT_TEST_LEAK")

@@ -241,6 +241,34 @@ def test_6_a_task_cannot_change_what_the_next_one_sees(home: Path) -> None:
     assert before[1] is False and before[2] is None
 
 
+def test_6_the_shared_runtime_restores_its_process_on_every_backend(
+        ex: fanout.Executor, tmp_path: Path) -> None:
+    """The runtime a Lambda or Batch worker runs in-process leaves that process as it was."""
+    import random
+
+    import numpy
+
+    from fanout.runtime import WorkerRuntime
+
+    results = ex.map(fault_tasks.leave_a_mess_with_numpy, range(2))
+    assert list(results) == [0, 0]
+    store = ex.backend.store
+    chunk = store.manifest(results.job_id)[0]
+    random.seed(7)
+    numpy.random.seed(7)
+    expected = (os.getcwd(), list(sys.path), dict(os.environ), random.random(),
+                numpy.random.random())
+    random.seed(7)
+    numpy.random.seed(7)
+    records: list[object] = []
+    WorkerRuntime(store, "in-process").run_chunk(
+        type(chunk)(chunk.job_id, chunk.index, "lambda", 2, chunk.tasks), records.append)
+    assert records, "the chunk ran here"
+    after = (os.getcwd(), list(sys.path), dict(os.environ), random.random(),
+             numpy.random.random())
+    assert after == expected
+
+
 # -- 7. errors that used to come back as WorkerLost, or hang ----------------------------
 
 def test_7_system_exit_while_unpickling_a_result_fails_only_that_future(
