@@ -428,6 +428,9 @@ class Supervisor:
         ready = wait([*conns, *pidfds, self._wake_r], timeout=self._next_timeout())
         if self._wake_r in ready:
             os.read(self._wake_r, 65536)
+        # Messages first: a shutdown(cancel_futures=True) or cancel posted before a worker's
+        # results arrived applies before those results wake anyone up.
+        self._read_inbox()
         by_handle: dict[Any, WorkerProcess] = {id(w.conn): w for w in self._workers}
         by_handle.update({w.pidfd: w for w in self._workers if w.pidfd is not None})
         for handle in ready:
