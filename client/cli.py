@@ -126,13 +126,20 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.json:
         return _print_results_json(job, backend)
     failed = 0
-    for record in job.records():
+    records = {r.task_index: r for r in job.records()}
+    for index in range(job.n_tasks):  # every task, with its state: a missing one is pending
+        record = records.get(index)
+        if record is None:
+            failed += 1
+            print(f"{index}\t<pending: no result yet>")
+            continue
         if record.status == SUCCEEDED:
             value = serialization.loads(backend.load_value(record))
             text = json.dumps(value, default=repr) if args.json else repr(value)
         else:
             failed += record.status == FAILED
-            text = f"<{record.status}: {record.exc_type or ''} {record.exc_message or ''}>".strip()
+            detail = f"{record.exc_type or ''} {record.exc_message or ''}".strip()
+            text = f"<{record.status}: {detail}>" if detail else f"<{record.status}>"
         print(f"{record.task_index}\t{text}")
     return 1 if failed else 0
 
@@ -331,14 +338,43 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard_token(args: argparse.Namespace) -> str | None:
+    """The token from FANOUT_DASHBOARD_TOKEN or --token-file; never from argv (``ps``)."""
+    from .web.server import TOKEN_ENV
+
+    if args.token is not None:
+        raise ConfigurationError(
+            f"--token would show the token to every user of this machine (ps); put it in "
+            f"{TOKEN_ENV} or in a file passed with --token-file")
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the token file {args.token_file}: {exc}"
+                                     ) from exc
+        if not token:
+            raise ConfigurationError(f"the token file {args.token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .web.server import make_server
 
-    server = make_server(args.host, args.port, token=args.token, backend=args.backend,
+    token = _dashboard_token(args)
+    server = make_server(args.host, args.port, token=token, backend=args.backend,
                          **_backend_options(args))
-    print(f"fanout dashboard: http://{args.host}:{args.port}/"
-          + (f"?token={args.token}" if args.token else "") + "  (Ctrl-C to stop)")
-    server.serve_forever()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    hint = ("; open it with #token=YOUR-TOKEN after the address (the fragment is never sent)"
+            if token else "")
+    print(f"fanout dashboard: http://{host}:{args.port}/  (Ctrl-C to stop{hint})",
+          flush=True)
+    try:
+        server.server.serve_forever()  # Chalice's serve_forever() would print the URL again
+    except KeyboardInterrupt:
+        print("fanout dashboard: stopped", file=sys.stderr)
+    finally:
+        server.server.server_close()
     return 0
 
 
@@ -356,6 +392,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # -- parsing ---------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of 1 or more (``--tasks 0`` is a usage error, not a crash)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 1 to 65535, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,11 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = add("demo", cmd_demo, "estimate pi with a Monte Carlo job on local workers")
-    demo.add_argument("--tasks", type=int, default=2000, help="number of tasks (default 2000)")
-    demo.add_argument("--draws", type=int, default=100_000, help="points per task")
-    demo.add_argument("--workers", type=int, default=None, help="worker processes")
+    demo.add_argument("--tasks", type=_positive, default=2000,
+                      help="number of tasks (default 2000)")
+    demo.add_argument("--draws", type=_positive, default=100_000, help="points per task")
+    demo.add_argument("--workers", type=_positive, default=None, help="worker processes")
     demo.add_argument("--seed", type=int, default=2026, help="job seed (default 2026)")
-    demo.add_argument("--chunksize", type=int, default=10, help="tasks per chunk")
+    demo.add_argument("--chunksize", type=_positive, default=10, help="tasks per chunk")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     jobs = add("jobs", cmd_jobs, "list recent jobs")
     jobs.add_argument("--limit", type=int, default=20)
@@ -418,8 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--disabled", action="store_true", help="add it paused")
     dashboard = add("dashboard", cmd_dashboard, "serve the jobs API and dashboard locally")
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8765)
-    dashboard.add_argument("--token", help="required to serve beyond loopback")
+    dashboard.add_argument("--port", type=_port, default=8765)
+    dashboard.add_argument("--token-file", help="file holding the API token (or set "
+                                                "FANOUT_DASHBOARD_TOKEN); required beyond "
+                                                "loopback")
+    dashboard.add_argument("--token", help=argparse.SUPPRESS)  # refused with a reason
     add("doctor", cmd_doctor, "check this installation and the local store")
     return parser
 

@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 import fanout
+from fanout.backends.local.store import LocalStore
 
 import tasks
 
@@ -106,9 +110,10 @@ def test_doctor_checks_the_store(home: Path) -> None:
 
 
 def test_dashboard_refuses_other_interfaces_without_a_token(home: Path) -> None:
-    refused = cli("dashboard", "--host", "0.0.0.0", "--port", "0", check=False)
+    refused = cli("dashboard", "--host", "0.0.0.0", "--port", "8799", check=False)
     assert refused.returncode == 2
-    assert "without a token" in refused.stderr and "--token" in refused.stderr
+    assert "without a token" in refused.stderr and "--token-file" in refused.stderr
+    assert "FANOUT_DASHBOARD_TOKEN" in refused.stderr
 
 
 def _orphan_with_two_results(tmp_path: Path) -> str:
@@ -191,3 +196,68 @@ def test_schedule_times_carry_the_schedules_zone(home: Path, tmp_path: Path) -> 
     assert re.search(r"next run \d{4}-\d\d-\d\d 06:30 UTC$", utc, re.M), utc
     listed = cli("schedule", "list").stdout
     assert "(Europe/Zurich)" in listed and re.search(r"06:30 UTC$", listed, re.M)
+
+
+def test_bad_numbers_are_usage_errors_not_tracebacks(home: Path) -> None:
+    for args, says in ((["demo", "--tasks", "0"], "must be 1 or more"),
+                       (["dashboard", "--port", "99999"], "from 1 to 65535"),
+                       (["demo", "--workers", "-1"], "must be 1 or more")):
+        done = cli(*args, check=False)
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_the_dashboard_token_never_comes_from_argv(home: Path) -> None:
+    refused = cli("dashboard", "--token", "s3cret", check=False)
+    assert refused.returncode == 2 and "FANOUT_DASHBOARD_TOKEN" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_dashboard_prints_its_url_once_keeps_the_token_out_and_stops_quietly(
+        home: Path, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ps3cret\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fanout.cli", "dashboard", "--port", str(port),
+         "--token-file", str(token_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in banner
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs",
+                                         headers={"Authorization": "Bearer t0ps3cret"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+        assert "t0ps3cret" not in " ".join(psutil.Process(proc.pid).cmdline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    everything = banner + out + err
+    assert everything.count("http://") == 1, everything
+    assert "t0ps3cret" not in everything  # not in the banner, not in the access log
+    assert "Traceback" not in everything and "KeyboardInterrupt" not in everything
+
+
+def test_a_map_that_fails_to_start_leaves_no_job_directory(home: Path) -> None:
+    def arguments() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("the input ran dry")
+
+    with fanout.Executor(max_workers=1, progress=False) as ex:
+        try:
+            ex.map(tasks.square, arguments())
+        except RuntimeError as exc:
+            assert "ran dry" in str(exc)
+        else:
+            raise AssertionError("the map should have failed")
+    assert list((home / "jobs").iterdir()) == []
+    assert LocalStore(home).jobs() == []
