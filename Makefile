@@ -57,15 +57,51 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
 
-# Used by `sam build` (template.yaml: Metadata BuildMethod: makefile). SAM runs these from a
-# copy of the functions' CodeUri (the repository root) and sets ARTIFACTS_DIR. Run
-# `sam build --use-container` when this machine's Python differs from PythonRuntime.
-.PHONY: build-WorkerFunction build-FinalizeFunction
+# Used by `sam build` (template.yaml: Metadata BuildMethod: makefile; samconfig.toml builds
+# in source, so SAM does not copy .venv). SAM sets ARTIFACTS_DIR. Every artifact is built for
+# Lambda's platform and the template's PythonRuntime whatever this machine is: pip installs
+# only manylinux2014_x86_64 wheels for that Python (LAMBDA_PYTHON, default: the template's
+# PythonRuntime default), without bytecode. Workers (worker, finalize, plan) get
+# worker-requirements.txt, exactly what the Batch image (Dockerfile) installs.
+LAMBDA_PYTHON ?= $(shell sed -n '/^  PythonRuntime:/,/Default:/s/.*Default: python//p' template.yaml)
+LAMBDA_PLATFORM := manylinux2014_x86_64
+# Lambda's limit is 250 MB unzipped (code and layers); refuse well before it.
+LAMBDA_MAX_MB ?= 200
+WHEELS = build/lambda-wheels/$(notdir $(ARTIFACTS_DIR))
+LAMBDA_PIP = $(PYTHON) -m pip install --quiet --no-compile --disable-pip-version-check \
+	--platform $(LAMBDA_PLATFORM) --implementation cp --python-version $(LAMBDA_PYTHON) \
+	--only-binary=:all: --target "$(ARTIFACTS_DIR)"
 
-build-WorkerFunction:
-	python -m pip install --no-cache-dir ".[aws]" -t "$(ARTIFACTS_DIR)"
-	cp -r functions "$(ARTIFACTS_DIR)/"
+.PHONY: build-WorkerFunction build-FinalizeFunction build-PlanFunction build-ApiFunction \
+	lambda-wheel
 
-build-FinalizeFunction:
-	python -m pip install --no-cache-dir ".[aws]" -t "$(ARTIFACTS_DIR)"
-	cp -r functions "$(ARTIFACTS_DIR)/"
+# fanout itself is pure Python: a wheel (one folder per function: SAM builds in parallel).
+lambda-wheel:
+	@rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PYTHON) -m pip wheel --quiet --no-deps --disable-pip-version-check -w $(WHEELS) .
+
+build-WorkerFunction build-FinalizeFunction build-PlanFunction: lambda-wheel
+	$(LAMBDA_PIP) "$$(ls $(WHEELS)/*.whl)[aws]" -r worker-requirements.txt
+	@$(MAKE) --no-print-directory lambda-artifact
+
+build-ApiFunction: lambda-wheel
+	$(LAMBDA_PIP) "$$(ls $(WHEELS)/*.whl)[aws,web]"
+	@$(MAKE) --no-print-directory lambda-artifact
+
+# The handlers, the build record; no tests, docs, emulator, CLI-only parts or bytecode;
+# the size printed, and refused if the requirements would not fit Lambda.
+.PHONY: lambda-artifact
+lambda-artifact:
+	mkdir -p "$(ARTIFACTS_DIR)/functions"
+	cp -r functions/worker functions/finalize functions/plan functions/api "$(ARTIFACTS_DIR)/functions/"
+	cd "$(ARTIFACTS_DIR)" && rm -rf fanout/testing fanout/demo.py fanout/cli.py bin \
+		&& find . -name __pycache__ -type d -prune -exec rm -rf {} + \
+		&& find . \( -name '*.pyc' -o -name '*.pyi' \) -delete \
+		&& find . -path '*/tests' -type d -prune -exec rm -rf {} +
+	$(PYTHON) client/backends/aws/build_info.py "$(ARTIFACTS_DIR)" $(LAMBDA_PYTHON) worker-requirements.txt pyproject.toml >/dev/null
+	@size=$$(du -sm "$(ARTIFACTS_DIR)" | cut -f1); \
+	echo "lambda artifact $$(basename "$(ARTIFACTS_DIR)"): $$size MB unzipped (python$(LAMBDA_PYTHON), $(LAMBDA_PLATFORM))"; \
+	if [ "$$size" -gt $(LAMBDA_MAX_MB) ]; then \
+		echo "$$(basename "$(ARTIFACTS_DIR)") is $$size MB unzipped: Lambda allows 250 MB (code and layers) and fanout refuses above $(LAMBDA_MAX_MB) MB. Trim worker-requirements.txt (every worker function installs it), or keep large libraries for tasks on tier='batch' in a Batch image of your own."; \
+		exit 1; \
+	fi

@@ -59,11 +59,21 @@ OUTPUTS = {
     "JobDefinitionArn": {"Ref": "WorkerJobDefinition"},
     "PythonRuntime": {"Ref": "PythonRuntime"},
 }
+# What store_from_env() and Powertools read in a worker, and where each must come from.
+WORKER_ENVIRONMENT = {
+    "FANOUT_BUCKET": {"Ref": "PayloadBucket"}, "FANOUT_TABLE": {"Ref": "ResultsTable"},
+    "FANOUT_RESULT_RETENTION_DAYS": {"Ref": "ResultRetentionDays"},
+    "POWERTOOLS_SERVICE_NAME": "fanout", "POWERTOOLS_METRICS_NAMESPACE": "fanout",
+    "POWERTOOLS_LOG_LEVEL": "INFO"}
+# cfn-lint findings allowed on the SAM transform's output, each with its reason (none today:
+# a finding here must be fixed or named with why it is acceptable).
+ALLOWED_SAM_OUTPUT_FINDINGS: dict[str, str] = {}
 # The only actions granted inline on Resource "*": they support no resource-level
-# permissions (Batch DescribeJobs, CloudWatch Logs delivery for Step Functions). X-Ray comes
+# permissions (Batch DescribeJobs, Scheduler ListSchedules, CloudWatch Logs delivery for
+# Step Functions; the Service Authorization Reference lists no resource type for them). X-Ray comes
 # as the AWS managed policy SAM attaches when tracing is on.
 WILDCARD_RESOURCE_ACTIONS = {
-    "batch:DescribeJobs",
+    "batch:DescribeJobs", "scheduler:ListSchedules",
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
     "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
     "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
@@ -71,6 +81,8 @@ WILDCARD_RESOURCE_ACTIONS = {
 ALLOWED_MANAGED_POLICIES = {
     "AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess", "AWSXRayDaemonWriteAccess",
     "AmazonECSTaskExecutionRolePolicy",
+    # API Gateway's account-level role for access logs (ManageApiGatewayLoggingRole)
+    "AmazonAPIGatewayPushToCloudWatchLogs",
 }
 
 
@@ -148,13 +160,9 @@ def translated(template: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------- 1. cfn-lint, template
 
-def test_cfn_lint_reports_no_errors() -> None:
-    findings = run_cfn_lint(TEMPLATE)
-    for finding in findings:
-        if finding["Level"] != "Error":
-            print(f"cfn-lint {finding['Level']}: {describe(finding)}")
-    errors = [describe(f) for f in findings if f["Level"] == "Error"]
-    assert errors == []
+def test_cfn_lint_reports_nothing() -> None:
+    # Errors, warnings and informational findings alike: none is allowed on template.yaml.
+    assert [describe(f) for f in run_cfn_lint(TEMPLATE)] == []
 
 
 def test_cfn_lint_reports_no_errors_in_the_sam_output(translated: dict[str, Any],
@@ -164,10 +172,8 @@ def test_cfn_lint_reports_no_errors_in_the_sam_output(translated: dict[str, Any]
     output = tmp_path / "translated.json"
     output.write_text(json.dumps(translated, indent=1))
     findings = run_cfn_lint(output)
-    for finding in findings:
-        if finding["Level"] != "Error":
-            print(f"cfn-lint {finding['Level']}: {describe(finding)}")
-    assert [describe(f) for f in findings if f["Level"] == "Error"] == []
+    assert [describe(f) for f in findings
+            if f["Rule"]["Id"] not in ALLOWED_SAM_OUTPUT_FINDINGS] == []
 
 
 # ------------------------------------------------------------------- 2. SAM transform
@@ -554,6 +560,7 @@ def test_parameters_match_the_contract(template: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("rid", "handler"), [
     ("WorkerFunction", "functions/worker/app.handler"),
     ("FinalizeFunction", "functions/finalize/app.handler"),
+    ("PlanFunction", "functions/plan/app.handler"),
 ])
 def test_functions_match_the_contract(template: dict[str, Any], rid: str, handler: str) -> None:
     function = template["Resources"][rid]
@@ -564,15 +571,30 @@ def test_functions_match_the_contract(template: dict[str, Any], rid: str, handle
     assert props["Runtime"] == {"Ref": "PythonRuntime"}
     assert props["Architectures"] == ["x86_64"]
     assert props["Tracing"] == "Active"
-    assert props["Environment"]["Variables"] == {
-        "FANOUT_BUCKET": {"Ref": "PayloadBucket"}, "FANOUT_TABLE": {"Ref": "ResultsTable"},
-        "POWERTOOLS_SERVICE_NAME": "fanout", "POWERTOOLS_METRICS_NAMESPACE": "fanout",
-        "POWERTOOLS_LOG_LEVEL": "INFO"}
-    # SAM's makefile build runs `make build-<LogicalId>`.
-    assert re.search(rf"^build-{rid}:", MAKEFILE.read_text(), re.MULTILINE)
+    variables = props["Environment"]["Variables"]
+    assert {k: variables[k] for k in WORKER_ENVIRONMENT} == WORKER_ENVIRONMENT
+    assert set(variables) - set(WORKER_ENVIRONMENT) <= {"FANOUT_MAX_CONCURRENCY"}
     [log_group] = [r["Properties"] for r in resources_of(template, "AWS::Logs::LogGroup").values()
                    if r["Properties"].get("LogGroupName") == {"Fn::Sub": f"/aws/lambda/${{{rid}}}"}]
     assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_every_function_has_a_make_rule_for_sam_build(template: dict[str, Any]) -> None:
+    # SAM's makefile build runs `make build-<LogicalId>`: ask make itself (dry run) whether
+    # it knows how, for every function of the template (a missing one failed `sam build`).
+    functions = resources_of(template, "AWS::Serverless::Function")
+    assert len(functions) == 4
+    for rid, function in functions.items():
+        assert function["Metadata"] == {"BuildMethod": "makefile"}
+        dry = subprocess.run(["make", "-n", "-C", str(ROOT), f"build-{rid}",
+                              "ARTIFACTS_DIR=/nonexistent/artifact"],
+                             capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, f"make build-{rid}: {dry.stderr}"
+        assert "--platform manylinux2014_x86_64" in dry.stdout
+        assert "--only-binary=:all:" in dry.stdout
+    broken = subprocess.run(["make", "-n", "-C", str(ROOT), "build-NoSuchFunction"],
+                            capture_output=True, text=True, timeout=60)
+    assert broken.returncode != 0  # the check can fail
 
 
 def test_state_machine_matches_the_contract(template: dict[str, Any]) -> None:
@@ -595,7 +617,7 @@ def test_batch_worker_image_and_job_definition_agree(template: dict[str, Any]) -
     assert container["Command"] == command
     assert container["Image"] == {"Ref": "BatchImage"}
     assert {e["Name"]: e["Value"] for e in container["Environment"]} == {
-        "FANOUT_BUCKET": {"Ref": "PayloadBucket"}, "FANOUT_TABLE": {"Ref": "ResultsTable"}}
+        k: v for k, v in WORKER_ENVIRONMENT.items() if not k.startswith("POWERTOOLS")}
     dockerfile = DOCKERFILE.read_text()
     [cmd] = re.findall(r"^CMD\s+(.+)$", dockerfile, re.MULTILINE)
     assert json.loads(cmd) == command

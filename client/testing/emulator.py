@@ -11,7 +11,15 @@ What moto 5.2 lacks is filled in here, and only here: Batch's ``submitJob.sync``
 parameters and responses are normalised between the ASL's and the API's casing, Batch
 retry strategies are applied, a stopped execution's workers are ended (moto waits for
 running states), and ``jsonpath_ng`` parses are memoised (the interpreter re-parsed every
-path on every lookup).
+path on every lookup). The interpreter's own AWS clients retry a dropped connection the way
+the SDK's standard retry mode does (moto builds them with retries off, so a connection the
+loaded local server closed failed the chunk as ``States.Runtime``).
+
+What moto lets through and AWS does not is refused here (``fanout.testing.limits``, each
+limit with its source): duplicated state names, an execution input over 256 KiB, Batch
+container overrides over 8,192 characters, a Lambda payload over 6 MB (1 MB
+asynchronous), invocations above the account's Lambda concurrency quota (throttled with
+``TooManyRequestsException``), and Fargate vCPU/memory pairs that do not exist.
 
 Fault knobs: Lambda throttling (``TooManyRequestsException`` before the function runs),
 worker crashes (the Lambda process exits after storing a result), Spot interruptions (a
@@ -36,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -43,6 +52,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from . import limits
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -58,6 +69,10 @@ class Faults:
     lambda_timeout_tasks: frozenset[int] = frozenset()
     lambda_timeout_seconds: float = 2.0
     seed: int = 0
+    lambda_concurrency: int = limits.LAMBDA_DEFAULT_CONCURRENCY
+    #: A file path: the first Batch attempt during which it appears is reclaimed at that
+    #: moment (deterministic Spot interruption; the file is removed for the retry).
+    spot_interrupt_on: str | None = None
 
 
 @dataclass
@@ -85,6 +100,9 @@ class EmulatedAws:
             "schedule_dlq_arn": self.outputs["ScheduleDeadLetterQueueArn"],
             "region": REGION,
             "python_runtime": self.outputs["PythonRuntime"],
+            "retention_days": self.outputs["ResultRetentionDays"],
+            "max_concurrency": self.outputs["MaxConcurrency"],
+            "worker_function_arn": self.outputs["WorkerFunctionArn"],
         }
 
     def client(self, service: str) -> Any:
@@ -127,7 +145,9 @@ class Template:
         self.path = path
         self.data = cfn_yaml.load(str(path))
         self.refs: dict[str, Any] = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
-                                     "AWS::Partition": "aws", "AWS::StackName": "fanout-emulated"}
+                                     "AWS::Partition": "aws", "AWS::StackName": "fanout-emulated",
+                                     "AWS::StackId": f"arn:aws:cloudformation:{REGION}:"
+                                     f"{ACCOUNT}:stack/fanout-emulated/emulated"}
         self.attrs: dict[tuple[str, str], Any] = {}
         for name, spec in self.data.get("Parameters", {}).items():
             value = parameters.get(name, spec.get("Default"))
@@ -270,6 +290,8 @@ def create_stack(template: Template) -> dict[str, str]:
     for name, props in template.resources("AWS::Batch::JobDefinition"):
         resolved = _camel(template.resolve(props))
         container = resolved["containerProperties"]
+        for variable in container.get("environment", []):  # CloudFormation passes strings
+            variable["value"] = str(variable["value"])
         response = batch.register_job_definition(
             jobDefinitionName=f"{name}-{suffix}", type=resolved["type"],
             containerProperties={k: container[k] for k in
@@ -289,6 +311,10 @@ def create_stack(template: Template) -> dict[str, str]:
         template.refs[name] = response["stateMachineArn"]
     for name, props in deferred:
         create_function(name, props)
+    for name, props in template.resources("AWS::IAM::ManagedPolicy"):
+        document = template.resolve(props["PolicyDocument"])
+        template.refs[name] = iam.create_policy(
+            PolicyName=f"{name}-{suffix}", PolicyDocument=json.dumps(document))["Policy"]["Arn"]
     return {key: str(template.resolve(out["Value"]))
             for key, out in template.data.get("Outputs", {}).items()}
 
@@ -309,6 +335,7 @@ class _Bridge:
         self.lock = threading.Lock()
         self.running: dict[subprocess.Popen[bytes], str] = {}  # worker process -> job id
         self.closed = False
+        self.in_flight = 0  # Lambda invocations running now (the concurrency quota)
 
     def _started(self, proc: subprocess.Popen[bytes], job_id: str) -> None:
         with self.lock:
@@ -340,7 +367,7 @@ class _Bridge:
         text = event if isinstance(event, str) else json.dumps(event or {})
         timeout = float(function.timeout)
         chunk = json.loads(text).get("chunk") or {}
-        task_indexes = {t[0] for t in chunk.get("tasks", [])}
+        task_indexes = {t[0] for t in _chunk_tasks(chunk)}
         if task_indexes & self.faults.lambda_timeout_tasks:
             timeout = min(timeout, self.faults.lambda_timeout_seconds)
         crash_after = None
@@ -386,6 +413,20 @@ class _Bridge:
             self.events["lambda_throttle"] += 1
             raise _TooManyRequests()
 
+    @contextlib.contextmanager
+    def concurrency(self) -> Iterator[None]:
+        """One running invocation; above the quota Lambda throttles instead of queueing."""
+        with self.lock:
+            if self.in_flight >= self.faults.lambda_concurrency:
+                self.events["lambda_quota_throttle"] += 1
+                raise _TooManyRequests()
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
     def run_batch_job(self, job: Any) -> None:
         """moto's ``batch.models.Job.run`` without Docker: the command as a local process."""
         from moto.batch.utils import JobStatus
@@ -401,6 +442,14 @@ class _Bridge:
                     "environment", []):
                 env[item["name"]] = item["value"]
             env["AWS_BATCH_JOB_ID"] = job.job_id
+            length = limits.overrides_length(job.container_overrides or {})
+            if length > limits.ECS_OVERRIDES_MAX_CHARS:
+                self.events["overrides_too_long"] += 1
+                job.job_stopped_reason = (
+                    "Container Overrides length must be at most "
+                    f"{limits.ECS_OVERRIDES_MAX_CHARS} (got {length})")
+                job._mark_stopped(success=False)
+                return
             strategy = job.job_definition.retry_strategy or {}
             attempts = int(strategy.get("attempts", 1))
             limit = float((job.timeout or {}).get("attemptDurationSeconds")
@@ -427,15 +476,40 @@ class _Bridge:
         interrupt = self.chance(self.faults.spot_interruption_rate)
         proc = subprocess.Popen(command, env=env, cwd=str(self.root), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-        chunk = json.loads(env.get("FANOUT_CHUNK", "{}"))
+        chunk = json.loads(env.get("FANOUT_CHUNK_REF", "{}"))
         self._started(proc, chunk.get("job_id", ""))
         try:
             return self._wait_attempt(proc, interrupt, limit)
         finally:
             self._ended(proc)
 
+    def _notice_when_file(self, proc: subprocess.Popen[bytes], limit: float) -> bool:
+        """Wait for the ``spot_interrupt_on`` file (or the attempt's end); claim it once."""
+        path = self.faults.spot_interrupt_on
+        if not path:
+            return False
+        deadline = time.monotonic() + limit
+        while proc.poll() is None and time.monotonic() < deadline:
+            with self.lock:
+                if os.path.exists(path):
+                    os.unlink(path)
+                    return True
+            time.sleep(0.02)
+        return False
+
     def _wait_attempt(self, proc: subprocess.Popen[bytes], interrupt: bool,
                       limit: float) -> tuple[int, str]:
+        if self._notice_when_file(proc, limit):
+            self.events["spot_interruption"] += 1
+            proc.send_signal(signal.SIGTERM)  # Spot's two-minute warning, compressed
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.read()
+            return (proc.returncode or 143), "Your Spot Task was interrupted."
         if interrupt:
             self.events["spot_interruption"] += 1
             with self.lock:
@@ -460,6 +534,21 @@ class _Bridge:
             return 137, "Job attempt duration exceeded timeout"
         code = proc.returncode
         return code, "Essential container in task exited" if code else ""
+
+
+def _chunk_tasks(chunk: dict[str, Any]) -> list[list[Any]]:
+    """A map item's tasks: inline, or read from moto's S3 where its reference points."""
+    if "tasks" in chunk or "key" not in chunk:
+        return list(chunk.get("tasks", []))
+    from moto.s3.models import s3_backends
+
+    start, length = int(chunk["offset"]), int(chunk["length"])
+    for backend in s3_backends[ACCOUNT].values():
+        for candidate in backend.buckets.values():
+            key = candidate.keys.get(chunk["key"])
+            if key is not None:
+                return list(json.loads(key.value[start:start + length])["tasks"])
+    return []
 
 
 def _exit_action(rules: list[dict[str, str]], reason: str, code: int) -> str:
@@ -588,6 +677,8 @@ def emulated_aws(
     lambda_timeout_tasks: frozenset[int] | set[int] = frozenset(),
     lambda_timeout_seconds: float = 2.0,
     seed: int = 0,
+    lambda_concurrency: int = limits.LAMBDA_DEFAULT_CONCURRENCY,
+    spot_interrupt_on: str | os.PathLike[str] | None = None,
     template: str | os.PathLike[str] | None = None,
 ) -> Iterator[EmulatedAws]:
     """Run the fanout stack offline for the duration of the ``with`` block.
@@ -598,7 +689,7 @@ def emulated_aws(
     emulation per process at a time.
     """
     from moto.awslambda.models import LambdaBackend, LambdaFunction
-    from moto.batch.models import Job
+    from moto.batch.models import BatchBackend, Job
     from moto.core.exceptions import JsonRESTError
     from moto.moto_api._internal.models import moto_api_backend
     from moto.moto_server.werkzeug_app import (
@@ -606,6 +697,7 @@ def emulated_aws(
         MotoRequestHandler,
         create_backend_app,
     )
+    from moto.stepfunctions.exceptions import InvalidExecutionInput
     from moto.stepfunctions.models import StepFunctionBackend
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_batch,
@@ -616,7 +708,8 @@ def emulated_aws(
         raise RuntimeError("an emulated AWS is already running in this process")
     root = Path(template).resolve().parent if template else project_root()
     faults = Faults(throttle_rate, crash_rate, spot_interruption_rate,
-                    frozenset(lambda_timeout_tasks), lambda_timeout_seconds, seed)
+                    frozenset(lambda_timeout_tasks), lambda_timeout_seconds, seed,
+                    lambda_concurrency, str(spot_interrupt_on) if spot_interrupt_on else None)
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     minor = "{}.{}".format(*sys.version_info[:2])
@@ -641,8 +734,52 @@ def emulated_aws(
         def __init__(self) -> None:
             super().__init__("TooManyRequestsException", "Rate exceeded (emulated throttle)")
 
+    class TooLarge(JsonRESTError):
+        code = 413
+
+        def __init__(self, message: str) -> None:
+            super().__init__("RequestTooLargeException", message)
+
+    class InvalidDefinition(JsonRESTError):
+        def __init__(self, message: str) -> None:
+            super().__init__("InvalidDefinition", message)
+
+    class ClientException(JsonRESTError):
+        def __init__(self, message: str) -> None:
+            super().__init__("ClientException", message)
+
     original_invoke = LambdaBackend.invoke
     original_stop = StepFunctionBackend.stop_execution
+    original_create = StepFunctionBackend.create_state_machine
+    original_start = StepFunctionBackend.start_execution
+    original_register = BatchBackend.register_job_definition
+
+    def create_state_machine(self: Any, name: str, definition: str, *args: Any,
+                             **kwargs: Any) -> Any:
+        try:
+            limits.check_definition(definition)
+        except limits.LimitExceeded as exc:
+            raise InvalidDefinition(f"Invalid State Machine Definition: '{exc}'") from None
+        return original_create(self, name, definition, *args, **kwargs)
+
+    def start_execution(self: Any, state_machine_arn: str, name: str,
+                        execution_input: str) -> Any:
+        try:
+            limits.check_state_io(execution_input or "", "the execution input")
+        except limits.LimitExceeded as exc:
+            raise InvalidExecutionInput(str(exc)) from None
+        return original_start(self, state_machine_arn, name, execution_input)
+
+    def register_job_definition(self: Any, *args: Any, **kwargs: Any) -> Any:
+        container = kwargs.get("container_properties") or {}
+        if "FARGATE" in (kwargs.get("platform_capabilities") or []):
+            need = {r["type"]: str(r["value"]) for r in container.get(
+                "resourceRequirements", [])}
+            try:
+                limits.check_fargate(need.get("VCPU", ""), need.get("MEMORY", ""))
+            except limits.LimitExceeded as exc:
+                raise ClientException(str(exc)) from None
+        return original_register(self, *args, **kwargs)
 
     def stop_execution(self: Any, execution_arn: str) -> Any:
         """Real AWS aborts at once; moto waits for running states, so end their workers."""
@@ -651,12 +788,20 @@ def emulated_aws(
             bridge.kill(json.loads(execution.execution_input).get("job_id"))
         return execution
 
-    def invoke(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
+               response_headers: Any) -> Any:
+        asynchronous = (headers or {}).get("x-amz-invocation-type") == "Event"
+        try:
+            limits.check_lambda_payload(body or b"", asynchronous)
+        except limits.LimitExceeded as exc:
+            raise TooLarge(str(exc)) from None
         try:
             bridge.throttle()
+            with bridge.concurrency():
+                return original_invoke(self, function_name, qualifier, body, headers,
+                                       response_headers)
         except _TooManyRequests:
             raise TooManyRequests() from None
-        return original_invoke(self, *args, **kwargs)
 
     class QuietHandler(MotoRequestHandler):
         def log_request(self, *args: Any, **kwargs: Any) -> None:
@@ -673,6 +818,15 @@ def emulated_aws(
             stack.enter_context(_patched(LambdaBackend, "invoke", invoke))
             stack.enter_context(_patched(Job, "run", lambda job: bridge.run_batch_job(job)))
             stack.enter_context(_patched(StepFunctionBackend, "stop_execution", stop_execution))
+            stack.enter_context(_patched(StepFunctionBackend, "create_state_machine",
+                                         create_state_machine))
+            stack.enter_context(_patched(StepFunctionBackend, "start_execution",
+                                         start_execution))
+            stack.enter_context(_patched(BatchBackend, "register_job_definition",
+                                         register_job_definition))
+            for module in _client_modules():
+                stack.enter_context(_patched(module, "boto_client_for",
+                                             _retrying_client(module.boto_client_for)))
             parser_log = logging.getLogger("moto.stepfunctions.parser")
             stack.enter_context(_patched(parser_log, "level", logging.CRITICAL))
             batch_service = state_task_service_batch.StateTaskServiceBatch
@@ -708,6 +862,49 @@ def emulated_aws(
                 else:
                     os.environ[key] = value
             _active.release()
+
+
+def _client_modules() -> list[Any]:
+    """moto's interpreter modules that build AWS clients with ``boto_client_for``."""
+    import importlib
+    import pkgutil
+
+    import moto.stepfunctions.parser.asl.component as package
+
+    found = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name.split(".")[-1].startswith(("resource_eval", "lambda_eval",
+                                                "state_task_service")):
+            module = importlib.import_module(info.name)
+            if hasattr(module, "boto_client_for"):
+                found.append(module)
+    return found
+
+
+def _retrying_client(make: Any) -> Any:
+    """The interpreter's clients retry a dropped connection as the AWS SDK does.
+
+    moto builds them with retries off, so a connection the loaded local server closed
+    before answering failed the state as ``States.Runtime``. The SDK retries such transient
+    connection errors (up to 3 attempts in its standard mode, with backoff); throttling and
+    service errors are left alone, so they reach the definition's own Retry as on AWS.
+    """
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    transient = (ConnectionClosedError, EndpointConnectionError, ConnectionError)
+
+    def needs_retry(attempts: int, caught_exception: Exception | None = None,
+                    **kwargs: Any) -> float | None:
+        if isinstance(caught_exception, transient) and attempts < 3:
+            return 0.05 * 2.0 ** attempts
+        return None
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        client = make(region, service, state_credentials)
+        client.meta.events.register("needs-retry", needs_retry)
+        return client
+
+    return boto_client_for
 
 
 def _memo_parse(parse: Any) -> Any:
