@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fanout demo
 
-test: lint browser
+test: lint browser sam-build asl-tools
 	$(BIN)/python -m pytest
 
 # mypy cannot see through the editable install's hook that maps `fanout` to client/;
@@ -55,7 +55,49 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SAM_VENV) build .aws-sam .pytest_cache .mypy_cache .ruff_cache
+
+# `sam build` with aws-sam-cli from PyPI, in its own venv (its pins differ from moto's), then
+# every handler imported from its artifact alone, on the runtime's Python (python3.X must be
+# on PATH), and numpy from the worker artifacts.
+SAM_VENV ?= .venv-sam
+SAM_CLI_VERSION := 1.170.0
+SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
+# python3.X of the runtime: on PATH, or a pyenv version that is installed but not selected.
+LAMBDA_PYTHON_BIN ?= $(shell for p in python$(LAMBDA_PYTHON) \
+	$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(LAMBDA_PYTHON).*/bin/python$(LAMBDA_PYTHON) 2>/dev/null); \
+	do $$p -c '' 2>/dev/null && { echo $$p; break; }; done)
+
+$(SAM_VENV)/.installed-$(SAM_CLI_VERSION):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet aws-sam-cli==$(SAM_CLI_VERSION)
+	touch $@
+
+.PHONY: sam-build
+sam-build: $(SAM_VENV)/.installed-$(SAM_CLI_VERSION)
+	@[ -n "$(LAMBDA_PYTHON_BIN)" ] || { echo "sam-build: python$(LAMBDA_PYTHON) (the template's PythonRuntime) is not installed here; install it (or set LAMBDA_PYTHON_BIN) to check the artifacts"; exit 1; }
+	$(SAM) build --build-in-source
+	@for fn in WorkerFunction FinalizeFunction PlanFunction; do \
+		$(LAMBDA_PYTHON_BIN) -I -S tests/lambda_artifact.py .aws-sam/build/$$fn \
+			functions/$$(echo $$fn | sed 's/Function$$//' | tr A-Z a-z)/app.handler \
+			numpy fanout.backends.aws.backend || exit 1; \
+	done
+	$(LAMBDA_PYTHON_BIN) -I -S tests/lambda_artifact.py .aws-sam/build/ApiFunction functions/api/app.app
+
+# AWS's States Language tooling from npm (amazon-states-language-service, asl-validator),
+# installed into build/asl for tests/test_template.py.
+ASL_TOOLS := build/asl
+ASL_PACKAGES := asl-validator@4.0.0 amazon-states-language-service@1.16.1 \
+	vscode-languageserver-textdocument@1.0.16
+
+$(ASL_TOOLS)/.installed:
+	@command -v npm >/dev/null || { echo "asl-tools: npm is missing; install Debian's nodejs and npm packages"; exit 1; }
+	mkdir -p $(ASL_TOOLS)
+	npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix $(ASL_TOOLS) $(ASL_PACKAGES)
+	touch $@
+
+.PHONY: asl-tools
+asl-tools: $(ASL_TOOLS)/.installed
 
 # Used by `sam build` (template.yaml: Metadata BuildMethod: makefile; samconfig.toml builds
 # in source, so SAM does not copy .venv). SAM sets ARTIFACTS_DIR. Every artifact is built for
@@ -76,9 +118,13 @@ LAMBDA_PIP = $(PYTHON) -m pip install --quiet --no-compile --disable-pip-version
 	lambda-wheel
 
 # fanout itself is pure Python: a wheel (one folder per function: SAM builds in parallel).
+# Built from a private copy of the sources: setuptools writes into the source tree, and
+# SAM runs the four builds at once.
 lambda-wheel:
-	@rm -rf $(WHEELS) && mkdir -p $(WHEELS)
-	$(PYTHON) -m pip wheel --quiet --no-deps --disable-pip-version-check -w $(WHEELS) .
+	@rm -rf $(WHEELS) && mkdir -p $(WHEELS)/src
+	cp -r pyproject.toml README.md client $(WHEELS)/src/
+	$(PYTHON) -m pip wheel --quiet --no-deps --disable-pip-version-check -w $(WHEELS) $(WHEELS)/src
+	rm -rf $(WHEELS)/src
 
 build-WorkerFunction build-FinalizeFunction build-PlanFunction: lambda-wheel
 	$(LAMBDA_PIP) "$$(ls $(WHEELS)/*.whl)[aws]" -r worker-requirements.txt

@@ -339,6 +339,38 @@ def test_every_state_name_resolves_in_its_scope() -> None:
     assert state_name_problems(definition) == []
 
 
+ASL_TOOLS = ROOT / "build" / "asl" / "node_modules"
+
+
+def run_aws_asl_validators(*definitions: Path) -> dict[str, list[str]]:
+    """Problems AWS's States Language tooling (npm, installed by `make asl-tools`) finds."""
+    assert (ASL_TOOLS / "asl-validator").is_dir(), (
+        f"AWS's ASL validators are not installed in {ASL_TOOLS}: run `make asl-tools` "
+        "(`make test` does)")
+    proc = subprocess.run(["node", str(ROOT / "statemachine" / "validate.js"), str(ASL_TOOLS),
+                           *map(str, definitions)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1), f"validate.js broke: {proc.stderr}"
+    reports = [json.loads(line) for line in proc.stdout.splitlines()]
+    return {Path(r["file"]).name: r["problems"] for r in reports}
+
+
+def test_definition_passes_aws_own_validators(tmp_path: Path) -> None:
+    deployed = tmp_path / "deployed.asl.json"
+    deployed.write_text(substituted_definition(DEFINITION.read_text()))
+    # The pre-fix definition's mistake: a state name used in two Map processors.
+    duplicated = json.loads(deployed.read_text())
+    branches = duplicated["States"]["RunChunks"]["Branches"]
+    lambda_states = branches[0]["States"]["LambdaChunks"]["ItemProcessor"]["States"]
+    batch_states = branches[1]["States"]["BatchChunks"]["ItemProcessor"]["States"]
+    lambda_states["BatchChunkFailed"] = batch_states["BatchChunkFailed"]
+    lambda_states["LambdaChunkFailed"]["Next"] = "BatchChunkFailed"
+    lambda_states["LambdaChunkFailed"].pop("End")
+    (tmp_path / "duplicated.asl.json").write_text(json.dumps(duplicated, indent=2))
+    problems = run_aws_asl_validators(deployed, tmp_path / "duplicated.asl.json")
+    assert problems["deployed.asl.json"] == []
+    assert any("DUPLICATE_STATE_NAME" in p for p in problems["duplicated.asl.json"])
+
+
 def test_substitutions_match_definition_placeholders(template: dict[str, Any]) -> None:
     placeholders = set(re.findall(r"\$\{([^}]*)\}", DEFINITION.read_text()))
     machine = template["Resources"]["JobStateMachine"]["Properties"]

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -86,6 +87,8 @@ class EmulatedAws:
     requests: collections.Counter[tuple[str, str, str]] = field(
         default_factory=collections.Counter)
     events: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Seconds the emulated clock is ahead of the real one (``advance_clock``).
+    clock_offset: float = 0.0
 
     @property
     def backend_options(self) -> dict[str, Any]:
@@ -110,6 +113,51 @@ class EmulatedAws:
 
         return boto3.session.Session(region_name=REGION).client(
             service, endpoint_url=self.endpoint_url)
+
+    def fire_schedule(self, name: str) -> str:
+        """Do what EventBridge Scheduler does when ``name`` is due: start its target with
+        its input. Returns the execution ARN."""
+        group = self.outputs["ScheduleGroupName"]
+        target = self.client("scheduler").get_schedule(Name=name, GroupName=group)["Target"]
+        response = self.client("stepfunctions").start_execution(
+            stateMachineArn=target["Arn"], name=uuid.uuid4().hex, input=target["Input"])
+        return str(response["executionArn"])
+
+    def advance_clock(self, days: float) -> dict[str, int]:
+        """Move the emulated clock ``days`` ahead and do what AWS does by then.
+
+        The payload bucket's lifecycle rules delete objects older than their expiration
+        under their prefix (S3 rounds to the next midnight UTC and runs daily: the objects
+        are gone some time after; docs.aws.amazon.com/AmazonS3/latest/API/
+        API_LifecycleExpiration.html), and DynamoDB's TTL deletes items whose ``expires`` is
+        past ("typically within two days"; .../amazondynamodb/latest/APIReference/
+        API_UpdateTimeToLive.html). Returns how many objects and items were deleted.
+        """
+        self.clock_offset += days * 86400
+        now = time.time() + self.clock_offset
+        s3, deleted = self.client("s3"), {"objects": 0, "items": 0}
+        bucket = self.outputs["PayloadBucketName"]
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        for rule in rules:
+            days_to_live = rule.get("Expiration", {}).get("Days")
+            if rule.get("Status") != "Enabled" or not days_to_live:
+                continue
+            prefix = rule.get("Filter", {}).get("Prefix", rule.get("Prefix", ""))
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                      Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    if obj["LastModified"].timestamp() + days_to_live * 86400 <= now:
+                        s3.delete_object(Bucket=bucket, Key=obj["Key"])
+                        deleted["objects"] += 1
+        dynamodb = self.client("dynamodb")
+        table = self.outputs["ResultsTableName"]
+        for page in dynamodb.get_paginator("scan").paginate(TableName=table):
+            for item in page["Items"]:
+                if "expires" in item and float(item["expires"]["N"]) <= now:
+                    dynamodb.delete_item(TableName=table, Key={
+                        "job_id": item["job_id"], "item": item["item"]})
+                    deleted["items"] += 1
+        return deleted
 
     def state_transitions(self, execution_arn: str) -> int:
         """StateEntered events of an execution (Step Functions bills per transition)."""
@@ -182,6 +230,18 @@ class Template:
         return value
 
 
+def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation lifecycle rule in the S3 API's shape."""
+    out: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"],
+                           "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "ExpirationInDays" in rule:
+        out["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        out["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": int(
+            rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
+    return out
+
+
 def _camel(value: Any) -> Any:
     """CloudFormation's PascalCase property names to the API's camelCase (Batch)."""
     if isinstance(value, dict):
@@ -215,9 +275,13 @@ def create_stack(template: Template) -> dict[str, str]:
         return str(iam.create_role(RoleName=f"{name}-{suffix}",
                                    AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
 
-    for name, _props in template.resources("AWS::S3::Bucket"):
+    for name, props in template.resources("AWS::S3::Bucket"):
         bucket = f"fanout-emulated-{name.lower()}-{suffix}"
         s3.create_bucket(Bucket=bucket)
+        rules = template.resolve(props.get("LifecycleConfiguration", {}).get("Rules", []))
+        if rules:
+            s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={
+                "Rules": [_lifecycle_rule(rule) for rule in rules]})
         template.refs[name] = bucket
         template.attrs[(name, "Arn")] = f"arn:aws:s3:::{bucket}"
     for name, props in template.resources("AWS::DynamoDB::Table"):
@@ -680,6 +744,7 @@ def emulated_aws(
     lambda_concurrency: int = limits.LAMBDA_DEFAULT_CONCURRENCY,
     spot_interrupt_on: str | os.PathLike[str] | None = None,
     template: str | os.PathLike[str] | None = None,
+    parameters: dict[str, str | int] | None = None,
 ) -> Iterator[EmulatedAws]:
     """Run the fanout stack offline for the duration of the ``with`` block.
 
@@ -689,19 +754,20 @@ def emulated_aws(
     emulation per process at a time.
     """
     from moto.awslambda.models import LambdaBackend, LambdaFunction
+    from moto.batch.exceptions import ClientException as BatchClientException
     from moto.batch.models import BatchBackend, Job
-    from moto.core.exceptions import JsonRESTError
+    from moto.core.exceptions import AWSError, JsonRESTError
     from moto.moto_api._internal.models import moto_api_backend
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
         create_backend_app,
     )
-    from moto.stepfunctions.exceptions import InvalidExecutionInput
     from moto.stepfunctions.models import StepFunctionBackend
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_batch,
     )
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
     from werkzeug.serving import make_server
 
     if not _active.acquire(blocking=False):
@@ -740,18 +806,10 @@ def emulated_aws(
         def __init__(self, message: str) -> None:
             super().__init__("RequestTooLargeException", message)
 
-    class InvalidDefinition(JsonRESTError):
-        def __init__(self, message: str) -> None:
-            super().__init__("InvalidDefinition", message)
-
-    class ClientException(JsonRESTError):
-        def __init__(self, message: str) -> None:
-            super().__init__("ClientException", message)
-
     original_invoke = LambdaBackend.invoke
     original_stop = StepFunctionBackend.stop_execution
-    original_create = StepFunctionBackend.create_state_machine
-    original_start = StepFunctionBackend.start_execution
+    original_create = StepFunctionsParserBackend.create_state_machine
+    original_start = StepFunctionsParserBackend.start_execution
     original_register = BatchBackend.register_job_definition
 
     def create_state_machine(self: Any, name: str, definition: str, *args: Any,
@@ -759,16 +817,20 @@ def emulated_aws(
         try:
             limits.check_definition(definition)
         except limits.LimitExceeded as exc:
-            raise InvalidDefinition(f"Invalid State Machine Definition: '{exc}'") from None
+            raise AWSError(f"Invalid State Machine Definition: '{exc}'",
+                           "InvalidDefinition") from None
+        # AWS's schema wants an integer percentage; moto 5.2's parser only takes a float.
+        definition = re.sub(r'("ToleratedFailurePercentage"\s*:\s*)(\d+)(\s*[,}])',
+                            r"\1\2.0\3", definition)
         return original_create(self, name, definition, *args, **kwargs)
 
-    def start_execution(self: Any, state_machine_arn: str, name: str,
-                        execution_input: str) -> Any:
+    def start_execution(self: Any, state_machine_arn: str, name: Any = None,
+                        execution_input: Any = None, *args: Any, **kwargs: Any) -> Any:
         try:
             limits.check_state_io(execution_input or "", "the execution input")
         except limits.LimitExceeded as exc:
-            raise InvalidExecutionInput(str(exc)) from None
-        return original_start(self, state_machine_arn, name, execution_input)
+            raise AWSError(str(exc), "InvalidExecutionInput") from None
+        return original_start(self, state_machine_arn, name, execution_input, *args, **kwargs)
 
     def register_job_definition(self: Any, *args: Any, **kwargs: Any) -> Any:
         container = kwargs.get("container_properties") or {}
@@ -778,7 +840,7 @@ def emulated_aws(
             try:
                 limits.check_fargate(need.get("VCPU", ""), need.get("MEMORY", ""))
             except limits.LimitExceeded as exc:
-                raise ClientException(str(exc)) from None
+                raise BatchClientException(str(exc)) from None
         return original_register(self, *args, **kwargs)
 
     def stop_execution(self: Any, execution_arn: str) -> Any:
@@ -818,9 +880,9 @@ def emulated_aws(
             stack.enter_context(_patched(LambdaBackend, "invoke", invoke))
             stack.enter_context(_patched(Job, "run", lambda job: bridge.run_batch_job(job)))
             stack.enter_context(_patched(StepFunctionBackend, "stop_execution", stop_execution))
-            stack.enter_context(_patched(StepFunctionBackend, "create_state_machine",
+            stack.enter_context(_patched(StepFunctionsParserBackend, "create_state_machine",
                                          create_state_machine))
-            stack.enter_context(_patched(StepFunctionBackend, "start_execution",
+            stack.enter_context(_patched(StepFunctionsParserBackend, "start_execution",
                                          start_execution))
             stack.enter_context(_patched(BatchBackend, "register_job_definition",
                                          register_job_definition))
@@ -843,8 +905,9 @@ def emulated_aws(
                                          "batch": {"use_docker": True},
                                          "lambda": {"use_docker": True}})
             thread.start()
-            parsed = Template(root / "template.yaml", {"PythonRuntime": f"python{minor}",
-                                                       "BatchImage": "fanout-worker:emulated"})
+            parsed = Template(root / "template.yaml", {
+                "PythonRuntime": f"python{minor}", "BatchImage": "fanout-worker:emulated",
+                **{k: str(v) for k, v in (parameters or {}).items()}})
             outputs = create_stack(parsed)
             emulation = EmulatedAws(endpoint, outputs, dict(child_env), faults, requests,
                                     events)
