@@ -274,12 +274,17 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .backends import backend_name
     from .web.server import make_server
 
-    server = make_server(args.host, args.port, token=args.token, backend=args.backend,
+    # On AWS the deployed API wants SigV4-signed requests, which a browser cannot make: this
+    # serves the same API and page on this machine, reading the stack with your own
+    # credentials (the profile or role boto3 finds).
+    backend = args.dashboard_backend or args.backend
+    server = make_server(args.host, args.port, token=args.token, backend=backend,
                          **_backend_options(args))
-    print(f"fanout dashboard: http://{args.host}:{args.port}/"
-          + (f"?token={args.token}" if args.token else "") + "  (Ctrl-C to stop)")
+    print(f"fanout dashboard ({backend_name(backend)} backend): http://{args.host}:{args.port}/"
+          + (f"?token={args.token}" if args.token else "") + "  (Ctrl-C to stop)", flush=True)
     server.serve_forever()
     return 0
 
@@ -361,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8765)
     dashboard.add_argument("--token", help="required to serve beyond loopback")
+    dashboard.add_argument("--backend", dest="dashboard_backend",
+                           help="local or aws (the stack `fanout configure` saved)")
     add("doctor", cmd_doctor, "check this installation and the local store")
     return parser
 
