@@ -657,3 +657,124 @@ def test_batch_worker_image_and_job_definition_agree(template: dict[str, Any]) -
     assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim$", dockerfile, re.MULTILINE)
     assert re.search(r"^USER (?!root\b)\S+$", dockerfile, re.MULTILINE)
 
+
+
+# ------------------------------------------------------------------- 7. operating on AWS
+
+# Every AWS call the client makes (fanout/backends/aws/backend.py, store.py, config.py), as
+# the IAM action that authorises it. Written from the code, not from the template.
+CLIENT_ACTIONS = {
+    "s3:GetObject", "s3:PutObject",  # payloads, manifests, bundles, values, schedules
+    "s3:ListBucket",  # head_bucket in check_stack
+    "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+    "dynamodb:Query", "dynamodb:BatchGetItem",
+    "states:StartExecution", "states:DescribeStateMachine", "states:DescribeExecution",
+    "states:StopExecution",
+    "lambda:InvokeFunction",  # the worker's build record (check_worker_build)
+    "scheduler:CreateSchedule", "scheduler:GetSchedule", "scheduler:UpdateSchedule",
+    "scheduler:DeleteSchedule", "scheduler:ListSchedules", "iam:PassRole",
+    "cloudformation:DescribeStacks",  # fanout configure
+}
+
+
+def test_client_policy_grants_exactly_what_the_client_calls(template: dict[str, Any]) -> None:
+    policy = template["Resources"]["ClientPolicy"]
+    assert policy["Type"] == "AWS::IAM::ManagedPolicy"
+    statements = as_list(policy["Properties"]["PolicyDocument"]["Statement"])
+    granted = {a for s in statements if s["Effect"] == "Allow" for a in as_list(s["Action"])}
+    assert granted == CLIENT_ACTIONS
+    assert "batch:TerminateJob" not in granted  # stopping the execution ends its Batch jobs
+    wildcard = [s for s in statements if "*" in as_list(s["Resource"])]
+    assert [as_list(s["Action"]) for s in wildcard] == [["scheduler:ListSchedules"]]
+    [passing] = [s for s in statements if "iam:PassRole" in as_list(s["Action"])]
+    assert passing["Resource"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert passing["Condition"] == {"StringEquals": {
+        "iam:PassedToService": "scheduler.amazonaws.com"}}
+    outputs = template["Outputs"]
+    assert outputs["ClientPolicyArn"]["Value"] == {"Ref": "ClientPolicy"}
+
+
+def test_stack_outputs_cover_what_fanout_configure_reads(template: dict[str, Any]) -> None:
+    from fanout.backends.aws.config import OUTPUTS as READ_BY_CONFIGURE
+
+    assert set(READ_BY_CONFIGURE) <= set(template["Outputs"])
+
+
+def test_max_concurrency_leaves_a_new_accounts_quota_room_for_plan_and_finalize(
+        template: dict[str, Any]) -> None:
+    from fanout.testing import limits
+
+    parameter = template["Parameters"]["MaxConcurrency"]
+    # Plan and Finalize each need a slot while a job's Lambda chunks run.
+    assert parameter["Default"] <= limits.LAMBDA_DEFAULT_CONCURRENCY - 2
+    definition = json.loads(DEFINITION.read_text())
+    maps = [s for _, s in limits._states(definition) if s.get("Type") == "Map"]
+    assert len(maps) == 2
+    assert all(m.get("MaxConcurrencyPath") == "$.max_concurrency" for m in maps)
+    from fanout.backends.aws.backend import DEFAULT_MAX_CONCURRENCY
+
+    assert DEFAULT_MAX_CONCURRENCY <= limits.LAMBDA_DEFAULT_CONCURRENCY
+
+
+def test_alarms_watch_failed_executions_and_dead_letters(template: dict[str, Any]) -> None:
+    alarms = resources_of(template, "AWS::CloudWatch::Alarm")
+    watched = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]) for a in
+               alarms.values()}
+    assert watched == {("AWS/States", "ExecutionsFailed"),
+                       ("AWS/SQS", "ApproximateNumberOfMessagesVisible")}
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}],
+                                                    {"Ref": "AWS::NoValue"}]}
+    topic = template["Resources"]["AlarmTopic"]
+    assert topic["Condition"] == "HasAlarmEmail"
+    assert topic["Properties"]["Subscription"] == [{"Protocol": "email",
+                                                    "Endpoint": {"Ref": "AlarmEmail"}}]
+
+
+def test_the_api_has_what_its_routes_need_and_logs_access(template: dict[str, Any]) -> None:
+    from fanout.backends.aws.config import ENVIRONMENT
+
+    api = template["Resources"]["ApiFunction"]["Properties"]
+    variables = api["Environment"]["Variables"]
+    # every setting load_config reads, so /api/schedules and /runs see the stack's schedules
+    assert set(ENVIRONMENT.values()) - {"FANOUT_AWS_JOB_QUEUE", "FANOUT_AWS_WORKER_FUNCTION"} \
+        <= set(variables)
+    statements = as_list(api["Policies"][0]["Statement"])
+    actions = {a for s in statements for a in as_list(s["Action"])}
+    assert {"scheduler:GetSchedule", "scheduler:ListSchedules", "s3:GetObject"} <= actions
+    readable = json.dumps([s["Resource"] for s in statements
+                           if "s3:GetObject" in as_list(s["Action"])])
+    assert "/schedules/*" in readable
+    stage = template["Resources"]["JobsApi"]["Properties"]
+    log_group = stage["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"][0]
+    assert template["Resources"][log_group]["Type"] == "AWS::Logs::LogGroup"
+
+
+def test_schedules_live_outside_the_expiring_prefix(template: dict[str, Any]) -> None:
+    from fanout.backends.aws.store import JOBS_PREFIX, AwsStore
+
+    rules = template["Resources"]["PayloadBucket"]["Properties"]["LifecycleConfiguration"]
+    expiring = [r.get("Prefix", "") for r in rules["Rules"] if "ExpirationInDays" in r]
+    assert expiring == [JOBS_PREFIX]
+    assert not AwsStore.schedule_key("nightly").startswith(JOBS_PREFIX)
+    plan = template["Resources"]["PlanFunction"]["Properties"]
+    readable = json.dumps([s["Resource"] for s in as_list(plan["Policies"][0]["Statement"])])
+    assert "/" + AwsStore.schedule_key("x").split("/")[0] + "/*" in readable
+
+
+def test_both_tiers_install_the_same_worker_requirements(template: dict[str, Any]) -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r'pip install [^\n]*"\.\[aws\]" -r worker-requirements\.txt', dockerfile)
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT), "build-WorkerFunction",
+                          "ARTIFACTS_DIR=/nonexistent/WorkerFunction"],
+                         capture_output=True, text=True, timeout=60)
+    assert re.search(r"\[aws\]\" -r worker-requirements\.txt", dry.stdout), dry.stdout
+    assert "numpy" in (ROOT / "worker-requirements.txt").read_text()
+    # The runtime of the template, the image's default and the README's build-arg agree.
+    runtime = template["Parameters"]["PythonRuntime"]["Default"].removeprefix("python")
+    assert re.search(rf"^ARG PYTHON_VERSION={re.escape(runtime)}$", dockerfile, re.MULTILINE)
+    readme = (ROOT / "README.md").read_text()
+    build_args = set(re.findall(r"--build-arg PYTHON_VERSION=(\d+\.\d+)", readme))
+    assert build_args == {runtime}
+    assert "--platform linux/amd64" in readme

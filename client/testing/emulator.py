@@ -432,6 +432,7 @@ class _Bridge:
         timeout = float(function.timeout)
         chunk = json.loads(text).get("chunk") or {}
         task_indexes = {t[0] for t in _chunk_tasks(chunk)}
+        self.events["lambda_invocations"] += 1
         if task_indexes & self.faults.lambda_timeout_tasks:
             timeout = min(timeout, self.faults.lambda_timeout_seconds)
         crash_after = None
@@ -538,6 +539,7 @@ class _Bridge:
     def _batch_attempt(self, command: list[str], env: dict[str, str],
                        limit: float) -> tuple[int, str]:
         interrupt = self.chance(self.faults.spot_interruption_rate)
+        self.events["batch_attempts"] += 1
         proc = subprocess.Popen(command, env=env, cwd=str(self.root), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         chunk = json.loads(env.get("FANOUT_CHUNK_REF", "{}"))
@@ -561,35 +563,29 @@ class _Bridge:
             time.sleep(0.02)
         return False
 
+    def _reclaim(self, proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+        """Spot's two-minute warning, compressed: SIGTERM, then the Spot status reason."""
+        self.events["spot_interruption"] += 1
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.read()
+        return (proc.returncode or 143), "Your Spot Task was interrupted."
+
     def _wait_attempt(self, proc: subprocess.Popen[bytes], interrupt: bool,
                       limit: float) -> tuple[int, str]:
         if self._notice_when_file(proc, limit):
-            self.events["spot_interruption"] += 1
-            proc.send_signal(signal.SIGTERM)  # Spot's two-minute warning, compressed
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.read()
-            return (proc.returncode or 143), "Your Spot Task was interrupted."
+            return self._reclaim(proc)
         if interrupt:
-            self.events["spot_interruption"] += 1
             with self.lock:
                 notice = self.rng.uniform(0.05, 0.6)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=notice)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)  # Spot's two-minute warning, compressed
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.read()
-            return (proc.returncode or 143), "Your Spot Task was interrupted."
+            return self._reclaim(proc)
         try:
             proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -745,6 +741,7 @@ def emulated_aws(
     spot_interrupt_on: str | os.PathLike[str] | None = None,
     template: str | os.PathLike[str] | None = None,
     parameters: dict[str, str | int] | None = None,
+    progress_every: float | None = 30.0,
 ) -> Iterator[EmulatedAws]:
     """Run the fanout stack offline for the duration of the ``with`` block.
 
@@ -752,6 +749,10 @@ def emulated_aws(
     its children), so ``Executor(backend="aws", **aws.backend_options)`` and
     ``Job.attach(job_id, backend="aws", **aws.backend_options)`` reach the emulation. One
     emulation per process at a time.
+
+    ``parameters`` override the template's parameters (e.g. ``ResultRetentionDays``);
+    ``lambda_concurrency`` is the account's Lambda quota (a new account's by default);
+    ``progress_every`` seconds, a line on stderr tells what the emulation has run (None: quiet).
     """
     from moto.awslambda.models import LambdaBackend, LambdaFunction
     from moto.batch.exceptions import ClientException as BatchClientException
@@ -869,6 +870,7 @@ def emulated_aws(
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
 
+    stop_reporting = threading.Event()
     app = _counting(DomainDispatcherApplication(create_backend_app), requests)
     server = make_server("127.0.0.1", port, app, True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="fanout-emulated-aws",
@@ -912,8 +914,14 @@ def emulated_aws(
             emulation = EmulatedAws(endpoint, outputs, dict(child_env), faults, requests,
                                     events)
             requests.clear()
+            if progress_every:
+                reporter = threading.Thread(target=_report_progress, daemon=True,
+                                            args=(events, progress_every, stop_reporting),
+                                            name="fanout-emulated-aws-progress")
+                reporter.start()
             yield emulation
         finally:
+            stop_reporting.set()
             bridge.kill()  # in-flight executions must not outlive the emulation
             server.shutdown()
             thread.join(timeout=10)
@@ -925,6 +933,25 @@ def emulated_aws(
                 else:
                     os.environ[key] = value
             _active.release()
+
+
+def _report_progress(events: collections.Counter[str], every: float,
+                     stop: threading.Event) -> None:
+    """Every ``every`` seconds, one line on stderr when something happened: a long emulated
+    job (hundreds of fresh interpreters on a small machine) is never silent."""
+    started, last = time.monotonic(), ""
+    while not stop.wait(every):
+        line = (f"emulated AWS, {time.monotonic() - started:.0f} s: "
+                f"{events['lambda_invocations']} Lambda invocations, "
+                f"{events['batch_attempts']} Batch attempts"
+                + "".join(f", {events[k]} {label}" for k, label in (
+                    ("lambda_throttle", "injected throttles"),
+                    ("lambda_quota_throttle", "throttles over the concurrency quota"),
+                    ("lambda_crash", "crashes"), ("lambda_timeout", "Lambda timeouts"),
+                    ("spot_interruption", "Spot reclaims")) if events[k]))
+        if line.split(": ", 1)[1] != last:
+            print(line, file=sys.stderr, flush=True)
+            last = line.split(": ", 1)[1]
 
 
 def _client_modules() -> list[Any]:

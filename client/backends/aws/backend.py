@@ -601,7 +601,7 @@ def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) 
 
 
 #: The template's MaxConcurrency default: chunks running at once in each tier's map.
-DEFAULT_MAX_CONCURRENCY = 100
+DEFAULT_MAX_CONCURRENCY = 8
 
 
 def execution_input(store: AwsStore, job_id: str, manifest: str) -> dict[str, Any]:
