@@ -4,7 +4,8 @@
 the pieces of ``template.yaml`` itself (its functions' handlers and environment, the
 definition file and its substitutions, the Batch job definition and retry strategy), so the
 tested definition is the deployed one. moto's Step Functions interpreter runs the
-definition; its Lambda invocations run ``functions/`` handlers in fresh interpreters and its
+definition; its Lambda invocations run ``functions/`` handlers in local interpreters that
+stay warm between invocations, as Lambda's execution environments do, and its
 Batch jobs run the container command as a local process. Everything stays on loopback.
 
 What moto 5.2 lacks is filled in here, and only here: Batch's ``submitJob.sync``
@@ -39,6 +40,7 @@ import logging
 import os
 import random
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -58,6 +60,8 @@ from . import limits
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
+#: Idle execution environments kept per function (Lambda keeps them for minutes).
+WARM_ENVIRONMENTS = 4
 
 
 @dataclass(frozen=True)
@@ -400,6 +404,7 @@ class _Bridge:
         self.running: dict[subprocess.Popen[bytes], str] = {}  # worker process -> job id
         self.closed = False
         self.in_flight = 0  # Lambda invocations running now (the concurrency quota)
+        self.idle: dict[str, list[subprocess.Popen[bytes]]] = {}  # warm environments
 
     def _started(self, proc: subprocess.Popen[bytes], job_id: str) -> None:
         with self.lock:
@@ -415,9 +420,11 @@ class _Bridge:
     def kill(self, job_id: str | None = None) -> None:
         """Kill the workers of ``job_id`` (its execution was stopped), or all of them."""
         with self.lock:
+            victims = [p for p, job in self.running.items() if job_id in (None, job)]
             if job_id is None:
                 self.closed = True
-            victims = [p for p, job in self.running.items() if job_id in (None, job)]
+                victims += [p for procs in self.idle.values() for p in procs]
+                self.idle.clear()
         for proc in victims:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -427,7 +434,8 @@ class _Bridge:
             return rate > 0 and self.rng.random() < rate
 
     def invoke_lambda(self, function: Any, event: Any) -> tuple[str, bool, str]:
-        """Run one invocation of ``function`` (moto's model) in a fresh interpreter."""
+        """Run one invocation of ``function`` (moto's model) in one of its execution
+        environments: a warm one when one is idle, as on Lambda, else a new interpreter."""
         text = event if isinstance(event, str) else json.dumps(event or {})
         timeout = float(function.timeout)
         chunk = json.loads(text).get("chunk") or {}
@@ -441,37 +449,86 @@ class _Bridge:
             self.events["lambda_crash"] += 1
         with tempfile.TemporaryDirectory() as tmp:
             response_path = os.path.join(tmp, "response.json")
+            log_path = os.path.join(tmp, "log.txt")
             request = {"root": str(self.root), "handler": function.handler, "event": text,
-                       "response": response_path, "request_id": str(uuid.uuid4()),
+                       "response": response_path, "log": log_path,
+                       "request_id": str(uuid.uuid4()),
                        "function_name": function.function_name,
                        "memory": str(function.memory_size), "timeout": timeout,
                        "crash_after": crash_after}
-            env = {**self.env, **{k: str(v) for k, v in function.environment_vars.items()}}
-            proc = subprocess.Popen([sys.executable, "-m", "fanout.testing.lambda_runner"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env=env, cwd=str(self.root))
+            proc = self._environment(function)
             self._started(proc, chunk.get("job_id") or json.loads(text).get("job_id", ""))
             try:
-                logs, _ = proc.communicate(json.dumps(request).encode(), timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                logs, _ = proc.communicate()
-                self.events["lambda_timeout"] += 1
-                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
-                                   f"Task timed out after {timeout:.2f} seconds"}), True, \
-                    logs.decode(errors="replace")
+                answered = self._call(proc, request, timeout)
             finally:
                 self._ended(proc)
-            log_text = logs.decode(errors="replace")
-            if proc.returncode != 0 or not os.path.exists(response_path):
+            log_text = ""
+            if os.path.exists(log_path):
+                with open(log_path, "rb") as log:
+                    log_text = log.read().decode(errors="replace")
+            if answered is None:
+                proc.kill()
+                proc.wait()
+                self.events["lambda_timeout"] += 1
+                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
+                                   f"Task timed out after {timeout:.2f} seconds"}), True, log_text
+            if not answered or not os.path.exists(response_path):
+                code = proc.wait()
                 return json.dumps({"errorType": "Runtime.ExitError", "errorMessage":
-                                   f"Runtime exited with error: exit status {proc.returncode}"}
+                                   f"Runtime exited with error: exit status {code}"}
                                   ), True, log_text
+            self._release(function, proc, reuse=crash_after is None)
             with open(response_path) as handle:
                 response = json.load(handle)
         if "ok" in response:
             return json.dumps(response["ok"]), False, log_text
         return json.dumps(response), True, log_text
+
+    def _environment(self, function: Any) -> subprocess.Popen[bytes]:
+        """A warm execution environment of ``function``, or a new one (a cold start)."""
+        with self.lock:
+            idle = self.idle.setdefault(function.function_name, [])
+            while idle:
+                proc = idle.pop()
+                if proc.poll() is None:
+                    return proc
+        self.events["lambda_cold_starts"] += 1
+        env = {**self.env, **{k: str(v) for k, v in function.environment_vars.items()}}
+        return subprocess.Popen([sys.executable, "-m", "fanout.testing.lambda_runner"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=env, cwd=str(self.root))
+
+    def _release(self, function: Any, proc: subprocess.Popen[bytes], reuse: bool) -> None:
+        """Keep the environment warm for the next invocation, or let it go."""
+        with self.lock:
+            idle = self.idle.setdefault(function.function_name, [])
+            if reuse and not self.closed and len(idle) < WARM_ENVIRONMENTS:
+                idle.append(proc)
+                return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    @staticmethod
+    def _call(proc: subprocess.Popen[bytes], request: dict[str, Any],
+              timeout: float) -> bool | None:
+        """Send one request; True when answered, False when the process died, None when
+        ``timeout`` passed first."""
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            return False
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        return proc.stdout.readline() == b"done\n"
 
     def throttle(self) -> None:
         if self.chance(self.faults.throttle_rate):
