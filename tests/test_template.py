@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -778,3 +779,22 @@ def test_both_tiers_install_the_same_worker_requirements(template: dict[str, Any
     build_args = set(re.findall(r"--build-arg PYTHON_VERSION=(\d+\.\d+)", readme))
     assert build_args == {runtime}
     assert "--platform linux/amd64" in readme
+
+
+def test_an_artifact_too_big_for_lambda_is_refused_at_build(tmp_path: Path) -> None:
+    artifact = tmp_path / "WorkerFunction"
+    artifact.mkdir()
+    (artifact / "big_library.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    refused = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT),
+                              "lambda-artifact", f"ARTIFACTS_DIR={artifact}", "LAMBDA_MAX_MB=2"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert re.search(r"WorkerFunction is [3-9] MB unzipped: Lambda allows 250 MB", refused.stdout)
+    assert "Trim worker-requirements.txt" in refused.stdout
+    accepted = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT),
+                               "lambda-artifact", f"ARTIFACTS_DIR={artifact}"],
+                              capture_output=True, text=True, timeout=120)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert re.search(r"lambda artifact WorkerFunction: [3-9] MB unzipped", accepted.stdout)
+    recorded = json.loads((artifact / "fanout_build.json").read_text())
+    assert set(recorded) == {"python", "fanout", "requirements_sha256"}
