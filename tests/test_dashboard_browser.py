@@ -273,8 +273,9 @@ def test_dashboard_shows_an_error_banner_when_the_api_fails(tmp_path: Path,
     server, url = serve(store, token="s3cret")
     try:
         browser.get(url + "/?token=s3cret")
-        until(lambda: browser.find_elements(By.ID, "no-schedules"), what="the page to load")
-        assert browser.find_element(By.ID, "jobs-empty").is_displayed()
+        until(lambda: browser.find_elements(By.ID, "no-schedules")
+              and browser.find_element(By.ID, "jobs-empty").is_displayed(),
+              what="the page to load its (empty) schedules and jobs")
         assert not browser.find_element(By.ID, "error-banner").is_displayed()
         # A job the API does not know: the detail's request fails and the banner says why.
         browser.get(url + "/?token=s3cret#job=no-such-job")
