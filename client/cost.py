@@ -48,6 +48,7 @@ SFN_TRANSITIONS_PER_JOB = 5
 #: and the finalize step's spec. Both checked against the emulation's request counts.
 S3_PUTS_PER_JOB = 5
 S3_GETS_PER_JOB = 3
+S3_GETS_PER_CHUNK = 3
 #: DynamoDB writes per job besides the results: job record create, state and summary updates.
 DYNAMODB_WRITES_PER_JOB = 3
 
@@ -186,7 +187,9 @@ def usage_of(backend: str, spec: JobSpec, records: Iterable[ResultRecord], *,
     usage.sfn_transitions = SFN_TRANSITIONS_PER_JOB + lambda_chunks + batch_chunks
     large = sum(1 for r in ran if r.value_ref)
     usage.s3_puts = S3_PUTS_PER_JOB + large
-    usage.s3_gets = 2 * (lambda_chunks + batch_chunks) + S3_GETS_PER_JOB + large
+    # A chunk reads its reference's byte range of the manifest, the function bundle and its
+    # tasks' byte range of the payload: three ranged GETs (handlers.run_chunk).
+    usage.s3_gets = S3_GETS_PER_CHUNK * (lambda_chunks + batch_chunks) + S3_GETS_PER_JOB + large
     usage.dynamodb_writes = attempts + DYNAMODB_WRITES_PER_JOB
     # Reads depend on how often the client polls; count each result read back once, and
     # the conditional check before each write.
