@@ -44,8 +44,9 @@ FARGATE_MINIMUM_SECONDS = 60.0
 #: Maps, Finalize (statemachine/fanout.asl.json).
 SFN_TRANSITIONS_PER_JOB = 5
 #: S3 PUTs per job: function, payload, spec and the two tiers' manifests (manifest.py);
-#: GETs besides two per chunk (function and payload): the two Distributed Maps' ItemReaders
-#: and the finalize step's spec. Both checked against the emulation's request counts.
+#: GETs besides three per chunk (its byte range of the manifest, the function bundle and its
+#: tasks' byte range of the payload): the two Distributed Maps' ItemReaders and the finalize
+#: step's spec. Both checked against the emulation's request counts.
 S3_PUTS_PER_JOB = 5
 S3_GETS_PER_JOB = 3
 S3_GETS_PER_CHUNK = 3
