@@ -23,7 +23,7 @@ import cloudpickle
 from . import serialization
 from .capture import Capture, StreamCapture
 from .context import TaskContext, running
-from .errors import ConfigurationError, RemoteError, SerializationError, TaskTimeout
+from .errors import ConfigurationError, TaskTimeout
 from .protocol import (
     FAILED,
     REDUCE_INDEX,
@@ -38,6 +38,35 @@ from .protocol import (
 from .seeding import derive_seed
 
 ResultCallback = Callable[[ResultRecord], None]
+
+#: The executor's initializers this process has run, by their pickled text: each runs once
+#: per process (a local worker, a warm Lambda container, a Batch container), before the
+#: first task that needs it. A failure is kept and fails every later task that needs it.
+_initialized: dict[str, BaseException | None] = {}
+
+
+def run_initializer(text: str | None) -> None:
+    """Run the job's ``initializer(*initargs)`` if this process has not yet; raise its error.
+
+    The stdlib breaks the whole pool when an initializer raises (BrokenProcessPool). Here
+    only the tasks that land on this process fail, each with the initializer's own error:
+    a worker elsewhere whose initializer succeeded keeps its results.
+    """
+    if text is None:
+        return
+    if text not in _initialized:
+        try:
+            initializer, initargs = serialization.loads_initializer(text)
+            initializer(*initargs)
+        except BaseException as exc:
+            exc.add_note("raised by the executor's initializer, which runs once in each "
+                         "worker process; every task of this worker fails with it")
+            _initialized[text] = exc
+        else:
+            _initialized[text] = None
+    failure = _initialized[text]
+    if failure is not None:
+        raise failure
 
 
 def _user_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -217,16 +246,13 @@ class WorkerRuntime:
         timeout = self.spec(ctx.job_id).options.timeout if self.enforce_timeouts else None
         with self.capture.task() as captured:
             try:
-                with running(ctx), _deadline(timeout, ctx.task_index):
-                    value = call()
+                with _deadline(timeout, ctx.task_index):
+                    # Before the task's seeding, so an initializer that draws random numbers
+                    # does not shift the task's stream: results stay the same on any backend.
+                    run_initializer(self.spec(ctx.job_id).options.initializer)
+                    with running(ctx):
+                        value = call()
                 blob = serialization.dumps_value(value)
-            except SerializationError as exc:
-                wrapped = RemoteError(
-                    "fanout.SerializationError", str(exc), "".join(traceback.format_exception(exc))
-                )
-                record.status = FAILED
-                for key, val in exception_fields(wrapped).items():
-                    setattr(record, key, val)
             except BaseException as exc:  # a task's exception (even SystemExit) is its result
                 record.status = FAILED
                 for key, val in exception_fields(exc).items():
