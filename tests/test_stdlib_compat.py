@@ -258,8 +258,15 @@ def test_same_results_inline_local_and_on_aws(home: Path, tmp_path: Path) -> Non
 
     inline = run(backend="inline")
     assert inline == run(max_workers=2)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     with emulated_aws() as aws:
         assert inline == run(backend="aws", **aws.backend_options)
+        # The initializer reaches AWS workers too, through the same runtime.
+        with fanout.Executor(None, None, remember_init, (str(marks), "ready"), backend="aws",
+                             progress=False, **aws.backend_options) as ex:
+            states = [state for _, state in ex.map(init_state, range(6))]
+    assert states == [["ready"]] * 6 and any(marks.iterdir())
 
 
 def test_task_seed_outside_a_task_points_to_inline() -> None:
