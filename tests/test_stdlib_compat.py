@@ -213,6 +213,9 @@ def test_cancel_futures(home: Path) -> None:
     assert 0 < len(others) <= 3 + 2  # max_workers + 1 handed over, plus the running ones
     for future in others:
         assert future.done() and future.exception() is None
+    jobs = {f.job_id for f in futures}
+    assert {info.state for info in ex.backend.list_jobs() if info.job_id in jobs} <= {
+        "finished", "cancelled"}  # every job of those calls reached its end in the store
 
 
 def test_future_repr_is_the_stdlibs(ex: fanout.Executor) -> None:

@@ -548,8 +548,8 @@ class Supervisor:
                 self._deliver(run, stored)
 
     def _cancel_queued(self) -> None:
-        self._cancel_futures = True
         self._hand_over_before_cancel()
+        self._cancel_futures = True
         queued, self._queue = self._queue, deque()
         for dispatch in queued:
             self._add(dispatch)
@@ -562,7 +562,7 @@ class Supervisor:
         some submitted work finishing gets the same here.
         """
         for dispatch in self._pull_submits(True):
-            self._queue.append(dispatch)
+            self._add(dispatch)
         started = sum(d.size - d.done for w in self._workers for d in w.inflight)
         for dispatch in self._queue:
             if dispatch.is_reduce:
