@@ -12,6 +12,7 @@ default) and, by naming another backend, on serverless workers.
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 
 from .context import checkpoint, restore, task_rng, task_seed
+from .cost import estimate
 from .errors import (
     ConfigurationError,
     DependencyFailed,
@@ -28,6 +29,9 @@ from .errors import (
 from .executor import Executor, MapIterator
 from .future import Future
 from .job import Job
+from .joblib_hook import install as _install_joblib_backend
+
+_install_joblib_backend()  # joblib.parallel_config(backend="fanout") once joblib is imported
 
 __version__ = "0.1.0"
 
@@ -52,6 +56,7 @@ __all__ = [
     "WorkerLost",
     "as_completed",
     "checkpoint",
+    "estimate",
     "restore",
     "task_rng",
     "task_seed",

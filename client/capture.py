@@ -58,19 +58,41 @@ class FdCapture:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def offsets(self) -> tuple[int, int]:
+        """How much stdout and stderr hold now: where the next task's output will start."""
+        _flush()
+        out, err = (os.fstat(f.fileno()).st_size for f in self.files)
+        return out, err
+
+    def _restore(self) -> None:
+        """Point fds 1 and 2 at the capture files again if a task closed or replaced them.
+
+        Reads go through the files' own descriptors, so ``os.close(1)`` in a task costs
+        that task nothing and the next one starts with its output captured as usual.
+        """
+        for fd, handle in zip((1, 2), self.files, strict=True):
+            ours = os.fstat(handle.fileno())
+            try:
+                theirs = os.fstat(fd)
+                if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                    continue
+            except OSError:
+                pass
+            os.dup2(handle.fileno(), fd)
+
     @contextmanager
     def task(self) -> Iterator[Captured]:
         captured = Captured()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        starts = [os.fstat(fd).st_size for fd in (1, 2)]
+        _flush()
+        starts = [os.fstat(f.fileno()).st_size for f in self.files]
         try:
             yield captured
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _flush()
+            self._restore()
             texts = []
-            for fd, start in zip((1, 2), starts, strict=True):
+            for handle, start in zip(self.files, starts, strict=True):
+                fd = handle.fileno()
                 end = os.fstat(fd).st_size
                 if end <= start:
                     texts.append("")
@@ -79,8 +101,15 @@ class FdCapture:
                 texts.append(_decode_tail(os.pread(fd, end - begin, begin), self.limit))
                 if end > self.ROTATE_BYTES:
                     os.ftruncate(fd, 0)
-                    os.lseek(fd, 0, os.SEEK_SET)
+                    os.lseek(fd, 0, os.SEEK_SET)  # shared with fd 1 or 2: a dup of it
             captured.stdout, captured.stderr = texts
+
+
+def _flush() -> None:
+    """Flush Python's buffers; a task that closed fd 1 makes that fail, which is its own affair."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 class StreamCapture:

@@ -19,7 +19,7 @@ from . import __version__
 from .backends import create_backend
 from .errors import ConfigurationError, FanoutError
 from .job import Job
-from .protocol import FAILED, SUCCEEDED, TASK_STATES
+from .protocol import FAILED, SUCCEEDED, TASK_STATES, ResultRecord
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,7 +79,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     backend = create_backend(args.backend, **_backend_options(args))
     rows = []
     for info in backend.list_jobs(args.limit):
-        summary = info.summary or {}
+        # A job that never finished (orphaned, or still running) has no summary yet: count
+        # its stored results instead of leaving ok/failed blank.
+        summary = info.summary or backend.counts(info.job_id)
         state = "orphaned" if info.orphaned else info.state
         rows.append((info.job_id, _when(info.spec.created), info.spec.kind,
                      info.spec.function.rsplit(".", 1)[-1], info.spec.n_tasks, state,
@@ -95,9 +97,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     job = _attach(args)
     info = job.info
     counts = job.status()
+    from .cost import describe
+
+    cost = job.summary()["cost"]
     if args.json:
         print(json.dumps({"job_id": job.job_id, "state": info.state, "orphaned": info.orphaned,
-                          "counts": counts, "summary": info.summary}, indent=2))
+                          "counts": counts, "summary": info.summary, "cost": cost}, indent=2))
         return 0
     state = f"{info.state} (orphaned: its client {info.owner} is gone)" if info.orphaned \
         else info.state
@@ -107,6 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  task time {info.summary.get('task_seconds', 0):.2f} s over "
               f"{info.summary.get('wall_seconds', 0):.2f} s wall, "
               f"{info.summary.get('workers', 0)} workers")
+    print(f"  {describe(cost)}")
     if info.orphaned:
         print(f"  run `fanout retry {job.job_id}` to finish it")
     return 0
@@ -117,16 +123,65 @@ def cmd_results(args: argparse.Namespace) -> int:
     from . import serialization
 
     backend = create_backend(args.backend, **_backend_options(args))
+    if args.json:
+        return _print_results_json(job, backend)
     failed = 0
-    for record in job.records():
+    records = {r.task_index: r for r in job.records()}
+    for index in range(job.n_tasks):  # every task, with its state: a missing one is pending
+        record = records.get(index)
+        if record is None:
+            failed += 1
+            print(f"{index}\t<pending: no result yet>")
+            continue
         if record.status == SUCCEEDED:
             value = serialization.loads(backend.load_value(record))
             text = json.dumps(value, default=repr) if args.json else repr(value)
         else:
             failed += record.status == FAILED
-            text = f"<{record.status}: {record.exc_type or ''} {record.exc_message or ''}>".strip()
+            detail = f"{record.exc_type or ''} {record.exc_message or ''}".strip()
+            text = f"<{record.status}: {detail}>" if detail else f"<{record.status}>"
         print(f"{record.task_index}\t{text}")
     return 1 if failed else 0
+
+
+def _print_results_json(job: Job, backend: Any) -> int:
+    """JSON Lines: one object per task, in task order, every task (finished or not).
+
+    One object per line rather than one document, so a million-task job streams through
+    ``jq``/``head`` without being held in memory; ``jq -s`` makes it one array.
+    """
+    records = {record.task_index: record for record in job.records()}
+    failed = 0
+    for index in range(job.n_tasks):
+        record = records.get(index)
+        row: dict[str, Any] = {"task": index}
+        if record is None:
+            row["state"] = "unfinished"  # pending or running: no result stored yet
+        else:
+            row.update(state=record.status, attempt=record.attempt, worker=record.worker_id,
+                       seconds=round(record.duration, 6))
+            if record.status == SUCCEEDED:
+                row.update(_json_value(backend, record))
+            else:
+                failed += record.status == FAILED
+                row["error"] = {"type": record.exc_type, "message": record.exc_message}
+        print(json.dumps(row, allow_nan=False))
+    return 1 if failed else 0
+
+
+def _json_value(backend: Any, record: ResultRecord) -> dict[str, Any]:
+    """``{"value": v}`` when ``v`` is plain JSON, else ``{"repr": repr(v)}`` (never lossy JSON)."""
+    from . import serialization
+
+    try:
+        value = serialization.loads(backend.load_value(record))
+    except Exception as exc:
+        return {"repr": None, "unreadable": f"cannot unpickle the result here: {exc!r}"}
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return {"repr": repr(value)}
+    return {"value": value}
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -139,10 +194,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"task {args.task} has not finished; its output appears when it does",
               file=sys.stderr)
         return 1
-    sys.stdout.write(job._backend.logs(job.job_id, args.task, args.stream))
+    output = job._backend.logs(job.job_id, args.task, args.stream)
+    sys.stdout.write(output)
     if record.status == FAILED and record.traceback and args.stream != "stdout":
         sys.stdout.write(f"\n--- task {args.task} failed (attempt {record.attempt}) ---\n")
         sys.stdout.write(record.traceback)
+    elif not output:  # say so on stderr: silence looks like a broken command
+        streams = "stdout or stderr" if args.stream == "both" else args.stream
+        print(f"task {args.task} of job {job.job_id} ({record.status}) wrote no output on "
+              f"{streams}", file=sys.stderr)
     return 0
 
 
@@ -207,7 +267,9 @@ def _schedule_backend(args: argparse.Namespace) -> Any:
 
 
 def _print_schedule(spec: Any) -> None:
-    upcoming = _when(spec.next_fire) if spec.next_fire else "-"
+    from .schedules import show_time
+
+    upcoming = show_time(spec.next_fire, spec.timezone) if spec.next_fire else "-"
     state = "enabled" if spec.enabled else "paused"
     print(f"{spec.name}: {spec.expression} ({spec.timezone}), {state}, next run {upcoming}")
     print(f"  runs {spec.function} over {spec.items_detail} ({spec.items})"
@@ -230,7 +292,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         else:
             raise ValueError("give the items: --items-json FILE, --items-s3 s3://bucket/prefix/"
                              " or --items-function MODULE:FUNCTION")
-        with Executor(args.backend, progress=False, **_backend_options(args)) as ex:
+        with Executor(backend=args.backend, progress=False, **_backend_options(args)) as ex:
             spec = ex.schedule(args.name, _load(args.function), items, cron=args.cron,
                                rate=args.rate, timezone=args.timezone,
                                reducer=_load(args.reducer) if args.reducer else None,
@@ -253,7 +315,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             backend.delete_schedule(args.name)
             print(f"removed schedule {args.name}; its past runs stay in the store")
         elif action == "runs":
-            rows = [(r["job_id"] or "-", _when(r["fired_at"]), r["state"])
+            from .schedules import show_time
+
+            zone = backend.get_schedule(args.name).timezone
+            rows = [(r["job_id"] or "-", show_time(r["fired_at"], zone), r["state"])
                     for r in backend.schedule_runs(args.name)]
             print(_table(rows, ("job", "fired", "state")) if rows else "no runs yet")
         elif action == "serve":
@@ -273,14 +338,43 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard_token(args: argparse.Namespace) -> str | None:
+    """The token from FANOUT_DASHBOARD_TOKEN or --token-file; never from argv (``ps``)."""
+    from .web.server import TOKEN_ENV
+
+    if args.token is not None:
+        raise ConfigurationError(
+            f"--token would show the token to every user of this machine (ps); put it in "
+            f"{TOKEN_ENV} or in a file passed with --token-file")
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the token file {args.token_file}: {exc}"
+                                     ) from exc
+        if not token:
+            raise ConfigurationError(f"the token file {args.token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .web.server import make_server
 
-    server = make_server(args.host, args.port, token=args.token, backend=args.backend,
+    token = _dashboard_token(args)
+    server = make_server(args.host, args.port, token=token, backend=args.backend,
                          **_backend_options(args))
-    print(f"fanout dashboard: http://{args.host}:{args.port}/"
-          + (f"?token={args.token}" if args.token else "") + "  (Ctrl-C to stop)")
-    server.serve_forever()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    hint = ("; open it with #token=YOUR-TOKEN after the address (the fragment is never sent)"
+            if token else "")
+    print(f"fanout dashboard: http://{host}:{args.port}/  (Ctrl-C to stop{hint})",
+          flush=True)
+    try:
+        server.server.serve_forever()  # Chalice's serve_forever() would print the URL again
+    except KeyboardInterrupt:
+        print("fanout dashboard: stopped", file=sys.stderr)
+    finally:
+        server.server.server_close()
     return 0
 
 
@@ -298,6 +392,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # -- parsing ---------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of 1 or more (``--tasks 0`` is a usage error, not a crash)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 1 to 65535, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,18 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = add("demo", cmd_demo, "estimate pi with a Monte Carlo job on local workers")
-    demo.add_argument("--tasks", type=int, default=2000, help="number of tasks (default 2000)")
-    demo.add_argument("--draws", type=int, default=100_000, help="points per task")
-    demo.add_argument("--workers", type=int, default=None, help="worker processes")
+    demo.add_argument("--tasks", type=_positive, default=2000,
+                      help="number of tasks (default 2000)")
+    demo.add_argument("--draws", type=_positive, default=100_000, help="points per task")
+    demo.add_argument("--workers", type=_positive, default=None, help="worker processes")
     demo.add_argument("--seed", type=int, default=2026, help="job seed (default 2026)")
-    demo.add_argument("--chunksize", type=int, default=10, help="tasks per chunk")
+    demo.add_argument("--chunksize", type=_positive, default=10, help="tasks per chunk")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     jobs = add("jobs", cmd_jobs, "list recent jobs")
     jobs.add_argument("--limit", type=int, default=20)
     status = add("status", cmd_status, "task counts and state of a job", job=True)
     status.add_argument("--json", action="store_true")
     results = add("results", cmd_results, "print a job's results, one line per task", job=True)
-    results.add_argument("--json", action="store_true", help="values as JSON")
+    results.add_argument("--json", action="store_true",
+                         help="JSON Lines: one object per task with its state and value")
     logs = add("logs", cmd_logs, "captured stdout/stderr of one task", job=True)
     logs.add_argument("task", type=int, help="task index")
     logs.add_argument("--stream", choices=("both", "stdout", "stderr"), default="both")
@@ -359,8 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--disabled", action="store_true", help="add it paused")
     dashboard = add("dashboard", cmd_dashboard, "serve the jobs API and dashboard locally")
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8765)
-    dashboard.add_argument("--token", help="required to serve beyond loopback")
+    dashboard.add_argument("--port", type=_port, default=8765)
+    dashboard.add_argument("--token-file", help="file holding the API token (or set "
+                                                "FANOUT_DASHBOARD_TOKEN); required beyond "
+                                                "loopback")
+    dashboard.add_argument("--token", help=argparse.SUPPRESS)  # refused with a reason
     add("doctor", cmd_doctor, "check this installation and the local store")
     return parser
 

@@ -7,6 +7,7 @@ each record it learns of — from a worker's message locally, from a poll on AWS
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import threading
 import weakref
@@ -39,7 +40,7 @@ def rebuild_exception(record: ResultRecord) -> BaseException:
             loaded = pickle.loads(record.exc_pickle)
             if isinstance(loaded, BaseException):
                 exc = loaded
-        except Exception:
+        except BaseException:
             exc = None
     if exc is None:
         exc = RemoteError(record.exc_type or "Exception", record.exc_message or "",
@@ -58,7 +59,8 @@ def resolve(future: Future, record: ResultRecord, load_value: Callable[[ResultRe
         if record.status == SUCCEEDED:
             try:
                 value = serialization.loads(load_value(record))
-            except Exception as exc:
+            except BaseException as exc:
+                # it concerns this one result, never the thread that delivers the others.
                 failure: BaseException = SerializationError(
                     f"task {record.task_index} of job {record.job_id} succeeded, but its result "
                     f"cannot be unpickled in this process: {exc!r}. Import the modules that "
@@ -146,9 +148,43 @@ class JobRun:
             ):
                 self.first_failure = record
             now_finished = not self._open
+            self._advance_progress(now_finished)
         resolve(self._by_index[record.task_index], record, self._load_value)
-        if self.progress is not None:
-            self.progress.update(1)
+        if now_finished and self.reduce_future is None:
+            self._finish()
+
+    def _advance_progress(self, finished: bool) -> None:
+        """Count a task on the bar; after the last one, end the bar's line.
+
+        This runs before the task's future resolves, so the moment ``map`` hands back its
+        last result the bar is complete and closed: a ``print`` right after the map starts
+        on a line of its own instead of on the bar's.
+        """
+        bar = self.progress
+        if bar is None:
+            return
+        bar.update(1)
+        if finished:
+            bar.close()
+            self.progress = None
+
+    def settle_error(self, task_index: int, error: BaseException) -> None:
+        """Fail a task that has no record (its record could not be stored) with ``error``."""
+        if task_index == REDUCE_INDEX:
+            if self.reduce_future is not None and not self.reduce_future.done():
+                with contextlib.suppress(InvalidStateError):
+                    self.reduce_future.set_exception(error)
+                self._finish()
+            return
+        with self._lock:
+            if task_index not in self._open:
+                return
+            self._open.discard(task_index)
+            self.counts[FAILED] += 1
+            now_finished = not self._open
+            self._advance_progress(now_finished)
+        with contextlib.suppress(InvalidStateError):
+            self._by_index[task_index].set_exception(error)
         if now_finished and self.reduce_future is None:
             self._finish()
 

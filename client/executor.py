@@ -12,6 +12,8 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import itertools
+import os
+import shutil
 import sys
 import threading
 import time
@@ -152,7 +154,16 @@ def _progress_bar(progress: bool | None, description: str) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=0, desc=description, unit="task", dynamic_ncols=True)
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        columns = 0
+    if columns > 0 or "ipykernel" in sys.modules:
+        return tqdm(total=0, desc=description, unit="task", dynamic_ncols=True)
+    # A terminal that reports no size (0x0: some CI runners and containers) would make
+    # tqdm draw an empty bar: draw it $COLUMNS (or 80) wide instead.
+    width, height = shutil.get_terminal_size((80, 24))
+    return tqdm(total=0, desc=description, unit="task", ncols=max(width - 1, 20), nrows=height)
 
 
 class Executor(concurrent.futures.Executor):

@@ -140,6 +140,19 @@ class Job:
         """Task counts by state: pending, running, succeeded, failed, cancelled."""
         return self._backend.counts(self.job_id)
 
+    def summary(self, prices: Any = None) -> dict[str, Any]:
+        """Counts and durations, and ``cost``: what the job consumed and its USD estimate.
+
+        Computed from the stored records, so it is the same from any process; ``prices``
+        (a ``fanout.cost.Prices``) replaces the region's table for this call.
+        """
+        from .cost import job_cost
+
+        info = self.info
+        summary = dict(info.summary or self.status())
+        summary["cost"] = job_cost(self._backend, info.spec, self.records(), prices)
+        return summary
+
     def cancel(self) -> None:
         """Stop the job: unfinished tasks are recorded as cancelled; finished results stay."""
         self._backend.cancel_job(self.job_id)

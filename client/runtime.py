@@ -8,7 +8,9 @@ unpicklable result or a Python version mismatch becomes that task's record.
 
 from __future__ import annotations
 
+import os
 import pickle
+import random
 import signal
 import sys
 import threading
@@ -99,24 +101,84 @@ def _user_frames(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
+def safe_text(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate becomes ``\\udxxx`` instead of an error.
+
+    Every store encodes text as UTF-8 (SQLite, JSON for DynamoDB); a task's message with a
+    lone surrogate (``"bad \\ud800"``) must not make its record unstorable.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _describe(exc: BaseException) -> str:
+    """``str(exc)``, or a note saying it failed: a broken ``__str__`` is still the task's error."""
+    try:
+        return safe_text(str(exc))
+    except BaseException as failure:
+        return f"<str() of this {type(exc).__name__} raised {type(failure).__name__}>"
+
+
 def exception_fields(exc: BaseException) -> dict[str, Any]:
     """The record fields describing ``exc``; the pickled exception only if it round-trips."""
     exc_type = type(exc)
-    text = "".join(traceback.format_exception(exc_type, exc, _user_frames(exc.__traceback__)))
+    try:
+        text = "".join(traceback.format_exception(exc_type, exc,
+                                                  _user_frames(exc.__traceback__)))
+    except BaseException:
+        text = f"{exc_type.__qualname__}: {_describe(exc)}\n"
     try:
         # cloudpickle: an exception class defined in the user's script travels by value and
         # comes back as the very class the client defined, so ``except MyError`` works.
         data = bytes(cloudpickle.dumps(exc, protocol=serialization.PROTOCOL))
         pickle.loads(data)  # an exception that pickles but cannot load is useless to send
         blob: bytes | None = data
-    except Exception:
+    except BaseException:
         blob = None
     return {
         "exc_type": f"{exc_type.__module__}.{exc_type.__qualname__}",
-        "exc_message": str(exc),
-        "traceback": text,
+        "exc_message": _describe(exc),
+        "traceback": safe_text(text),
         "exc_pickle": blob,
     }
+
+
+@contextmanager
+def _isolated() -> Iterator[None]:
+    """Undo what a task changed in the process: cwd, ``sys.path``, environment, global RNGs.
+
+    Tasks share a worker with the tasks after them (a local worker, a warm Lambda), so
+    without this one task's ``os.chdir`` or ``sys.path.insert`` would silently change what
+    the next one sees. Costs a few microseconds; the environment is compared as bytes.
+    """
+    cwd = os.getcwd()
+    path = list(sys.path)
+    environ: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
+    env = dict(environ) if environ is not None else None
+    rng = random.getstate()
+    numpy = sys.modules.get("numpy")
+    np_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        yield
+    finally:
+        try:
+            if os.getcwd() != cwd:
+                os.chdir(cwd)
+        except OSError:  # the task removed its cwd, or ours
+            os.chdir(cwd)
+        sys.path[:] = path
+        if environ is not None and env is not None and environ != env:
+            for key in [k for k in environ if k not in env]:
+                del os.environ[os.fsdecode(key)]
+            for key, value in env.items():
+                if environ.get(key) != value:
+                    os.environ[os.fsdecode(key)] = os.fsdecode(value)
+        random.setstate(rng)
+        if numpy is not None and np_state is not None:
+            numpy.random.set_state(np_state)
 
 
 @contextmanager
@@ -193,17 +255,16 @@ class WorkerRuntime:
 
     def run_chunk(self, chunk: Chunk, on_result: ResultCallback | None = None) -> None:
         """Run every task of ``chunk`` in order; each record is stored before the callback."""
-        spec = self.spec(chunk.job_id)
-        mismatch = version_mismatch(spec)
         fn: Callable[..., Any] | None = None
         setup_error: BaseException | None = None
-        if mismatch:
-            setup_error = ConfigurationError(mismatch)
-        else:
-            try:
-                fn = self.function(chunk.job_id)
-            except Exception as exc:  # e.g. a module the worker does not have
-                setup_error = exc
+        try:
+            mismatch = version_mismatch(self.spec(chunk.job_id))
+            if mismatch:
+                setup_error = ConfigurationError(mismatch)
+            else:
+                fn = self.function(chunk.job_id)  # e.g. a module the worker does not have
+        except Exception as exc:
+            setup_error = exc
         # A store that can fetch a whole chunk's arguments in one request (S3: one ranged
         # GET) does; the local store reads each task's range from an open file instead.
         prefetched: dict[int, bytes] = {}
@@ -219,10 +280,17 @@ class WorkerRuntime:
             started = now()
             if setup_error is not None or fn is None:
                 assert setup_error is not None
+                # Counted as a task start and end like any other: a local worker's
+                # supervisor charges deaths by these counts.
+                ctx = TaskContext(chunk.job_id, task.index, chunk.attempt, task.seed, self.store)
+                if self.on_start is not None:
+                    self.on_start(ctx)
                 record = self._record(chunk.job_id, task.index, chunk.attempt, started)
                 record.status = FAILED
                 for key, value in exception_fields(setup_error).items():
                     setattr(record, key, value)
+                if self.on_start is not None:
+                    self.on_start(None)
             else:
                 ctx = TaskContext(chunk.job_id, task.index, chunk.attempt, task.seed, self.store)
                 data = prefetched.pop(task.index, None)
@@ -242,7 +310,6 @@ class WorkerRuntime:
     def run_reduce(self, job_id: str, attempt: int,
                    on_result: ResultCallback | None = None) -> None:
         """Run the job's reducer over all map results, in task order, on this worker."""
-        spec = self.spec(job_id)
         started = now()
 
         def reduce() -> Any:
@@ -254,7 +321,15 @@ class WorkerRuntime:
                 values.append(serialization.loads(self.store.load_value(rec)))
             return reducer(values)
 
-        seed = derive_seed(spec.seed, "reduce")
+        try:
+            seed = derive_seed(self.spec(job_id).seed, "reduce")
+        except Exception as exc:  # the store cannot say: fail the step, do not crash
+            error = exc
+
+            def reduce() -> Any:
+                raise error
+
+            seed = 0
         ctx = TaskContext(job_id, REDUCE_INDEX, attempt, seed, self.store)
         self._finish(self._run_one(ctx, started, reduce), on_result)
 
@@ -271,10 +346,11 @@ class WorkerRuntime:
         with self.capture.task() as captured:
             try:
                 with _deadline(timeout, ctx.task_index):
-                    # Before the task's seeding, so an initializer that draws random numbers
-                    # does not shift the task's stream: results stay the same on any backend.
+                    # Outside the task's isolation, so what it sets up stays for the worker's
+                    # later tasks; before the seeding, so random draws in it shift no task's
+                    # stream: results stay the same on any backend.
                     run_initializer(self.spec(ctx.job_id).options.initializer)
-                    with running(ctx):
+                    with _isolated(), running(ctx):
                         value = call()
                 blob = serialization.dumps_value(value)
             except BaseException as exc:  # a task's exception (even SystemExit) is its result
@@ -284,9 +360,14 @@ class WorkerRuntime:
             else:
                 record.status = SUCCEEDED
                 if len(blob) > self.store.max_record_value_bytes:
-                    record.value_ref = self.store.put_value_blob(
-                        ctx.job_id, ctx.task_index, ctx.attempt, blob
-                    )
+                    try:
+                        record.value_ref = self.store.put_value_blob(
+                            ctx.job_id, ctx.task_index, ctx.attempt, blob
+                        )
+                    except Exception as exc:  # e.g. a full disk: the task's record says so
+                        record.status = FAILED
+                        for key, val in exception_fields(exc).items():
+                            setattr(record, key, val)
                 else:
                     record.value = blob
         record.ended = now()

@@ -169,6 +169,24 @@ class ScheduleSpec:
         return cls(**data)
 
 
+def show_time(stamp: float, timezone: str) -> str:
+    """``stamp`` as a person reads it in the schedule's own zone, with the zone named.
+
+    "2026-11-24 02:00 CET (Europe/Zurich)": the abbreviation says which offset applies on
+    that day (CET or CEST), the IANA name which rules; UTC is just "UTC".
+    """
+    when = dt.datetime.fromtimestamp(stamp, validate_timezone(timezone))
+    text = when.strftime("%Y-%m-%d %H:%M")
+    if when.second:
+        text = when.strftime("%Y-%m-%d %H:%M:%S")
+    abbreviation = when.tzname() or ""
+    if timezone in ("UTC", "Etc/UTC"):
+        return f"{text} UTC"
+    if abbreviation and abbreviation[0] not in "+-" and abbreviation != timezone:
+        return f"{text} {abbreviation} ({timezone})"
+    return f"{text} UTC{when.strftime('%z')[:3]}:{when.strftime('%z')[3:]} ({timezone})"
+
+
 def describe_items(items: Any) -> tuple[str, str]:
     """How a schedule gets its items: a list, a function called at run time, or S3 keys."""
     if isinstance(items, str):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import fanout
+
+if TYPE_CHECKING:
+    from fanout.testing import EmulatedAws
 
 
 @pytest.fixture
@@ -46,3 +52,34 @@ def wait_for_file(path: str, timeout: float = 60.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+@pytest.fixture(scope="module")
+def offline_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
+    """One offline AWS (``fanout.testing``) per test module; FANOUT_HOME restored after."""
+    from fanout.testing import emulated_aws
+
+    old = os.environ.get("FANOUT_HOME")
+    os.environ["FANOUT_HOME"] = str(tmp_path_factory.mktemp("aws-home"))
+    try:
+        with emulated_aws() as emulation:
+            yield emulation
+    finally:
+        if old is None:
+            os.environ.pop("FANOUT_HOME", None)
+        else:
+            os.environ["FANOUT_HOME"] = old
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real, small filesystem at ``mount`` that can fill up (root only: skips otherwise)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+

@@ -42,6 +42,9 @@ def client(home: Path) -> Iterator[Any]:
         yield test_client
 
 
+STATE = {"X-Fanout-Request": "1"}  # what the dashboard sends on a state-changing request
+
+
 def body(response: Any) -> Any:
     return json.loads(response.body)
 
@@ -121,11 +124,12 @@ def test_bad_task_filter_is_400(client: Any, jobs: dict[str, Any]) -> None:
 def test_cancel_a_running_job(client: Any, jobs: dict[str, Any]) -> None:
     pending = body(client.http.get(f"/api/jobs/{jobs['running']}/tasks?status=pending"))
     assert pending["tasks"]
-    response = client.http.post(f"/api/jobs/{jobs['running']}/cancel")
+    response = client.http.post(f"/api/jobs/{jobs['running']}/cancel", headers=STATE)
     assert response.status_code == 200
     assert body(response)["state"] == "cancelled"
     assert body(response)["counts"]["cancelled"] == 2
-    assert client.http.post("/api/jobs/20990101-000000-abcdef/cancel").status_code == 404
+    assert client.http.post("/api/jobs/20990101-000000-abcdef/cancel",
+                            headers=STATE).status_code == 404
 
 
 def test_schedules_and_runs(client: Any, home: Path) -> None:
@@ -143,10 +147,56 @@ def test_schedules_and_runs(client: Any, home: Path) -> None:
 def test_token_protects_a_local_server(home: Path) -> None:
     with Client(create_app(token="s3cret")) as protected:
         assert protected.http.get("/api/jobs").status_code == 401
-        assert protected.http.get("/api/jobs?token=wrong").status_code == 401
         ok = protected.http.get("/api/jobs", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        assert protected.http.get("/api/jobs?token=s3cret").status_code == 200
+        # Never in the URL, where access logs and browser history would keep it.
+        assert protected.http.get("/api/jobs?token=s3cret").status_code == 401
+        # A non-ASCII token is a wrong token, not a crash.
+        wrong = protected.http.get("/api/jobs", headers={"Authorization": "Bearer s\u00e9cret"})
+        assert wrong.status_code == 401 and body(wrong) == {"error": "missing or wrong token"}
+        # The page itself holds no data; the token arrives in its URL fragment.
+        assert protected.http.get("/").status_code == 200
+
+
+def test_a_state_change_needs_a_header_no_cross_origin_page_can_send(
+        jobs: dict[str, Any]) -> None:
+    """What a hostile page's ``fetch(url, {method: "POST", mode: "no-cors"})`` sends."""
+    with Client(create_app(hosts=frozenset({"127.0.0.1:8765"}))) as local:
+        simple = local.http.post(f"/api/jobs/{jobs['running']}/cancel",
+                                 headers={"Host": "127.0.0.1:8765",
+                                          "Origin": "http://evil.example"})
+        assert simple.status_code == 403 and "X-Fanout-Request" in body(simple)["error"]
+        # Even with the header (only possible after a preflight we never approve), another
+        # origin is refused.
+        forged = local.http.post(f"/api/jobs/{jobs['running']}/cancel",
+                                 headers={"Host": "127.0.0.1:8765", **STATE,
+                                          "Origin": "http://evil.example"})
+        assert forged.status_code == 403 and "evil.example" in body(forged)["error"]
+        counts = body(local.http.get(f"/api/jobs/{jobs['running']}",
+                                     headers={"Host": "127.0.0.1:8765"}))["counts"]
+        assert counts["cancelled"] == 0, "nothing was cancelled"
+        own = local.http.post(f"/api/jobs/{jobs['running']}/cancel",
+                              headers={"Host": "127.0.0.1:8765", **STATE,
+                                       "Origin": "http://127.0.0.1:8765"})
+        assert own.status_code == 200 and body(own)["state"] == "cancelled"
+
+
+def test_a_rebound_host_name_is_not_served(home: Path) -> None:
+    """DNS rebinding: attacker.example resolves to 127.0.0.1, but Host still names it."""
+    with Client(create_app(hosts=frozenset({"127.0.0.1:8765", "localhost:8765"}))) as local:
+        for path in ("/", "/api/jobs"):
+            refused = local.http.get(path, headers={"Host": "attacker.example:8765"})
+            assert refused.status_code == 421 and "error" in body(refused)
+        assert local.http.get("/api/jobs", headers={"Host": "localhost:8765"}).status_code == 200
+
+
+def test_a_huge_paging_token_is_400_not_500(client: Any, home: Path) -> None:
+    import base64
+
+    for token in ["A" * 100_000,
+                  base64.urlsafe_b64encode(json.dumps({"offset": 10**200}).encode()).decode()]:
+        response = client.http.get(f"/api/jobs?next_token={token}")
+        assert response.status_code == 400 and "paging token" in body(response)["error"]
 
 
 def test_template_routes_match_the_app() -> None:

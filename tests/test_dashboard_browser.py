@@ -3,7 +3,8 @@
 A local store holds a finished job, a job whose tasks partly fail and a job still running;
 ``make_server`` serves the API and page over it, and the test reads the page as a person
 would: job states and progress, failures first, a traceback one click away, the timeline.
-It also writes docs/dashboard.png. ``make browser`` installs Chromium and its driver.
+With ``FANOUT_UPDATE_SCREENSHOT=1`` it also rewrites docs/dashboard.png (never otherwise: a
+test run leaves tracked files alone). ``make browser`` installs Chromium and its driver.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import fanout
 from fanout.web.server import make_server
 
 from conftest import eventually, wait_for_file
+
+pytestmark = pytest.mark.skipif(os.environ.get("FANOUT_BROWSER") == "skip",
+                                reason="make test BROWSER=skip: no browser tests asked for")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -147,13 +151,17 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     """Poll ``condition`` (a browser read) until it returns something truthy; return it."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             value = condition()
-        except StaleElementReferenceException:  # the page re-rendered under us: read again
+        # The page re-rendered under us, or has not rendered the element yet: read again.
+        except (StaleElementReferenceException, NoSuchElementException):
             value = None
         if value:
             return value
@@ -207,6 +215,9 @@ def test_dashboard_shows_jobs_failures_and_timeline(served: Served, browser: Any
     statuses = [row.get_attribute("data-status") for row in rows]
     assert statuses == ["failed"] * 2 + ["succeeded"] * 6
     assert [row.get_attribute("data-task-index") for row in rows[:2]] == ["1", "5"]
+    cost = until(lambda: re.search(r"\d+\.\d\d CPU-s, \$0\.00", browser.find_element(
+        By.ID, "detail-summary").text), what="the job's cost in its summary line")
+    assert cost
     assert not browser.find_elements(By.CSS_SELECTOR, "pre.traceback")
     first_failed = browser.find_element(By.CSS_SELECTOR, "tr.task-row[data-status=failed]")
     first_failed.click()
@@ -255,9 +266,11 @@ def test_dashboard_shows_jobs_failures_and_timeline(served: Served, browser: Any
     assert not browser.find_element(By.ID, "error-banner").is_displayed()
 
     browser.execute_script("window.scrollTo(0, 0)")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = browser.get_screenshot_as_png()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("FANOUT_UPDATE_SCREENSHOT") == "1":  # a tracked file: only on request
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        SCREENSHOT.write_bytes(png)
 
     # The running job's bar is live: it moves when the gate opens, without a reload.
     served.gate.touch()
@@ -272,12 +285,15 @@ def test_dashboard_shows_an_error_banner_when_the_api_fails(tmp_path: Path,
     store = tmp_path / "store"
     server, url = serve(store, token="s3cret")
     try:
-        browser.get(url + "/?token=s3cret")
+        browser.get(url + "/#token=s3cret")
         until(lambda: browser.find_element(By.ID, "no-schedules"), what="the page to load")
-        assert browser.find_element(By.ID, "jobs-empty").is_displayed()
+        until(lambda: browser.find_element(By.ID, "jobs-empty").is_displayed(),
+              what="the empty job list")
         assert not browser.find_element(By.ID, "error-banner").is_displayed()
+        # The token left the address bar (and was never in a request line).
+        assert "s3cret" not in browser.current_url
         # A job the API does not know: the detail's request fails and the banner says why.
-        browser.get(url + "/?token=s3cret#job=no-such-job")
+        browser.get(url + "/#job=no-such-job")
         banner = until(lambda: [b for b in browser.find_elements(By.ID, "error-banner")
                                 if b.is_displayed()], what="the error banner")[0]
         assert "404" in banner.text and "no job 'no-such-job'" in banner.text
@@ -295,7 +311,7 @@ def test_refuses_a_non_loopback_host_without_a_token(tmp_path: Path) -> None:
 def test_token_is_required_when_configured(tmp_path: Path) -> None:
     server, url = serve(tmp_path / "store", token="s3cret")
     try:
-        for path in ("/", "/api/jobs"):
+        for path in ("/api/jobs", "/api/schedules"):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(url + path, timeout=30)
             assert refused.value.code == 401
@@ -305,7 +321,7 @@ def test_token_is_required_when_configured(tmp_path: Path) -> None:
             assert wrong.value.code == 401
         assert get_json(url + "/api/jobs", {"Authorization": "Bearer s3cret"}) == \
             {"jobs": [], "next_token": None}
-        with urllib.request.urlopen(url + "/?token=s3cret", timeout=30) as page:
+        with urllib.request.urlopen(url + "/", timeout=30) as page:  # the page holds no data
             assert page.status == 200
             assert page.headers["Content-Type"].startswith("text/html")
             html = page.read().decode()
@@ -314,4 +330,51 @@ def test_token_is_required_when_configured(tmp_path: Path) -> None:
         assert set(re.findall(r"https?://[^\s\"')]*", html)) == {"http://www.w3.org/2000/svg"}
     finally:
         server.shutdown()
+
+
+HOSTILE_PAGE = """<!doctype html><html><body><script>
+fetch("{target}/api/jobs/{job}/cancel", {{method: "POST", mode: "no-cors"}})
+  .then(() => {{ document.title = "sent"; }}, () => {{ document.title = "sent"; }});
+</script></body></html>"""
+
+
+def test_another_web_page_cannot_cancel_a_job(served: Served, browser: Any) -> None:
+    """Finding 9: a page from another origin posts to the dashboard's cancel route."""
+    import http.server
+
+    job = served.jobs["running"]
+    page = HOSTILE_PAGE.format(target=served.url, job=job).encode()
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hostile = http.server.HTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=hostile.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{hostile.server_address[1]}/")
+        until(lambda: browser.title == "sent", what="the hostile page's request to be sent")
+        # Its request reached the server (a simple request needs no preflight) and was
+        # refused: the job runs on.
+        assert get_json(f"{served.url}/api/jobs/{job}")["state"] == "running"
+        assert get_json(f"{served.url}/api/jobs/{job}")["counts"]["cancelled"] == 0
+    finally:
+        hostile.shutdown()
+        hostile.server_close()
+    # The dashboard itself still cancels: its requests carry the header, from its origin.
+    browser.get(f"{served.url}/#job={job}")
+    from selenium.webdriver.common.by import By
+
+    button = until(lambda: [b for b in browser.find_elements(By.ID, "cancel-job")
+                            if b.is_displayed()], what="the cancel button")[0]
+    browser.execute_script("window.confirm = () => true")
+    button.click()
+    until(lambda: get_json(f"{served.url}/api/jobs/{job}")["state"] == "cancelled",
+          what="the dashboard's own cancel to work")
 

@@ -4,6 +4,13 @@ The same routes serve two ways: deployed on AWS (``functions/api/app.py``, API G
 IAM authorization: an unsigned request gets 403) and locally by ``fanout dashboard`` over
 the embedded store (loopback only, or with a token). Routes only translate HTTP; the
 answers come from :class:`~fanout.web.service.JobsService`.
+
+A local server must also be safe from other web pages open in the same browser: it answers
+only requests whose ``Host`` names the address it serves (so a DNS-rebinding name pointing
+at 127.0.0.1 gets nothing), and a state-changing request needs the ``X-Fanout-Request``
+header, which a cross-origin page cannot send without a CORS preflight this server never
+approves, plus an ``Origin`` (when sent) that is its own. The token travels only in the
+``Authorization`` header: never in a URL, where access logs and history would keep it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ from typing import Any
 from chalice.app import Chalice, Response
 
 from ..backends import Backend, create_backend
+from ..errors import StoreError
 from .service import ApiError, JobsService
+
+#: The header a state-changing request must carry (any value): not CORS-safelisted.
+CSRF_HEADER = "X-Fanout-Request"
 
 #: (method, path) of every route; the template's API events are checked against this.
 ROUTES = (
@@ -37,12 +48,20 @@ def _json(body: Any, status: int = 200) -> Response:
                              "Cache-Control": "no-store"})
 
 
+def _matches(supplied: str, token: str) -> bool:
+    """Constant-time comparison that also takes non-ASCII input (as bytes): never a 500."""
+    return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"),
+                               token.encode("utf-8", "surrogateescape"))
+
+
 def create_app(backend_factory: Callable[[], Backend] | None = None, *,
-               authorizer: Any = None, token: str | None = None) -> Chalice:
+               authorizer: Any = None, token: str | None = None,
+               hosts: frozenset[str] | None = None) -> Chalice:
     """The app over ``backend_factory()`` (default: the configured backend).
 
-    ``authorizer`` protects every route on AWS (IAM); ``token`` protects a local server that
-    listens beyond loopback (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``).
+    ``authorizer`` protects every route on AWS (IAM); ``token`` protects a local server's API
+    (``Authorization: Bearer TOKEN``); ``hosts`` are the ``Host`` values a local server
+    answers to (``host:port`` forms of the address it listens on).
     """
     app = Chalice(app_name="fanout-api")
     state: dict[str, JobsService] = {}
@@ -52,21 +71,40 @@ def create_app(backend_factory: Callable[[], Backend] | None = None, *,
             state["service"] = JobsService((backend_factory or create_backend)())
         return state["service"]
 
-    def guard(handler: Callable[..., Any]) -> Callable[..., Any]:
+    def refusal(changes_state: bool, needs_token: bool) -> Response | None:
+        request = app.current_request
+        assert request is not None
+        headers = {k.lower(): v for k, v in dict(request.headers or {}).items()}
+        if hosts is not None and headers.get("host", "").lower() not in hosts:
+            return _json({"error": f"this server answers only to {', '.join(sorted(hosts))}; "
+                                   "the request named another host"}, 421)
+        if token is not None and needs_token:
+            given = headers.get("authorization", "")
+            if not given.startswith("Bearer ") or not _matches(given[7:].strip(), token):
+                return _json({"error": "missing or wrong token"}, 401)
+        if changes_state:
+            if CSRF_HEADER.lower() not in headers:
+                return _json({"error": f"a request that changes state needs the header "
+                                       f"{CSRF_HEADER}: 1"}, 403)
+            origin = headers.get("origin")
+            if hosts is not None and origin is not None and origin.lower() not in {
+                    f"http://{h}" for h in hosts}:
+                return _json({"error": f"requests from {origin} may not change state here"},
+                             403)
+        return None
+
+    def guard(handler: Callable[..., Any], changes_state: bool = False,
+              needs_token: bool = True) -> Callable[..., Any]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            request = app.current_request
-            assert request is not None
-            if token is not None:
-                headers: dict[str, str] = dict(request.headers or {})
-                params: dict[str, str] = dict(request.query_params or {})
-                given = headers.get("authorization", "")
-                supplied = given.removeprefix("Bearer ").strip() or params.get("token", "")
-                if not hmac.compare_digest(supplied, token):
-                    return _json({"error": "missing or wrong token"}, 401)
+            refused = refusal(changes_state, needs_token)
+            if refused is not None:
+                return refused
             try:
                 return handler(*args, **kwargs)
             except ApiError as exc:
                 return _json({"error": exc.message}, exc.status)
+            except StoreError as exc:
+                return _json({"error": str(exc)}, 503)
         wrapped.__name__ = handler.__name__
         return wrapped
 
@@ -79,8 +117,16 @@ def create_app(backend_factory: Callable[[], Backend] | None = None, *,
 
     auth = {"authorizer": authorizer} if authorizer is not None else {}
 
+    def page_guard(handler: Callable[..., Any]) -> Callable[..., Any]:
+        # The page holds no data (the API does): it loads without the token, which the
+        # person opening it gives in the URL's fragment, never sent to any server.
+        return guard(handler, needs_token=False)
+
+    def state_guard(handler: Callable[..., Any]) -> Callable[..., Any]:
+        return guard(handler, changes_state=True)
+
     @app.route("/", methods=["GET"], **auth)
-    @guard
+    @page_guard
     def dashboard() -> Response:
         page = resources.files("fanout.web").joinpath("dashboard.html").read_text()
         return Response(body=page, status_code=200,
@@ -103,7 +149,7 @@ def create_app(backend_factory: Callable[[], Backend] | None = None, *,
                                      query("next_token")))
 
     @app.route("/api/jobs/{job_id}/cancel", methods=["POST"], **auth)
-    @guard
+    @state_guard
     def cancel(job_id: str) -> Response:
         return _json(service().cancel(job_id))
 

@@ -51,16 +51,23 @@ def encode_token(offset: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
 
 
+#: Largest offset a paging token may hold, and longest token: past these it is not ours.
+MAX_OFFSET = 10**9
+MAX_TOKEN_CHARS = 200
+
+
 def decode_token(token: str | None) -> int:
     if not token:
         return 0
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ApiError(400, "invalid paging token: pass back next_token exactly as received")
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         offset = data["offset"]
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise ApiError(400, "invalid paging token: pass back next_token exactly as "
                             "received") from None
-    if not isinstance(offset, int) or offset < 0:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET:
         raise ApiError(400, "invalid paging token: pass back next_token exactly as received")
     return offset
 
@@ -105,8 +112,12 @@ class JobsService:
                 "next_token": encode_token(offset + size) if more else None}
 
     def job(self, job_id: str) -> dict[str, Any]:
+        from ..cost import job_cost
+
         info = self._job_info(job_id)
-        return self._job_json(info, self.backend.counts(job_id))
+        out = self._job_json(info, self.backend.counts(job_id))
+        out["cost"] = job_cost(self.backend, info.spec, self.backend.records(job_id))
+        return out
 
     def tasks(self, job_id: str, status: str | None = None, limit: str | None = None,
               next_token: str | None = None) -> dict[str, Any]:

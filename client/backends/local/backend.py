@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
+from ...errors import ConfigurationError
 from ...future import Future
 from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from ...options import TaskOptions
@@ -25,7 +26,7 @@ from ...schedules import ScheduleRequest, ScheduleSpec
 from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
 from . import scheduler
-from .pool import Dispatch, Supervisor
+from .pool import DEFAULT_STALL_SECONDS, Dispatch, Supervisor
 from .store import LocalStore, Owner, new_job_id
 
 #: How long cancelling another process's job waits for that process to apply it.
@@ -33,18 +34,23 @@ CANCEL_WAIT_SECONDS = 10.0
 
 
 class LocalBackend(Backend):
-    """Options: ``max_workers`` (default: CPU count), ``home`` (default: ``FANOUT_HOME``)."""
+    """Options: ``max_workers`` (default: CPU count), ``home`` (default: ``FANOUT_HOME``),
+    ``stall_seconds`` (default: ``FANOUT_STALL_SECONDS`` or 10): how long a worker holding a
+    task may go without a heartbeat before it is killed and its task retried.
+    """
 
     name = "local"
     store: LocalStore
 
     def __init__(self, max_workers: int | None = None, home: str | None = None,
+                 stall_seconds: float | None = None,
                  max_tasks_per_child: int | None = None) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError(f"max_workers must be an integer greater than 0, got {max_workers!r}")
         self.max_workers = max_workers
+        self.stall_seconds = _stall_seconds(stall_seconds)
         self.max_tasks_per_child = max_tasks_per_child
         self.store = LocalStore(home)
         self._lock = threading.Lock()
@@ -56,9 +62,12 @@ class LocalBackend(Backend):
 
     def _pool(self) -> Supervisor:
         with self._lock:
-            if self._supervisor is None:
+            # A supervisor that ended (it crashed; its futures were failed) is replaced, so
+            # the next submit runs instead of waiting on a thread that is gone.
+            if self._supervisor is None or not self._supervisor.alive:
                 self._supervisor = Supervisor(
-                    self.store, self.max_workers, self._pull_submits, self._submit_deadline
+                    self.store, self.max_workers, self._pull_submits, self._submit_deadline,
+                    self.stall_seconds,
                 )
                 self._supervisor.max_tasks_per_child = self.max_tasks_per_child
             return self._supervisor
@@ -74,7 +83,8 @@ class LocalBackend(Backend):
         self.store.write_object(job_id, "function.pkl", function)
         if reducer is not None:
             self.store.write_object(job_id, "reducer.pkl", reducer)
-        with self.store.open_payload(job_id, PAYLOAD_OBJECT) as handle:
+        with (self.store.writing_file(self.store.job_dir(job_id) / PAYLOAD_OBJECT),
+              self.store.open_payload(job_id, PAYLOAD_OBJECT) as handle):
             refs = write_payload(handle, payloads, job_seed, seeds)
             handle.flush()
             os.fsync(handle.fileno())
@@ -86,10 +96,16 @@ class LocalBackend(Backend):
     def start_job(self, request: JobRequest) -> JobRun:
         self._check_open()
         job_id = new_job_id()
-        spec, manifest = self._write_job(
-            job_id, request.kind, request.function, request.function_name, request.payloads,
-            None, request.options, request.seed, request.reducer, request.reducer_name,
-        )
+        try:
+            spec, manifest = self._write_job(
+                job_id, request.kind, request.function, request.function_name,
+                request.payloads, None, request.options, request.seed, request.reducer,
+                request.reducer_name,
+            )
+        except BaseException:
+            # Nothing was recorded (the job row is written last): leave no files behind.
+            self.store.remove_job_files(job_id)
+            raise
         futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
         reduce_future = Future(job_id, -1, self) if request.reducer is not None else None
         if request.progress is not None:
@@ -118,10 +134,17 @@ class LocalBackend(Backend):
         """Called by the supervisor: turn waiting ``submit`` calls into jobs."""
         dispatches: list[Dispatch] = []
         for batch in self._batches.take(now_wanted):
-            spec, manifest = self._write_job(
-                batch.job_id, "submit", batch.function, batch.function_name, batch.payloads,
-                batch.seeds, batch.options, batch.options.seed or 0,
-            )
+            try:
+                spec, manifest = self._write_job(
+                    batch.job_id, "submit", batch.function, batch.function_name,
+                    batch.payloads, batch.seeds, batch.options, batch.options.seed or 0,
+                )
+            except Exception as exc:  # e.g. a full disk: these futures fail, others go on
+                self.store.remove_job_files(batch.job_id)
+                for future in batch.futures:
+                    if future.set_running_or_notify_cancel():
+                        future.set_exception(exc)
+                continue
             run = JobRun(spec, batch.futures, self.store.load_value)
             LIVE_RUNS[run.job_id] = run
             dispatches.extend(Dispatch(run, chunk) for chunk in manifest)
@@ -256,3 +279,24 @@ class LocalBackend(Backend):
     def __repr__(self) -> str:
         return f"LocalBackend(max_workers={self.max_workers}, home={str(self.store.home)!r})"
 
+
+def _stall_seconds(given: float | None) -> float:
+    """The stall interval: shorter than the store's lock wait, so a frozen lock holder is
+    killed before any other process gives up waiting for the lock."""
+    source = "stall_seconds"
+    value: object = given
+    if given is None:
+        text = os.environ.get("FANOUT_STALL_SECONDS")
+        if not text:
+            return DEFAULT_STALL_SECONDS
+        source = "FANOUT_STALL_SECONDS"
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+    limit = LocalStore.busy_timeout / 2
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not 0.5 <= value <= limit):
+        raise ConfigurationError(
+            f"{source} must be a number of seconds from 0.5 to {limit:g}, got {value!r}")
+    return float(value)

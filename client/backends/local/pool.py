@@ -1,7 +1,10 @@
 """Supervised worker processes for the local backend.
 
 One supervisor thread owns every worker process and every piece of pool state, so there
-are no locks around them; other threads talk to it through :meth:`Supervisor.post`.
+are no locks around them; other threads talk to it through :meth:`Supervisor.post`. A
+second, tiny thread (the watchdog) only reads each worker's heartbeat and kills a worker
+that stopped: it never touches the store, so a worker frozen while holding the store's
+write lock is killed even while the supervisor itself waits for that lock.
 
 Why not ``ProcessPoolExecutor``: it breaks the whole pool when one worker dies and cannot
 stop a single task. Here a worker that dies (SIGKILL, ``os._exit``, segfault, the OOM
@@ -9,6 +12,10 @@ killer) or overruns its task's ``timeout`` costs only its in-flight task: that t
 charged an attempt and re-queued on a fresh process, and the worker's other queued tasks
 are re-queued uncharged. Results never travel only in memory: a worker commits each record
 to the store and then reports it, so a future resolves only from a stored result.
+
+Deaths are seen through a pidfd (the process itself), not only through the socket, which a
+task's own child could keep open; which task was in flight comes from the worker's
+:class:`~.beacon.Beacon`, so the task that died is charged, exactly once, and no other.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ...collector import JobRun
-from ...errors import ConfigurationError, TaskTimeout, WorkerLost
+from ...errors import ConfigurationError, StoreError, TaskTimeout, WorkerLost
 from ...protocol import CANCELLED, FAILED, REDUCE_INDEX, Chunk, ResultRecord, now
-from ...runtime import exception_fields
+from ...runtime import exception_fields, safe_text
+from .beacon import Beacon, Reading
 from .store import LocalStore
 
 log = logging.getLogger("fanout.local")
@@ -43,6 +51,10 @@ MAX_STARTUP_FAILURES = 3
 #: Work a worker may hold queued beyond the task it runs, when tasks are measured short.
 BATCH_SECONDS = 0.05
 BATCH_MAX_TASKS = 512
+#: A worker holding a task whose heartbeat is older than this is killed (SIGSTOP, a hang in
+#: C code that holds the GIL) and its task retried like any other death.
+DEFAULT_STALL_SECONDS = 10.0
+STARTUP_GRACE_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -70,43 +82,88 @@ class WorkerProcess:
     worker_id: str
     proc: subprocess.Popen[bytes]
     conn: Connection
+    beacon: Beacon
+    pidfd: int | None  # readable once the process has exited; None without pidfd support
     ready: bool = False
     pid: int = 0
     log_paths: list[str] = field(default_factory=list)
     inflight: deque[Dispatch] = field(default_factory=deque)
     task_started: float = 0.0
+    reported: int = 0  # tasks whose outcome it reported: the ordinal of inflight's first
+    stalled: bool = False  # the watchdog killed it for want of a heartbeat
+    lock: threading.Lock = field(default_factory=threading.Lock)  # kill vs. close handles
+    closed: bool = False
     tasks_given: int = 0  # counted only under max_tasks_per_child
 
     @classmethod
-    def spawn(cls, store: LocalStore, worker_id: str) -> WorkerProcess:
+    def spawn(cls, store: LocalStore, worker_id: str, stall_seconds: float) -> WorkerProcess:
         ours, theirs = socket.socketpair()
+        beacon, beacon_fd = Beacon.create(str(store.home))
         env = dict(os.environ)
         # Workers import what the client can import (a project folder, a test directory).
         paths = [p for p in sys.path if p and os.path.isdir(p)]
         env["PYTHONPATH"] = os.pathsep.join(paths)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fanout.backends.local.worker", "--fd", str(theirs.fileno()),
-             "--home", str(store.home), "--worker-id", worker_id],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,  # only until it is ready: start-up errors come back to us
-            env=env,
-            start_new_session=False,
-        )
-        theirs.close()
-        return cls(worker_id, proc, Connection(ours.detach()))
-
-    def stderr_tail(self) -> str:
-        if len(self.log_paths) < 2:
-            return ""
         try:
-            with open(self.log_paths[1], "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(0, size - STDERR_TAIL_ON_DEATH))
-                return handle.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fanout.backends.local.worker",
+                 "--fd", str(theirs.fileno()), "--home", str(store.home),
+                 "--worker-id", worker_id, "--beacon-fd", str(beacon_fd),
+                 "--stall-seconds", repr(stall_seconds)],
+                pass_fds=(theirs.fileno(), beacon_fd),
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # only until it is ready: start-up errors come back
+                env=env,
+                start_new_session=False,
+            )
+        finally:
+            theirs.close()
+            os.close(beacon_fd)
+        pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):  # Linux 5.3+; else we poll
+            pidfd = os.pidfd_open(proc.pid)
+        return cls(worker_id, proc, Connection(ours.detach()), beacon, pidfd)
+
+    def kill(self) -> None:
+        """SIGKILL it, by pidfd where there is one: never a recycled pid's new owner."""
+        with self.lock:
+            if self.closed:
+                return
+            with contextlib.suppress(ProcessLookupError, OSError):
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                else:
+                    self.proc.send_signal(signal.SIGKILL)
+
+    def heartbeat_age(self, clock: float) -> float:
+        with self.lock:
+            return 0.0 if self.closed else clock - self.beacon.read().beat
+
+    def close_handles(self) -> Reading:
+        """Last look at its beacon, then release the beacon and the pidfd."""
+        with self.lock:
+            reading = self.beacon.read()
+            if not self.closed:
+                self.closed = True
+                self.beacon.close()
+                if self.pidfd is not None:
+                    os.close(self.pidfd)
+            return reading
+
+    def output_since(self, reading: Reading) -> tuple[str, str]:
+        """What it wrote to stdout and stderr since its last task started (a bounded tail)."""
+        texts = []
+        for path, start in zip(self.log_paths, (reading.stdout_at, reading.stderr_at),
+                               strict=False):
+            try:
+                with open(path, "rb") as handle:
+                    size = handle.seek(0, os.SEEK_END)
+                    begin = start if start <= size else 0  # rotated since: all of it
+                    handle.seek(max(begin, size - STDERR_TAIL_ON_DEATH))
+                    texts.append(handle.read().decode("utf-8", errors="replace"))
+            except OSError:
+                texts.append("")
+        texts += [""] * (2 - len(texts))
+        return texts[0], texts[1]
 
     def cleanup(self) -> None:
         for path in self.log_paths:
@@ -123,9 +180,11 @@ class Supervisor:
         max_workers: int,
         pull_submits: Callable[[bool], list[Dispatch]],
         next_submit_deadline: Callable[[], float | None],
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
     ) -> None:
         self.store = store
         self.max_workers = max_workers
+        self.stall_seconds = stall_seconds
         self._pull_submits = pull_submits
         self._next_submit_deadline = next_submit_deadline
         self._queue: deque[Dispatch] = deque()
@@ -134,6 +193,8 @@ class Supervisor:
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()  # no write to the pipe after it is closed
+        self._wake_closed = False
         self._stopping = False
         self._cancel_futures = False
         self._last_cancel_poll = 0.0
@@ -144,7 +205,11 @@ class Supervisor:
         # A daemon: at exit, ``executor._finish_at_exit`` completes outstanding work and stops it
         # (a non-daemon thread would be joined before atexit hooks run, and wait forever).
         self._thread = threading.Thread(target=self._loop, name="fanout-supervisor", daemon=True)
+        self._watchdog_stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="fanout-watchdog",
+                                          daemon=True)
         self._thread.start()
+        self._watchdog.start()
 
     # -- called from other threads ---------------------------------------------------------
 
@@ -153,8 +218,11 @@ class Supervisor:
         self.wake()
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full of wake-ups already: fine
-            os.write(self._wake_w, b"x")
+        with self._wake_lock:
+            if self._wake_closed:
+                return
+            with contextlib.suppress(BlockingIOError):  # full of wake-ups already: fine
+                os.write(self._wake_w, b"x")
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -185,14 +253,41 @@ class Supervisor:
                 self._assign()
                 self._wait_and_handle()
                 self._enforce_timeouts()
-        except BaseException:  # pragma: no cover - a bug here must not hang the client
+            self._close_unfinished()
+        except BaseException as exc:  # a bug here must not hang the client
             log.exception("fanout supervisor crashed; failing outstanding tasks")
-            self._fail_everything("the fanout supervisor thread crashed (see the log)")
-            raise
+            if isinstance(exc, StoreError):
+                self._fail_everything(str(exc), StoreError)
+            else:
+                self._fail_everything(
+                    "the fanout supervisor thread crashed, so this task's outcome is unknown: "
+                    f"{type(exc).__name__}: {safe_text(str(exc))} (please report this bug)")
         finally:
-            self._stop_workers()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._watchdog_stop.set()
+            with contextlib.suppress(Exception):
+                self._stop_workers()
+            with self._wake_lock:
+                self._wake_closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    def _watch(self) -> None:
+        """The watchdog: kill a worker holding a task whose heartbeat stopped.
+
+        A worker still starting gets ``STARTUP_GRACE_SECONDS`` more (it beats only once its
+        interpreter is up); an idle one is left alone until it is given work or stopped.
+        """
+        while not self._watchdog_stop.wait(self.stall_seconds / 4):
+            clock = time.monotonic()
+            for worker in list(self._workers):
+                limit = self.stall_seconds + (0 if worker.ready else STARTUP_GRACE_SECONDS)
+                if ((worker.inflight or not worker.ready) and not worker.stalled
+                        and worker.heartbeat_age(clock) > limit):
+                    log.warning("fanout worker %s sent no heartbeat for %.1fs; killing it",
+                                worker.worker_id, worker.heartbeat_age(clock))
+                    worker.stalled = True
+                    worker.kill()
+                    self.wake()
 
     def _busy(self) -> bool:
         return any(w.inflight for w in self._workers)
@@ -232,7 +327,7 @@ class Supervisor:
         while len(self._workers) < wanted:
             self._spawned += 1
             worker_id = f"{socket.gethostname()}/w{self._spawned}-{os.getpid()}"
-            self._workers.append(WorkerProcess.spawn(self.store, worker_id))
+            self._workers.append(WorkerProcess.spawn(self.store, worker_id, self.stall_seconds))
 
     def _assign(self) -> None:
         """Hand queued chunks to ready workers, several per message when tasks are short.
@@ -326,6 +421,8 @@ class Supervisor:
             deadlines.append(submit)
         if self._runs:
             deadlines.append(self._last_cancel_poll + CANCEL_POLL_SECONDS)
+        if any(w.pidfd is None for w in self._workers):  # no pidfd: look now and then
+            deadlines.append(time.monotonic() + 0.5)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -338,17 +435,29 @@ class Supervisor:
 
     def _wait_and_handle(self) -> None:
         conns: list[Any] = [w.conn for w in self._workers]
-        ready = wait([*conns, self._wake_r], timeout=self._next_timeout())
+        pidfds: list[Any] = [w.pidfd for w in self._workers if w.pidfd is not None]
+        ready = wait([*conns, *pidfds, self._wake_r], timeout=self._next_timeout())
         if self._wake_r in ready:
             os.read(self._wake_r, 65536)
-        by_conn = {id(w.conn): w for w in self._workers}
-        for conn in ready:
-            worker = by_conn.get(id(conn))
-            if worker is not None:
+        # Messages first: a shutdown(cancel_futures=True) or cancel posted before a worker's
+        # results arrived applies before those results wake anyone up.
+        self._read_inbox()
+        by_handle: dict[Any, WorkerProcess] = {id(w.conn): w for w in self._workers}
+        by_handle.update({w.pidfd: w for w in self._workers if w.pidfd is not None})
+        for handle in ready:
+            worker = by_handle.get(handle if isinstance(handle, int) else id(handle))
+            if worker is None or worker not in self._workers:
+                continue
+            if isinstance(handle, int):
+                self._lost(worker, "died")  # the process is gone, whoever holds its socket
+            else:
                 self._drain(worker)
                 if worker in self._workers and self._task_budget(worker) == 0 \
                         and not worker.inflight:
                     self._retire(worker)
+        for worker in list(self._workers):
+            if worker.pidfd is None and worker.proc.poll() is not None:
+                self._lost(worker, "died")
 
     # -- max_tasks_per_child: a worker is replaced after that many tasks -------------------
 
@@ -373,11 +482,13 @@ class Supervisor:
         try:
             worker.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._kill(worker)
+            worker.kill()
             worker.proc.wait()
         worker.conn.close()
+        worker.close_handles()
         worker.cleanup()
-        self.store.worker_gone([worker.worker_id])
+        with contextlib.suppress(StoreError):
+            self.store.worker_gone([worker.worker_id])
 
     def _drain(self, worker: WorkerProcess) -> None:
         try:
@@ -385,6 +496,12 @@ class Supervisor:
                 self._handle(worker, worker.conn.recv())
         except (EOFError, OSError):
             self._lost(worker, "died")
+
+    def _collect(self, worker: WorkerProcess) -> None:
+        """Handle what a dead worker sent before it died; never wait for more."""
+        with contextlib.suppress(EOFError, OSError):
+            while worker.conn.poll(0):
+                self._handle(worker, worker.conn.recv())
 
     def _handle(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -395,17 +512,25 @@ class Supervisor:
             if worker.proc.stderr is not None:  # its fd 2 now goes to the capture file
                 worker.proc.stderr.close()
             return
-        if kind != "results":
+        if kind not in ("results", "unstored"):
             return
         worker.task_started = time.monotonic()
-        for record in message[1]:
+        for item in message[1]:
             if not worker.inflight:
                 return
             head = worker.inflight[0]
             head.done += 1
+            worker.reported += 1
             if head.done >= head.size:
                 worker.inflight.popleft()
-            self._deliver(head.run, record)
+            if kind == "results":
+                self._deliver(head.run, item)
+            else:  # its record could not be stored: the future says why, the job goes on
+                job_id, index = item
+                head.run.settle_error(index, StoreError(
+                    f"the result of task {index} of job {job_id} could not be stored, so "
+                    f"it is lost: {message[2]}"))
+                self._maybe_finish(head.run)
 
     def _deliver(self, run: JobRun, record: ResultRecord) -> None:
         run.deliver(record)
@@ -425,7 +550,11 @@ class Supervisor:
         if run.done.is_set():
             del self._runs[run.job_id]
             state = "cancelled" if run.cancelled else "finished"
-            self.store.set_job_state(run.job_id, state, summary=self.store.summarize(run.job_id))
+            try:
+                self.store.set_job_state(run.job_id, state,
+                                         summary=self.store.summarize(run.job_id))
+            except StoreError:  # the futures have their outcomes; the store is told later
+                log.exception("fanout could not record the end of job %s", run.job_id)
             run.close()
 
     # -- faults ----------------------------------------------------------------------------
@@ -435,48 +564,73 @@ class Supervisor:
         for worker in list(self._workers):
             limit = self._limit(worker)
             if limit is not None and clock - worker.task_started > limit:
-                self._kill(worker)
+                worker.kill()
                 self._lost(worker, "timeout")
 
-    @staticmethod
-    def _kill(worker: WorkerProcess) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            worker.proc.send_signal(signal.SIGKILL)
-
     def _lost(self, worker: WorkerProcess, reason: str, charge: bool = True) -> None:
-        """A worker is gone: charge its in-flight task, re-queue everything else it held."""
+        """A worker is gone: charge the task it was running, re-queue the rest uncharged.
+
+        Its beacon says how many tasks it started and finished. Counting from the first
+        task it had not reported, the one it started and did not finish is the task in
+        flight, the only one charged; ones it finished may have been committed but not
+        reported (their stored record is delivered) or not committed (run again, uncharged).
+        """
         if worker not in self._workers:
             return
+        self._collect(worker)  # results it sent before it died are not lost
         self._workers.remove(worker)
         worker.conn.close()
         try:
             worker.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._kill(worker)
+            worker.kill()
             worker.proc.wait()
+        reading = worker.close_handles()
         if not worker.ready:
             self._startup_failed(worker)
             return
         self._startup_failures = 0
-        tail = worker.stderr_tail()
+        if worker.stalled and reason == "died":
+            reason = "stalled"
+        output = worker.output_since(reading)
         worker.cleanup()
-        self.store.worker_gone([worker.worker_id])
+        with contextlib.suppress(StoreError):  # `fanout status` prunes dead pids anyway
+            self.store.worker_gone([worker.worker_id])
         code = worker.proc.returncode
         requeue: list[Dispatch] = []
-        for position, dispatch in enumerate(worker.inflight):
+        ordinal = worker.reported
+        for dispatch in worker.inflight:
             run, chunk = dispatch.run, dispatch.chunk
-            if run.cancelled:
-                continue
-            if dispatch.is_reduce and charge:
-                self._charge(run, chunk, REDUCE_INDEX, reason, code, tail, worker, requeue)
-                continue
-            rest = chunk.tasks[dispatch.done:]
-            if position == 0 and rest and charge:
-                self._charge(run, chunk, rest[0].index, reason, code, tail, worker, requeue)
-                rest = rest[1:]
-            if rest:
-                requeue.append(Dispatch(run, _rechunk(chunk, rest)))
+            indexes = ([REDUCE_INDEX] if dispatch.is_reduce
+                       else [t.index for t in chunk.tasks[dispatch.done:]])
+            keep: list[int] = []
+            for index in indexes:
+                this, ordinal = ordinal, ordinal + 1
+                if run.cancelled:
+                    continue
+                if charge and this == reading.running:
+                    self._charge(run, chunk, index, reason, code, output, worker, requeue)
+                elif this < reading.finished and self._recover(run, chunk, index):
+                    continue
+                else:
+                    keep.append(index)
+            if keep and dispatch.is_reduce:
+                requeue.append(Dispatch(run, chunk))
+            elif keep:
+                tasks = tuple(t for t in chunk.tasks if t.index in set(keep))
+                requeue.append(Dispatch(run, _rechunk(chunk, tasks)))
         self._queue.extendleft(reversed(requeue))
+
+    def _recover(self, run: JobRun, chunk: Chunk, index: int) -> bool:
+        """Deliver a record a dead worker committed but did not report; False if none."""
+        try:
+            stored = self.store.result(run.job_id, index)
+        except StoreError:
+            return False
+        if stored is None or stored.attempt < chunk.attempt:
+            return False
+        self._deliver(run, stored)
+        return True
 
     def _startup_failed(self, worker: WorkerProcess) -> None:
         """A worker died before it was ready: retry a few times, then fail loudly."""
@@ -496,7 +650,8 @@ class Supervisor:
         self._fail_everything(why, ConfigurationError)
 
     def _charge(self, run: JobRun, chunk: Chunk, index: int, reason: str, code: int | None,
-                tail: str, worker: WorkerProcess, requeue: list[Dispatch]) -> None:
+                output: tuple[str, str], worker: WorkerProcess,
+                requeue: list[Dispatch]) -> None:
         retries = run.spec.options.retries
         if chunk.attempt <= retries:
             if index == REDUCE_INDEX:
@@ -516,20 +671,39 @@ class Supervisor:
                 f"{what} of job {run.job_id} ran longer than timeout={run.spec.options.timeout}s"
                 f" on each of {attempts} and was stopped; raise timeout= or split the task"
             )
-        else:
-            signal_name = _describe_exit(code)
+        elif reason == "stalled":
             exc = WorkerLost(
-                f"the worker process running {what} of job {run.job_id} {signal_name} on each of "
-                f"{attempts} (retries={retries}); see future.logs() for its last stderr"
+                f"the worker process running {what} of job {run.job_id} sent no heartbeat for "
+                f"{self.stall_seconds:g}s (stopped, e.g. by SIGSTOP, or stuck in C code that "
+                f"holds the GIL) and was killed, on each of {attempts} (retries={retries})"
+            )
+        else:
+            how = _describe_exit(code)
+            if code == 0:
+                how += (" while the task was running (the task ended the process itself, "
+                        "e.g. with os._exit(0))")
+            exc = WorkerLost(
+                f"the worker process running {what} of job {run.job_id} {how} on each of "
+                f"{attempts} (retries={retries}); see future.logs() for its last output"
             )
         started = now()
+        stdout, stderr = output
         record = ResultRecord(run.job_id, index, FAILED, chunk.attempt, worker.worker_id,
-                              started, started, stderr=tail, extra={"lost": reason})
+                              started, started, stdout=stdout, stderr=stderr,
+                              extra={"lost": reason})
         for key, value in exception_fields(exc).items():
             setattr(record, key, value)
         record.traceback = f"{record.exc_type}: {exc}\n" + (
-            f"\nlast stderr of the worker:\n{tail}" if tail else "")
-        self._deliver(run, self.store.put_result(record))
+            f"\nlast stderr of the worker:\n{stderr}" if stderr else "")
+        self._deliver(run, self._put(record))
+
+    def _put(self, record: ResultRecord) -> ResultRecord:
+        """Store a record the supervisor made; if the store fails, the future still settles."""
+        try:
+            return self.store.put_result(record)
+        except StoreError:
+            log.exception("fanout could not store the record of task %d", record.task_index)
+            return record
 
     # -- cancelling ------------------------------------------------------------------------
 
@@ -539,13 +713,22 @@ class Supervisor:
         stamp = now()
         for index in indexes:
             future = run.future(index)
-            if future.done() or (only_pending and future.running()):
+            # A future cancelled by its caller (map's iterator closed) still needs its
+            # record, or the job would wait for it for ever; a settled one keeps its outcome.
+            if (future.done() and not future.cancelled()) or (only_pending and future.running()):
                 continue
             future.cancel()
             records.append(ResultRecord(run.job_id, index, CANCELLED, attempt, "", stamp, stamp))
         if records:
-            for stored in self.store.put_results(records):
+            for stored in self._put_all(records):
                 self._deliver(run, stored)
+
+    def _put_all(self, records: list[ResultRecord]) -> list[ResultRecord]:
+        try:
+            return self.store.put_results(records)
+        except StoreError:
+            log.exception("fanout could not store %d cancellations", len(records))
+            return records
 
     def _cancel_queued(self) -> None:
         self._hand_over_before_cancel()
@@ -583,12 +766,12 @@ class Supervisor:
             if any(d.run is run for d in worker.inflight):
                 others = [d for d in worker.inflight if d.run is not run]
                 worker.inflight = deque(others)
-                self._kill(worker)
+                worker.kill()
                 self._lost(worker, "cancelled", charge=False)
         stamp = now()
         records = [ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
                    for i in run.open_tasks()]
-        for stored in self.store.put_results(records):
+        for stored in self._put_all(records):
             self._deliver(run, stored)
         if run.reduce_future is not None and not run.reduce_future.done():
             run.fail_reduce()
@@ -599,7 +782,11 @@ class Supervisor:
         if not self._runs or clock - self._last_cancel_poll < CANCEL_POLL_SECONDS:
             return
         self._last_cancel_poll = clock
-        for job_id, state in self.store.job_states(self._runs).items():
+        try:
+            states = self.store.job_states(self._runs)
+        except StoreError:
+            return  # asked again in CANCEL_POLL_SECONDS
+        for job_id, state in states.items():
             if state == "cancelled":
                 self._cancel_job(job_id)
 
@@ -611,15 +798,24 @@ class Supervisor:
                 worker.conn.send(("stop",))
         deadline = time.monotonic() + 10
         for worker in self._workers:
+            if worker.heartbeat_age(time.monotonic()) > self.stall_seconds:
+                worker.kill()  # stopped (SIGSTOP): it would never read "stop"
             try:
                 worker.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self._kill(worker)
+                worker.kill()
                 worker.proc.wait()
             worker.conn.close()
+            worker.close_handles()
             worker.cleanup()
-        self.store.worker_gone(w.worker_id for w in self._workers)
+        with contextlib.suppress(StoreError):
+            self.store.worker_gone(w.worker_id for w in self._workers)
         self._workers.clear()
+
+    def _close_unfinished(self) -> None:
+        """At the end: a job with tasks nobody will run ends cancelled, never "running"."""
+        for run in list(self._runs.values()):
+            self._cancel_job(run.job_id)
 
     def _fail_everything(self, why: str, error: type[Exception] = WorkerLost) -> None:
         for run in list(self._runs.values()):

@@ -15,23 +15,25 @@ which are then simply run again).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, StoreError
 from ...protocol import (
     CANCELLED,
     FAILED,
@@ -193,9 +195,17 @@ class LocalStore:
 
     max_record_value_bytes = 1024 * 1024
 
+    #: Seconds a writer waits for SQLite's write lock. Longer than any local worker's stall
+    #: interval: a worker frozen while holding the lock is killed (and the lock released)
+    #: before anyone waiting for it gives up.
+    busy_timeout = 60.0
+
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.db_path = self.home / "store.sqlite"
+        #: True when the store could only be opened for reading (a read-only disk or copy):
+        #: jobs and results can be read, and every write says why it cannot be done.
+        self.read_only = False
         self._local = threading.local()
         self._payload_fds: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._check_home()
@@ -203,8 +213,8 @@ class LocalStore:
 
     # -- opening and validating ------------------------------------------------------------
 
-    def _refuse(self, why: str) -> ConfigurationError:
-        return ConfigurationError(
+    def _refuse(self, why: str) -> StoreError:
+        return StoreError(
             f"{self.db_path} {why}. fanout will not touch it: move it away, or point "
             "FANOUT_HOME (or backend option home=) at another directory."
         )
@@ -214,8 +224,20 @@ class LocalStore:
             raise ConfigurationError(
                 f"FANOUT_HOME {self.home} is a file, not a directory; point it at a directory"
             )
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "jobs").mkdir(exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            (self.home / "jobs").mkdir(exist_ok=True)
+        except OSError as exc:
+            if not (self.home / "jobs").is_dir():
+                raise StoreError(f"cannot create the fanout store at {self.home}: {exc}; "
+                                 "point FANOUT_HOME at a writable directory") from exc
+        # SQLite turns a zero-byte file into a new, empty store. Next to job data that file
+        # was a store once (truncated by a full disk, a bad copy): never paper over it.
+        if (self.db_path.is_file() and self.db_path.stat().st_size == 0
+                and any((self.home / "jobs").iterdir())):
+            raise self._refuse(
+                "is empty (zero bytes) although job data exists next to it in "
+                f"{self.home / 'jobs'}; it was a store once and may be restorable from a copy")
         # Never open the database file outside SQLite: closing any descriptor of it drops
         # every POSIX lock this process holds on it, and other connections here would then
         # write unprotected (the classic way to corrupt SQLite). SQLite itself reports a file
@@ -226,16 +248,19 @@ class LocalStore:
         if conn is not None:
             return conn
         try:
-            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 60000")
+            conn = self._open()
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             if app_id != APPLICATION_ID and tables:
                 conn.close()
                 raise self._refuse("is an SQLite database of another program, not a fanout store")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            if not self.read_only:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if self.read_only and (app_id != APPLICATION_ID or version < SCHEMA_VERSION):
+                conn.close()
+                raise self._refuse("is read-only and not (yet) a fanout store of this version")
             if app_id != APPLICATION_ID or version < SCHEMA_VERSION:
                 # New store, or one written by an older fanout: every statement of the
                 # schema is CREATE ... IF NOT EXISTS, so this creates what is missing.
@@ -253,18 +278,56 @@ class LocalStore:
                     f"was written by a newer fanout (schema {version}, this one knows "
                     f"{SCHEMA_VERSION}); upgrade fanout"
                 )
+        except sqlite3.OperationalError as exc:
+            raise self._failure(exc) from exc
         except sqlite3.DatabaseError as exc:
             raise self._refuse(f"cannot be read as a fanout store ({exc})") from exc
         self._local.conn = conn
         return conn
 
+    def _open(self) -> sqlite3.Connection:
+        """A connection for reading and writing, or for reading only when that is all we get."""
+        if not self.read_only:
+            try:
+                conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout,
+                                       isolation_level=None)
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                if os.access(self.home, os.W_OK) and (
+                        not self.db_path.exists() or os.access(self.db_path, os.W_OK)):
+                    raise
+        # A read-only disk or directory: SQLite cannot even create the WAL's shared-memory
+        # file, so open the file as immutable (nobody can be writing to it there).
+        self.read_only = True
+        uri = f"file:{self.db_path}?mode=ro"
+        if not os.access(self.home, os.W_OK):
+            uri += "&immutable=1"
+        return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
+
+    def _failure(self, exc: BaseException) -> StoreError:
+        """One message for a store that fails: which store, what SQLite said, what to do."""
+        text = str(exc)
+        if "full" in text:
+            hint = "free space on that disk; results stored so far are intact"
+        elif "readonly" in text or self.read_only:
+            hint = ("the store is read-only here: it can be read (`fanout jobs`, `status`, "
+                    "`results`) but jobs need a writable FANOUT_HOME")
+        elif "locked" in text or "busy" in text:
+            hint = (f"another process held its write lock for over {self.busy_timeout:g}s; "
+                    "a stopped (SIGSTOP) process may be holding it")
+        else:
+            hint = "check the disk; `fanout` commands that read may still work"
+        return StoreError(f"the fanout store {self.db_path} failed: {text} ({hint})")
+
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
-        """Wrap SQLite errors in one message that says which store failed."""
+        """Wrap SQLite errors in one StoreError that says which store failed and why."""
         try:
             yield conn or self._connect()
-        except sqlite3.DatabaseError as exc:
-            raise self._refuse(f"failed: {exc}") from exc
+        except (sqlite3.Error, UnicodeError) as exc:
+            raise self._failure(exc) from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -272,10 +335,12 @@ class LocalStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")  # a full disk may fail here: roll back then too
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _query(self, sql: str, params: Any = ()) -> list[Any]:
         with self._write() as conn:
@@ -384,15 +449,31 @@ class LocalStore:
 
     # -- payloads and functions ------------------------------------------------------------
 
+    @contextmanager
+    def writing_file(self, path: Path) -> Iterator[None]:
+        """Turn an OSError while writing ``path`` (full disk, read-only) into a StoreError."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write {path} in the fanout store: {exc.strerror or exc}"
+                + (" (free space on that disk)" if exc.errno == errno.ENOSPC else "")
+            ) from exc
+
     def write_object(self, job_id: str, name: str, data: bytes) -> None:
         directory = self.job_dir(job_id)
-        directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".{name}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, directory / name)
+        with self.writing_file(tmp):
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, directory / name)
+
+    def remove_job_files(self, job_id: str) -> None:
+        """Delete a job's directory: for a job whose start failed before it was recorded."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def open_payload(self, job_id: str, name: str) -> Any:
         directory = self.job_dir(job_id)
@@ -544,11 +625,12 @@ class LocalStore:
     def put_value_blob(self, job_id: str, task_index: int, attempt: int, data: bytes) -> str:
         ref = f"values/{task_index}.a{attempt}.{secrets.token_hex(4)}.pkl"
         directory = self.job_dir(job_id) / "values"
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(self.job_dir(job_id) / ref, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with self.writing_file(self.job_dir(job_id) / ref):
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(self.job_dir(job_id) / ref, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         return f"{job_id}/{ref}"
 
     def _blob_path(self, ref: str) -> Path:
@@ -683,6 +765,8 @@ class LocalStore:
 
     def prune_dead_workers(self) -> None:
         """Forget worker rows of processes on this host that no longer exist."""
+        if self.read_only:
+            return
         host = socket.gethostname()
         dead = [
             wid for wid, pid in self._query(

@@ -9,7 +9,9 @@ and sends back each result record after it is committed to the store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
+import logging
 import os
 import signal
 import sys
@@ -19,12 +21,19 @@ from multiprocessing.connection import Connection
 
 from ...capture import FdCapture
 from ...context import TaskContext
+from ...errors import StoreError
 from ...protocol import ResultRecord
-from ...runtime import WorkerRuntime
+from ...runtime import WorkerRuntime, safe_text
+from .beacon import Beacon
 from .store import LocalStore
+
+log = logging.getLogger("fanout.local.worker")
 
 #: After a task this long, the task loop commits its record itself (see ``put``).
 SYNC_COMMIT_AFTER_SECONDS = 0.001
+#: How long a commit that fails with a store error (full disk, a lock held too long) is
+#: retried before its tasks' futures get the StoreError: a moment's full disk costs nothing.
+COMMIT_RETRY_SECONDS = 5.0
 
 
 class GroupCommitter:
@@ -87,12 +96,43 @@ class GroupCommitter:
                     self._commit(batch)
 
     def _commit(self, batch: list[ResultRecord]) -> None:
-        stored = self.store.put_results(batch)
+        """Store ``batch`` and report it; a batch that cannot be stored is reported as such.
+
+        Nothing here may end the thread: a record the store refuses (full disk, read-only
+        store, a lock that is never released) is retried for ``COMMIT_RETRY_SECONDS`` and
+        then reported as "unstored" with the reason, so the supervisor fails exactly those
+        futures with a StoreError instead of waiting for them for ever.
+        """
+        deadline = time.monotonic() + COMMIT_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                stored = self.store.put_results(batch)
+                break
+            except StoreError as exc:
+                if time.monotonic() + delay > deadline:
+                    self._report(("unstored", [(r.job_id, r.task_index) for r in batch],
+                                  str(exc)))
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:  # a bug: say so on the futures, never die silently
+                log.exception("fanout worker could not store %d records", len(batch))
+                self._report(("unstored", [(r.job_id, r.task_index) for r in batch],
+                              f"the worker could not store the result: {safe_text(repr(exc))}"))
+                return
         for record, kept in zip(batch, stored, strict=True):
-            self.runtime.settle(record, kept)
+            try:
+                self.runtime.settle(record, kept)
+            except Exception:  # leftovers (a blob, a checkpoint) only cost space
+                log.exception("fanout worker could not clean up after task %d",
+                              record.task_index)
+        self._report(("results", stored))
+
+    def _report(self, message: tuple[object, ...]) -> None:
         if self._reporting:
             try:
-                self.conn.send(("results", stored))
+                self.conn.send(message)
             except OSError:
                 # The supervisor is gone. Keep committing what the task loop still
                 # finishes: those results are stored, so a retry will not redo them.
@@ -138,11 +178,14 @@ class RunningMarker:
                 continue
             if target is not marked:
                 marked = target
-                if target is None:
-                    self.store.worker_running(self.worker_id, None, None, None)
-                else:
-                    self.store.worker_running(self.worker_id, target.job_id, target.task_index,
-                                              target.attempt)
+                try:
+                    if target is None:
+                        self.store.worker_running(self.worker_id, None, None, None)
+                    else:
+                        self.store.worker_running(self.worker_id, target.job_id,
+                                                  target.task_index, target.attempt)
+                except StoreError:
+                    marked = None  # only `fanout status` misses it; try again next time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,19 +193,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--home", required=True)
     parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--beacon-fd", type=int, required=True)
+    parser.add_argument("--stall-seconds", type=float, required=True)
     args = parser.parse_args(argv)
 
     # Ctrl-C in the terminal reaches the whole process group; the client decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Keep our end of the socket out of processes a task starts: a child that outlives this
+    # worker must not look like it to the supervisor (it watches our pid as well).
+    os.set_inheritable(args.fd, False)
     conn = Connection(args.fd)
+    beacon = Beacon(args.beacon_fd)
+    os.close(args.beacon_fd)  # the mapping stays; the descriptor would only leak to children
+    beacon.beat_forever(args.stall_seconds / 5)
     store = LocalStore(args.home)
     capture = FdCapture(directory=str(store.home))
     faulthandler.enable(file=sys.stderr)  # a segfault's traceback lands in the task's stderr
     worker_id = args.worker_id
-    store.worker_started(worker_id, os.getpid())
+    with contextlib.suppress(StoreError):  # only `fanout status` would miss this worker
+        store.worker_started(worker_id, os.getpid())
 
     marker = RunningMarker(store, worker_id)
-    runtime = WorkerRuntime(store, worker_id, capture, on_start=marker.set)
+
+    def on_start(ctx: TaskContext | None) -> None:
+        if ctx is None:
+            beacon.task_finished()
+        else:
+            beacon.task_started(*capture.offsets())
+        marker.set(ctx)
+
+    runtime = WorkerRuntime(store, worker_id, capture, on_start=on_start)
     committer = GroupCommitter(runtime, store, conn)
     runtime.sink = committer.put
     parent = os.getppid()
@@ -185,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
     finally:
         committer.close()
-        store.worker_gone([worker_id])
+        with contextlib.suppress(StoreError):  # `fanout status` prunes dead pids anyway
+            store.worker_gone([worker_id])
         capture.close()
     return 0
 
