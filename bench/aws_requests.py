@@ -5,9 +5,9 @@
 Runs one job on ``fanout.testing.emulated_aws()`` (moto executing the real state machine,
 the real handlers), counts every request the emulated services receive by service and
 operation, and turns the counts into a cost model for 1,000,000 one-second tasks on
-1,769 MB Lambda workers with public us-east-1 prices. Lambda cold starts are counted
-pessimistically: the emulation starts a fresh interpreter for every invocation, so every
-chunk re-reads the job's spec and function, which a warm Lambda container does not.
+1,769 MB Lambda workers with public us-east-1 prices. Like Lambda, the emulation keeps
+execution environments warm between invocations (up to 4 idle per function), so a chunk
+re-reads the job's spec and function only on a cold start.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def sample_value(result_bytes: int) -> bytes:
 
 def today_item(result_bytes: int) -> dict[str, Any]:
     """Today's task record exactly as ``AwsStore._item`` writes it."""
-    from fanout.backends.aws.store import AwsStore
+    from fanout.backends.aws.store import AwsConfig, AwsStore
     from fanout.backends.local.store import new_job_id
     from fanout.protocol import SUCCEEDED, ResultRecord
 
@@ -208,7 +208,9 @@ def today_item(result_bytes: int) -> dict[str, Any]:
                           value_ref=None if len(value) <= TODAY_INLINE_LIMIT
                           else "job/values/123456.a1.0123abcd.pkl",
                           extra={"checkpoint": False})
-    return AwsStore._item(record)
+    # A store that is never asked to reach AWS: boto3 clients are created, nothing is sent.
+    store = AwsStore(AwsConfig(bucket="b", table="t", state_machine_arn="arn", region="us-east-1"))
+    return store._item(record)
 
 
 def page_item(tasks: int, result_bytes: int) -> dict[str, Any]:

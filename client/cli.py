@@ -359,16 +359,21 @@ def _dashboard_token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .backends import backend_name
     from .web.server import make_server
 
     token = _dashboard_token(args)
-    server = make_server(args.host, args.port, token=token, backend=args.backend,
+    # On AWS the deployed API wants SigV4-signed requests, which a browser cannot make: this
+    # serves the same API and page on this machine, reading the stack with your own
+    # credentials (the profile or role boto3 finds).
+    backend = args.dashboard_backend or args.backend
+    server = make_server(args.host, args.port, token=token, backend=backend,
                          **_backend_options(args))
     host = f"[{args.host}]" if ":" in args.host else args.host
     hint = ("; open it with #token=YOUR-TOKEN after the address (the fragment is never sent)"
             if token else "")
-    print(f"fanout dashboard: http://{host}:{args.port}/  (Ctrl-C to stop{hint})",
-          flush=True)
+    print(f"fanout dashboard ({backend_name(backend)} backend): http://{host}:{args.port}/  "
+          f"(Ctrl-C to stop{hint})", flush=True)
     try:
         server.server.serve_forever()  # Chalice's serve_forever() would print the URL again
     except KeyboardInterrupt:
@@ -481,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "FANOUT_DASHBOARD_TOKEN); required beyond "
                                                 "loopback")
     dashboard.add_argument("--token", help=argparse.SUPPRESS)  # refused with a reason
+    dashboard.add_argument("--backend", dest="dashboard_backend",
+                           help="local or aws (the stack `fanout configure` saved)")
     add("doctor", cmd_doctor, "check this installation and the local store")
     return parser
 

@@ -37,9 +37,11 @@ def python_version() -> str:
 def package_versions() -> dict[str, str]:
     """Versions that must agree between client and worker for pickles to load."""
     versions = {}
-    for name in ("fanout", "cloudpickle", "numpy"):
+    # fanout's distribution is fanout-futures (PyPI's "fanout" is another project)
+    for name, dist in (("fanout", "fanout-futures"), ("cloudpickle", "cloudpickle"),
+                       ("numpy", "numpy")):
         try:
-            versions[name] = importlib.metadata.version(name)
+            versions[name] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions

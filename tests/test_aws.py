@@ -28,9 +28,8 @@ TESTS = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
-    home = tmp_path_factory.mktemp("aws-home")
-    os.environ["FANOUT_HOME"] = str(home)
-    with emulated_aws() as emulation:
+    with pytest.MonkeyPatch.context() as patch, emulated_aws() as emulation:
+        patch.setenv("FANOUT_HOME", str(tmp_path_factory.mktemp("aws-home")))
         yield emulation
 
 
@@ -325,3 +324,80 @@ def test_task_timeout_is_enforced_on_aws(ex: fanout.Executor, tier: str) -> None
     with pytest.raises(fanout.TaskTimeout, match=r"timeout=1\.0"):
         slow.result(timeout=120)
     assert quick.result(timeout=120) == 0.0
+
+
+def test_2000_tasks_in_chunks_of_200_on_batch(aws: EmulatedAws) -> None:
+    # 200 tasks inline would be ~12.7 KB of container overrides (ECS allows 8,192
+    # characters): the job works because a Batch job receives a reference to its chunk.
+    with fanout.Executor(backend="aws", progress=False, chunksize=200, tier="batch",
+                         **aws.backend_options) as ex:
+        results = ex.map(tasks.square, range(2000))
+        assert list(results) == [x * x for x in range(2000)]
+    records = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options).records()
+    assert len(records) == 2000 and all(r.worker_id.startswith("batch/") for r in records)
+    assert len({r.worker_id for r in records}) == 10  # one Batch job per chunk
+    assert aws.events["overrides_too_long"] == 0
+
+
+def draw(_: int) -> float:
+    import numpy  # from worker-requirements.txt, on either tier
+
+    rng = fanout.task_rng()
+    assert isinstance(rng, numpy.random.Generator)
+    return float(rng.standard_normal())
+
+
+@pytest.mark.parametrize("tier", ["lambda", "batch"])
+def test_tasks_import_numpy_on_both_tiers(aws: EmulatedAws, tier: str) -> None:
+    with fanout.Executor(backend="aws", progress=False, tier=tier, seed=7, chunksize=4,
+                         **aws.backend_options) as ex:
+        remote = list(ex.map(draw, range(8)))
+    with fanout.Executor(max_workers=1, seed=7, chunksize=4, progress=False) as ex:
+        assert remote == list(ex.map(draw, range(8)))  # same seeds, same draws as locally
+
+
+def test_a_schedule_outlives_the_payload_expiry(aws: EmulatedAws) -> None:
+    options = aws.backend_options
+    with fanout.Executor(backend="aws", progress=False, **options) as ex:
+        ex.schedule("monthly", tasks.square, [2, 3], cron="cron(0 3 1 * ? *)")
+        backend = ex.backend
+        aws.fire_schedule("monthly")
+        eventually(lambda: backend.schedule_runs("monthly"), what="the first run")
+        first = backend.schedule_runs("monthly")[0]["job_id"]
+        job = fanout.Job.attach(first, backend="aws", **options)
+        assert job.results(timeout=120) == [4, 9]
+        eventually(lambda: backend.schedule_runs("monthly")[0]["state"] == "finished",
+                   what="the first run to finish")
+        # Past PayloadRetentionDays (30): the lifecycle rule removes every job object, as
+        # on AWS; the schedule's own definition must survive it.
+        s3 = aws.client("s3")
+        removed = aws.advance_clock(days=31)
+        assert removed["objects"] > 0
+        left = s3.list_objects_v2(Bucket=options["bucket"], Prefix=f"jobs/{first}/")
+        assert left.get("KeyCount", 0) == 0
+        aws.fire_schedule("monthly")
+        eventually(lambda: len(backend.schedule_runs("monthly")) == 2, what="a later run")
+        later = backend.schedule_runs("monthly")[0]["job_id"]
+        assert later and later != first
+        assert fanout.Job.attach(later, backend="aws", **options).results(timeout=120) == [4, 9]
+        backend.delete_schedule("monthly")
+
+
+def test_a_worker_built_from_other_requirements_is_refused_before_upload(
+        aws: EmulatedAws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fanout.backends.aws import backend as aws_backend
+
+    other = tmp_path / "worker-requirements.txt"
+    other.write_text("numpy>=1.26\nscipy>=1.11\n")
+    monkeypatch.setenv("FANOUT_WORKER_REQUIREMENTS", str(other))
+    monkeypatch.setattr(aws_backend, "_WORKER_BUILDS", {})
+    s3 = aws.client("s3")
+    before = s3.list_objects_v2(Bucket=aws.backend_options["bucket"]).get("KeyCount", 0)
+    with fanout.Executor(backend="aws", progress=False, **aws.backend_options) as ex, \
+            pytest.raises(fanout.ConfigurationError) as refused:
+        ex.submit(tasks.square, 3)
+    message = str(refused.value)
+    assert "worker-requirements.txt" in message and str(other) in message
+    assert "sam build && sam deploy" in message
+    after = s3.list_objects_v2(Bucket=aws.backend_options["bucket"]).get("KeyCount", 0)
+    assert after == before  # nothing uploaded

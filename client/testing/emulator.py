@@ -4,14 +4,23 @@
 the pieces of ``template.yaml`` itself (its functions' handlers and environment, the
 definition file and its substitutions, the Batch job definition and retry strategy), so the
 tested definition is the deployed one. moto's Step Functions interpreter runs the
-definition; its Lambda invocations run ``functions/`` handlers in fresh interpreters and its
+definition; its Lambda invocations run ``functions/`` handlers in local interpreters that
+stay warm between invocations, as Lambda's execution environments do, and its
 Batch jobs run the container command as a local process. Everything stays on loopback.
 
 What moto 5.2 lacks is filled in here, and only here: Batch's ``submitJob.sync``
 parameters and responses are normalised between the ASL's and the API's casing, Batch
 retry strategies are applied, a stopped execution's workers are ended (moto waits for
 running states), and ``jsonpath_ng`` parses are memoised (the interpreter re-parsed every
-path on every lookup).
+path on every lookup). The interpreter's own AWS clients retry a dropped connection the way
+the SDK's standard retry mode does (moto builds them with retries off, so a connection the
+loaded local server closed failed the chunk as ``States.Runtime``).
+
+What moto lets through and AWS does not is refused here (``fanout.testing.limits``, each
+limit with its source): duplicated state names, an execution input over 256 KiB, Batch
+container overrides over 8,192 characters, a Lambda payload over 6 MB (1 MB
+asynchronous), invocations above the account's Lambda concurrency quota (throttled with
+``TooManyRequestsException``), and Fargate vCPU/memory pairs that do not exist.
 
 Fault knobs: Lambda throttling (``TooManyRequestsException`` before the function runs),
 worker crashes (the Lambda process exits after storing a result), Spot interruptions (a
@@ -30,12 +39,15 @@ import json
 import logging
 import os
 import random
+import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -44,8 +56,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import limits
+
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
+#: Idle execution environments kept per function (Lambda keeps them for minutes).
+WARM_ENVIRONMENTS = 4
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,10 @@ class Faults:
     lambda_timeout_tasks: frozenset[int] = frozenset()
     lambda_timeout_seconds: float = 2.0
     seed: int = 0
+    lambda_concurrency: int = limits.LAMBDA_DEFAULT_CONCURRENCY
+    #: A file path: the first Batch attempt during which it appears is reclaimed at that
+    #: moment (deterministic Spot interruption; the file is removed for the retry).
+    spot_interrupt_on: str | None = None
 
 
 @dataclass
@@ -71,6 +91,8 @@ class EmulatedAws:
     requests: collections.Counter[tuple[str, str, str]] = field(
         default_factory=collections.Counter)
     events: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Seconds the emulated clock is ahead of the real one (``advance_clock``).
+    clock_offset: float = 0.0
 
     @property
     def backend_options(self) -> dict[str, Any]:
@@ -85,6 +107,9 @@ class EmulatedAws:
             "schedule_dlq_arn": self.outputs["ScheduleDeadLetterQueueArn"],
             "region": REGION,
             "python_runtime": self.outputs["PythonRuntime"],
+            "retention_days": self.outputs["ResultRetentionDays"],
+            "max_concurrency": self.outputs["MaxConcurrency"],
+            "worker_function_arn": self.outputs["WorkerFunctionArn"],
         }
 
     def client(self, service: str) -> Any:
@@ -92,6 +117,51 @@ class EmulatedAws:
 
         return boto3.session.Session(region_name=REGION).client(
             service, endpoint_url=self.endpoint_url)
+
+    def fire_schedule(self, name: str) -> str:
+        """Do what EventBridge Scheduler does when ``name`` is due: start its target with
+        its input. Returns the execution ARN."""
+        group = self.outputs["ScheduleGroupName"]
+        target = self.client("scheduler").get_schedule(Name=name, GroupName=group)["Target"]
+        response = self.client("stepfunctions").start_execution(
+            stateMachineArn=target["Arn"], name=uuid.uuid4().hex, input=target["Input"])
+        return str(response["executionArn"])
+
+    def advance_clock(self, days: float) -> dict[str, int]:
+        """Move the emulated clock ``days`` ahead and do what AWS does by then.
+
+        The payload bucket's lifecycle rules delete objects older than their expiration
+        under their prefix (S3 rounds to the next midnight UTC and runs daily: the objects
+        are gone some time after; docs.aws.amazon.com/AmazonS3/latest/API/
+        API_LifecycleExpiration.html), and DynamoDB's TTL deletes items whose ``expires`` is
+        past ("typically within two days"; .../amazondynamodb/latest/APIReference/
+        API_UpdateTimeToLive.html). Returns how many objects and items were deleted.
+        """
+        self.clock_offset += days * 86400
+        now = time.time() + self.clock_offset
+        s3, deleted = self.client("s3"), {"objects": 0, "items": 0}
+        bucket = self.outputs["PayloadBucketName"]
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        for rule in rules:
+            days_to_live = rule.get("Expiration", {}).get("Days")
+            if rule.get("Status") != "Enabled" or not days_to_live:
+                continue
+            prefix = rule.get("Filter", {}).get("Prefix", rule.get("Prefix", ""))
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                      Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    if obj["LastModified"].timestamp() + days_to_live * 86400 <= now:
+                        s3.delete_object(Bucket=bucket, Key=obj["Key"])
+                        deleted["objects"] += 1
+        dynamodb = self.client("dynamodb")
+        table = self.outputs["ResultsTableName"]
+        for page in dynamodb.get_paginator("scan").paginate(TableName=table):
+            for item in page["Items"]:
+                if "expires" in item and float(item["expires"]["N"]) <= now:
+                    dynamodb.delete_item(TableName=table, Key={
+                        "job_id": item["job_id"], "item": item["item"]})
+                    deleted["items"] += 1
+        return deleted
 
     def state_transitions(self, execution_arn: str) -> int:
         """StateEntered events of an execution (Step Functions bills per transition)."""
@@ -127,7 +197,9 @@ class Template:
         self.path = path
         self.data = cfn_yaml.load(str(path))
         self.refs: dict[str, Any] = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
-                                     "AWS::Partition": "aws", "AWS::StackName": "fanout-emulated"}
+                                     "AWS::Partition": "aws", "AWS::StackName": "fanout-emulated",
+                                     "AWS::StackId": f"arn:aws:cloudformation:{REGION}:"
+                                     f"{ACCOUNT}:stack/fanout-emulated/emulated"}
         self.attrs: dict[tuple[str, str], Any] = {}
         for name, spec in self.data.get("Parameters", {}).items():
             value = parameters.get(name, spec.get("Default"))
@@ -160,6 +232,18 @@ class Template:
         if isinstance(value, list):
             return [self.resolve(v) for v in value]
         return value
+
+
+def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation lifecycle rule in the S3 API's shape."""
+    out: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"],
+                           "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "ExpirationInDays" in rule:
+        out["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        out["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": int(
+            rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
+    return out
 
 
 def _camel(value: Any) -> Any:
@@ -195,9 +279,13 @@ def create_stack(template: Template) -> dict[str, str]:
         return str(iam.create_role(RoleName=f"{name}-{suffix}",
                                    AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
 
-    for name, _props in template.resources("AWS::S3::Bucket"):
+    for name, props in template.resources("AWS::S3::Bucket"):
         bucket = f"fanout-emulated-{name.lower()}-{suffix}"
         s3.create_bucket(Bucket=bucket)
+        rules = template.resolve(props.get("LifecycleConfiguration", {}).get("Rules", []))
+        if rules:
+            s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={
+                "Rules": [_lifecycle_rule(rule) for rule in rules]})
         template.refs[name] = bucket
         template.attrs[(name, "Arn")] = f"arn:aws:s3:::{bucket}"
     for name, props in template.resources("AWS::DynamoDB::Table"):
@@ -270,6 +358,8 @@ def create_stack(template: Template) -> dict[str, str]:
     for name, props in template.resources("AWS::Batch::JobDefinition"):
         resolved = _camel(template.resolve(props))
         container = resolved["containerProperties"]
+        for variable in container.get("environment", []):  # CloudFormation passes strings
+            variable["value"] = str(variable["value"])
         response = batch.register_job_definition(
             jobDefinitionName=f"{name}-{suffix}", type=resolved["type"],
             containerProperties={k: container[k] for k in
@@ -289,6 +379,10 @@ def create_stack(template: Template) -> dict[str, str]:
         template.refs[name] = response["stateMachineArn"]
     for name, props in deferred:
         create_function(name, props)
+    for name, props in template.resources("AWS::IAM::ManagedPolicy"):
+        document = template.resolve(props["PolicyDocument"])
+        template.refs[name] = iam.create_policy(
+            PolicyName=f"{name}-{suffix}", PolicyDocument=json.dumps(document))["Policy"]["Arn"]
     return {key: str(template.resolve(out["Value"]))
             for key, out in template.data.get("Outputs", {}).items()}
 
@@ -309,6 +403,8 @@ class _Bridge:
         self.lock = threading.Lock()
         self.running: dict[subprocess.Popen[bytes], str] = {}  # worker process -> job id
         self.closed = False
+        self.in_flight = 0  # Lambda invocations running now (the concurrency quota)
+        self.idle: dict[str, list[subprocess.Popen[bytes]]] = {}  # warm environments
 
     def _started(self, proc: subprocess.Popen[bytes], job_id: str) -> None:
         with self.lock:
@@ -324,9 +420,11 @@ class _Bridge:
     def kill(self, job_id: str | None = None) -> None:
         """Kill the workers of ``job_id`` (its execution was stopped), or all of them."""
         with self.lock:
+            victims = [p for p, job in self.running.items() if job_id in (None, job)]
             if job_id is None:
                 self.closed = True
-            victims = [p for p, job in self.running.items() if job_id in (None, job)]
+                victims += [p for procs in self.idle.values() for p in procs]
+                self.idle.clear()
         for proc in victims:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -336,11 +434,13 @@ class _Bridge:
             return rate > 0 and self.rng.random() < rate
 
     def invoke_lambda(self, function: Any, event: Any) -> tuple[str, bool, str]:
-        """Run one invocation of ``function`` (moto's model) in a fresh interpreter."""
+        """Run one invocation of ``function`` (moto's model) in one of its execution
+        environments: a warm one when one is idle, as on Lambda, else a new interpreter."""
         text = event if isinstance(event, str) else json.dumps(event or {})
         timeout = float(function.timeout)
         chunk = json.loads(text).get("chunk") or {}
-        task_indexes = {t[0] for t in chunk.get("tasks", [])}
+        task_indexes = {t[0] for t in _chunk_tasks(chunk)}
+        self.events["lambda_invocations"] += 1
         if task_indexes & self.faults.lambda_timeout_tasks:
             timeout = min(timeout, self.faults.lambda_timeout_seconds)
         crash_after = None
@@ -349,42 +449,105 @@ class _Bridge:
             self.events["lambda_crash"] += 1
         with tempfile.TemporaryDirectory() as tmp:
             response_path = os.path.join(tmp, "response.json")
+            log_path = os.path.join(tmp, "log.txt")
             request = {"root": str(self.root), "handler": function.handler, "event": text,
-                       "response": response_path, "request_id": str(uuid.uuid4()),
+                       "response": response_path, "log": log_path,
+                       "request_id": str(uuid.uuid4()),
                        "function_name": function.function_name,
                        "memory": str(function.memory_size), "timeout": timeout,
                        "crash_after": crash_after}
-            env = {**self.env, **{k: str(v) for k, v in function.environment_vars.items()}}
-            proc = subprocess.Popen([sys.executable, "-m", "fanout.testing.lambda_runner"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env=env, cwd=str(self.root))
+            proc = self._environment(function)
             self._started(proc, chunk.get("job_id") or json.loads(text).get("job_id", ""))
             try:
-                logs, _ = proc.communicate(json.dumps(request).encode(), timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                logs, _ = proc.communicate()
-                self.events["lambda_timeout"] += 1
-                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
-                                   f"Task timed out after {timeout:.2f} seconds"}), True, \
-                    logs.decode(errors="replace")
+                answered = self._call(proc, request, timeout)
             finally:
                 self._ended(proc)
-            log_text = logs.decode(errors="replace")
-            if proc.returncode != 0 or not os.path.exists(response_path):
+            log_text = ""
+            if os.path.exists(log_path):
+                with open(log_path, "rb") as log:
+                    log_text = log.read().decode(errors="replace")
+            if answered is None:
+                proc.kill()
+                proc.wait()
+                self.events["lambda_timeout"] += 1
+                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
+                                   f"Task timed out after {timeout:.2f} seconds"}), True, log_text
+            if not answered or not os.path.exists(response_path):
+                code = proc.wait()
                 return json.dumps({"errorType": "Runtime.ExitError", "errorMessage":
-                                   f"Runtime exited with error: exit status {proc.returncode}"}
+                                   f"Runtime exited with error: exit status {code}"}
                                   ), True, log_text
+            self._release(function, proc, reuse=crash_after is None)
             with open(response_path) as handle:
                 response = json.load(handle)
         if "ok" in response:
             return json.dumps(response["ok"]), False, log_text
         return json.dumps(response), True, log_text
 
+    def _environment(self, function: Any) -> subprocess.Popen[bytes]:
+        """A warm execution environment of ``function``, or a new one (a cold start)."""
+        with self.lock:
+            idle = self.idle.setdefault(function.function_name, [])
+            while idle:
+                proc = idle.pop()
+                if proc.poll() is None:
+                    return proc
+        self.events["lambda_cold_starts"] += 1
+        env = {**self.env, **{k: str(v) for k, v in function.environment_vars.items()}}
+        return subprocess.Popen([sys.executable, "-m", "fanout.testing.lambda_runner"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=env, cwd=str(self.root))
+
+    def _release(self, function: Any, proc: subprocess.Popen[bytes], reuse: bool) -> None:
+        """Keep the environment warm for the next invocation, or let it go."""
+        with self.lock:
+            idle = self.idle.setdefault(function.function_name, [])
+            if reuse and not self.closed and len(idle) < WARM_ENVIRONMENTS:
+                idle.append(proc)
+                return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    @staticmethod
+    def _call(proc: subprocess.Popen[bytes], request: dict[str, Any],
+              timeout: float) -> bool | None:
+        """Send one request; True when answered, False when the process died, None when
+        ``timeout`` passed first."""
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            return False
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        return proc.stdout.readline() == b"done\n"
+
     def throttle(self) -> None:
         if self.chance(self.faults.throttle_rate):
             self.events["lambda_throttle"] += 1
             raise _TooManyRequests()
+
+    @contextlib.contextmanager
+    def concurrency(self) -> Iterator[None]:
+        """One running invocation; above the quota Lambda throttles instead of queueing."""
+        with self.lock:
+            if self.in_flight >= self.faults.lambda_concurrency:
+                self.events["lambda_quota_throttle"] += 1
+                raise _TooManyRequests()
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     def run_batch_job(self, job: Any) -> None:
         """moto's ``batch.models.Job.run`` without Docker: the command as a local process."""
@@ -401,6 +564,14 @@ class _Bridge:
                     "environment", []):
                 env[item["name"]] = item["value"]
             env["AWS_BATCH_JOB_ID"] = job.job_id
+            length = limits.overrides_length(job.container_overrides or {})
+            if length > limits.ECS_OVERRIDES_MAX_CHARS:
+                self.events["overrides_too_long"] += 1
+                job.job_stopped_reason = (
+                    "Container Overrides length must be at most "
+                    f"{limits.ECS_OVERRIDES_MAX_CHARS} (got {length})")
+                job._mark_stopped(success=False)
+                return
             strategy = job.job_definition.retry_strategy or {}
             attempts = int(strategy.get("attempts", 1))
             limit = float((job.timeout or {}).get("attemptDurationSeconds")
@@ -425,33 +596,53 @@ class _Bridge:
     def _batch_attempt(self, command: list[str], env: dict[str, str],
                        limit: float) -> tuple[int, str]:
         interrupt = self.chance(self.faults.spot_interruption_rate)
+        self.events["batch_attempts"] += 1
         proc = subprocess.Popen(command, env=env, cwd=str(self.root), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-        chunk = json.loads(env.get("FANOUT_CHUNK", "{}"))
+        chunk = json.loads(env.get("FANOUT_CHUNK_REF", "{}"))
         self._started(proc, chunk.get("job_id", ""))
         try:
             return self._wait_attempt(proc, interrupt, limit)
         finally:
             self._ended(proc)
 
+    def _notice_when_file(self, proc: subprocess.Popen[bytes], limit: float) -> bool:
+        """Wait for the ``spot_interrupt_on`` file (or the attempt's end); claim it once."""
+        path = self.faults.spot_interrupt_on
+        if not path:
+            return False
+        deadline = time.monotonic() + limit
+        while proc.poll() is None and time.monotonic() < deadline:
+            with self.lock:
+                if os.path.exists(path):
+                    os.unlink(path)
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _reclaim(self, proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+        """Spot's two-minute warning, compressed: SIGTERM, then the Spot status reason."""
+        self.events["spot_interruption"] += 1
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.read()
+        return (proc.returncode or 143), "Your Spot Task was interrupted."
+
     def _wait_attempt(self, proc: subprocess.Popen[bytes], interrupt: bool,
                       limit: float) -> tuple[int, str]:
+        if self._notice_when_file(proc, limit):
+            return self._reclaim(proc)
         if interrupt:
-            self.events["spot_interruption"] += 1
             with self.lock:
                 notice = self.rng.uniform(0.05, 0.6)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=notice)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)  # Spot's two-minute warning, compressed
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.read()
-            return (proc.returncode or 143), "Your Spot Task was interrupted."
+            return self._reclaim(proc)
         try:
             proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -460,6 +651,21 @@ class _Bridge:
             return 137, "Job attempt duration exceeded timeout"
         code = proc.returncode
         return code, "Essential container in task exited" if code else ""
+
+
+def _chunk_tasks(chunk: dict[str, Any]) -> list[list[Any]]:
+    """A map item's tasks: inline, or read from moto's S3 where its reference points."""
+    if "tasks" in chunk or "key" not in chunk:
+        return list(chunk.get("tasks", []))
+    from moto.s3.models import s3_backends
+
+    start, length = int(chunk["offset"]), int(chunk["length"])
+    for backend in s3_backends[ACCOUNT].values():
+        for candidate in backend.buckets.values():
+            key = candidate.keys.get(chunk["key"])
+            if key is not None:
+                return list(json.loads(key.value[start:start + length])["tasks"])
+    return []
 
 
 def _exit_action(rules: list[dict[str, str]], reason: str, code: int) -> str:
@@ -588,7 +794,11 @@ def emulated_aws(
     lambda_timeout_tasks: frozenset[int] | set[int] = frozenset(),
     lambda_timeout_seconds: float = 2.0,
     seed: int = 0,
+    lambda_concurrency: int = limits.LAMBDA_DEFAULT_CONCURRENCY,
+    spot_interrupt_on: str | os.PathLike[str] | None = None,
     template: str | os.PathLike[str] | None = None,
+    parameters: dict[str, str | int] | None = None,
+    progress_every: float | None = 30.0,
 ) -> Iterator[EmulatedAws]:
     """Run the fanout stack offline for the duration of the ``with`` block.
 
@@ -596,10 +806,15 @@ def emulated_aws(
     its children), so ``Executor(backend="aws", **aws.backend_options)`` and
     ``Job.attach(job_id, backend="aws", **aws.backend_options)`` reach the emulation. One
     emulation per process at a time.
+
+    ``parameters`` override the template's parameters (e.g. ``ResultRetentionDays``);
+    ``lambda_concurrency`` is the account's Lambda quota (a new account's by default);
+    ``progress_every`` seconds, a line on stderr tells what the emulation has run (None: quiet).
     """
     from moto.awslambda.models import LambdaBackend, LambdaFunction
-    from moto.batch.models import Job
-    from moto.core.exceptions import JsonRESTError
+    from moto.batch.exceptions import ClientException as BatchClientException
+    from moto.batch.models import BatchBackend, Job
+    from moto.core.exceptions import AWSError, JsonRESTError
     from moto.moto_api._internal.models import moto_api_backend
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -610,13 +825,15 @@ def emulated_aws(
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_batch,
     )
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
     from werkzeug.serving import make_server
 
     if not _active.acquire(blocking=False):
         raise RuntimeError("an emulated AWS is already running in this process")
     root = Path(template).resolve().parent if template else project_root()
     faults = Faults(throttle_rate, crash_rate, spot_interruption_rate,
-                    frozenset(lambda_timeout_tasks), lambda_timeout_seconds, seed)
+                    frozenset(lambda_timeout_tasks), lambda_timeout_seconds, seed,
+                    lambda_concurrency, str(spot_interrupt_on) if spot_interrupt_on else None)
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     minor = "{}.{}".format(*sys.version_info[:2])
@@ -641,8 +858,48 @@ def emulated_aws(
         def __init__(self) -> None:
             super().__init__("TooManyRequestsException", "Rate exceeded (emulated throttle)")
 
+    class TooLarge(JsonRESTError):
+        code = 413
+
+        def __init__(self, message: str) -> None:
+            super().__init__("RequestTooLargeException", message)
+
     original_invoke = LambdaBackend.invoke
     original_stop = StepFunctionBackend.stop_execution
+    original_create = StepFunctionsParserBackend.create_state_machine
+    original_start = StepFunctionsParserBackend.start_execution
+    original_register = BatchBackend.register_job_definition
+
+    def create_state_machine(self: Any, name: str, definition: str, *args: Any,
+                             **kwargs: Any) -> Any:
+        try:
+            limits.check_definition(definition)
+        except limits.LimitExceeded as exc:
+            raise AWSError(f"Invalid State Machine Definition: '{exc}'",
+                           "InvalidDefinition") from None
+        # AWS's schema wants an integer percentage; moto 5.2's parser only takes a float.
+        definition = re.sub(r'("ToleratedFailurePercentage"\s*:\s*)(\d+)(\s*[,}])',
+                            r"\1\2.0\3", definition)
+        return original_create(self, name, definition, *args, **kwargs)
+
+    def start_execution(self: Any, state_machine_arn: str, name: Any = None,
+                        execution_input: Any = None, *args: Any, **kwargs: Any) -> Any:
+        try:
+            limits.check_state_io(execution_input or "", "the execution input")
+        except limits.LimitExceeded as exc:
+            raise AWSError(str(exc), "InvalidExecutionInput") from None
+        return original_start(self, state_machine_arn, name, execution_input, *args, **kwargs)
+
+    def register_job_definition(self: Any, *args: Any, **kwargs: Any) -> Any:
+        container = kwargs.get("container_properties") or {}
+        if "FARGATE" in (kwargs.get("platform_capabilities") or []):
+            need = {r["type"]: str(r["value"]) for r in container.get(
+                "resourceRequirements", [])}
+            try:
+                limits.check_fargate(need.get("VCPU", ""), need.get("MEMORY", ""))
+            except limits.LimitExceeded as exc:
+                raise BatchClientException(str(exc)) from None
+        return original_register(self, *args, **kwargs)
 
     def stop_execution(self: Any, execution_arn: str) -> Any:
         """Real AWS aborts at once; moto waits for running states, so end their workers."""
@@ -651,17 +908,26 @@ def emulated_aws(
             bridge.kill(json.loads(execution.execution_input).get("job_id"))
         return execution
 
-    def invoke(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
+               response_headers: Any) -> Any:
+        asynchronous = (headers or {}).get("x-amz-invocation-type") == "Event"
+        try:
+            limits.check_lambda_payload(body or b"", asynchronous)
+        except limits.LimitExceeded as exc:
+            raise TooLarge(str(exc)) from None
         try:
             bridge.throttle()
+            with bridge.concurrency():
+                return original_invoke(self, function_name, qualifier, body, headers,
+                                       response_headers)
         except _TooManyRequests:
             raise TooManyRequests() from None
-        return original_invoke(self, *args, **kwargs)
 
     class QuietHandler(MotoRequestHandler):
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
 
+    stop_reporting = threading.Event()
     app = _counting(DomainDispatcherApplication(create_backend_app), requests)
     server = make_server("127.0.0.1", port, app, True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="fanout-emulated-aws",
@@ -673,6 +939,15 @@ def emulated_aws(
             stack.enter_context(_patched(LambdaBackend, "invoke", invoke))
             stack.enter_context(_patched(Job, "run", lambda job: bridge.run_batch_job(job)))
             stack.enter_context(_patched(StepFunctionBackend, "stop_execution", stop_execution))
+            stack.enter_context(_patched(StepFunctionsParserBackend, "create_state_machine",
+                                         create_state_machine))
+            stack.enter_context(_patched(StepFunctionsParserBackend, "start_execution",
+                                         start_execution))
+            stack.enter_context(_patched(BatchBackend, "register_job_definition",
+                                         register_job_definition))
+            for module in _client_modules():
+                stack.enter_context(_patched(module, "boto_client_for",
+                                             _retrying_client(module.boto_client_for)))
             parser_log = logging.getLogger("moto.stepfunctions.parser")
             stack.enter_context(_patched(parser_log, "level", logging.CRITICAL))
             batch_service = state_task_service_batch.StateTaskServiceBatch
@@ -689,14 +964,21 @@ def emulated_aws(
                                          "batch": {"use_docker": True},
                                          "lambda": {"use_docker": True}})
             thread.start()
-            parsed = Template(root / "template.yaml", {"PythonRuntime": f"python{minor}",
-                                                       "BatchImage": "fanout-worker:emulated"})
+            parsed = Template(root / "template.yaml", {
+                "PythonRuntime": f"python{minor}", "BatchImage": "fanout-worker:emulated",
+                **{k: str(v) for k, v in (parameters or {}).items()}})
             outputs = create_stack(parsed)
             emulation = EmulatedAws(endpoint, outputs, dict(child_env), faults, requests,
                                     events)
             requests.clear()
+            if progress_every:
+                reporter = threading.Thread(target=_report_progress, daemon=True,
+                                            args=(events, progress_every, stop_reporting),
+                                            name="fanout-emulated-aws-progress")
+                reporter.start()
             yield emulation
         finally:
+            stop_reporting.set()
             bridge.kill()  # in-flight executions must not outlive the emulation
             server.shutdown()
             thread.join(timeout=10)
@@ -708,6 +990,68 @@ def emulated_aws(
                 else:
                     os.environ[key] = value
             _active.release()
+
+
+def _report_progress(events: collections.Counter[str], every: float,
+                     stop: threading.Event) -> None:
+    """Every ``every`` seconds, one line on stderr when something happened: a long emulated
+    job (hundreds of fresh interpreters on a small machine) is never silent."""
+    started, last = time.monotonic(), ""
+    while not stop.wait(every):
+        line = (f"emulated AWS, {time.monotonic() - started:.0f} s: "
+                f"{events['lambda_invocations']} Lambda invocations, "
+                f"{events['batch_attempts']} Batch attempts"
+                + "".join(f", {events[k]} {label}" for k, label in (
+                    ("lambda_throttle", "injected throttles"),
+                    ("lambda_quota_throttle", "throttles over the concurrency quota"),
+                    ("lambda_crash", "crashes"), ("lambda_timeout", "Lambda timeouts"),
+                    ("spot_interruption", "Spot reclaims")) if events[k]))
+        if line.split(": ", 1)[1] != last:
+            print(line, file=sys.stderr, flush=True)
+            last = line.split(": ", 1)[1]
+
+
+def _client_modules() -> list[Any]:
+    """moto's interpreter modules that build AWS clients with ``boto_client_for``."""
+    import importlib
+    import pkgutil
+
+    import moto.stepfunctions.parser.asl.component as package
+
+    found = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name.split(".")[-1].startswith(("resource_eval", "lambda_eval",
+                                                "state_task_service")):
+            module = importlib.import_module(info.name)
+            if hasattr(module, "boto_client_for"):
+                found.append(module)
+    return found
+
+
+def _retrying_client(make: Any) -> Any:
+    """The interpreter's clients retry a dropped connection as the AWS SDK does.
+
+    moto builds them with retries off, so a connection the loaded local server closed
+    before answering failed the state as ``States.Runtime``. The SDK retries such transient
+    connection errors (up to 3 attempts in its standard mode, with backoff); throttling and
+    service errors are left alone, so they reach the definition's own Retry as on AWS.
+    """
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    transient = (ConnectionClosedError, EndpointConnectionError, ConnectionError)
+
+    def needs_retry(attempts: int, caught_exception: Exception | None = None,
+                    **kwargs: Any) -> float | None:
+        if isinstance(caught_exception, transient) and attempts < 3:
+            return 0.05 * 2.0 ** attempts
+        return None
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        client = make(region, service, state_credentials)
+        client.meta.events.register("needs-retry", needs_retry)
+        return client
+
+    return boto_client_for
 
 
 def _memo_parse(parse: Any) -> Any:

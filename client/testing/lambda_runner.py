@@ -1,12 +1,14 @@
-"""One emulated Lambda invocation in a fresh interpreter.
+"""Emulated Lambda invocations in an execution environment that stays warm.
 
 ``python -m fanout.testing.lambda_runner``
 
-Reads ``{"root", "handler", "event", "response", "request_id", ...}`` as JSON on stdin,
-imports the handler from the project's ``functions/`` folder as Lambda would (by file
-path), calls it, and writes ``{"ok": result}`` or Lambda's error shape to ``response``.
-Its stdout and stderr are the invocation's log. A crash fault makes the process exit after
-its N-th stored result, as a worker dying mid-chunk would.
+Reads one request per line on stdin, ``{"root", "handler", "event", "response", "log",
+"request_id", ...}``; imports the handler from the project's ``functions/`` folder as Lambda
+would (by file path, once: later invocations reuse it, as a warm Lambda environment does),
+calls it, writes ``{"ok": result}`` or Lambda's error shape to ``response`` and the
+invocation's stdout and stderr to ``log``, then answers one line on stdout. A crash fault
+makes the process exit after its N-th stored result, as a worker dying mid-chunk would; the
+emulator then starts a fresh environment, as Lambda does.
 """
 
 from __future__ import annotations
@@ -50,29 +52,62 @@ def _crash_after(puts: int) -> None:
     AwsStore.put_result = put_result  # type: ignore[method-assign]
 
 
-def main() -> int:
-    request = json.load(sys.stdin)
-    root = request["root"]
-    module_path, _, attribute = request["handler"].rpartition(".")
-    spec = importlib.util.spec_from_file_location(
-        module_path.replace("/", "."), os.path.join(root, module_path + ".py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    handler = getattr(module, attribute)
-    if request.get("crash_after"):
-        _crash_after(int(request["crash_after"]))
-    context = Context(request["request_id"], request["function_name"], request["memory"],
-                      float(request["timeout"]))
-    event = json.loads(request["event"]) if isinstance(request["event"], str) else request["event"]
+_handlers: dict[tuple[str, str], Any] = {}
+
+
+def _handler(root: str, name: str) -> Any:
+    """The handler, imported on the environment's first invocation (Lambda's init phase)."""
+    key = (root, name)
+    if key not in _handlers:
+        module_path, _, attribute = name.rpartition(".")
+        spec = importlib.util.spec_from_file_location(
+            module_path.replace("/", "."), os.path.join(root, module_path + ".py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _handlers[key] = getattr(module, attribute)
+    return _handlers[key]
+
+
+def invoke(request: dict[str, Any]) -> None:
+    """One invocation, its output going to the request's log file (fd level)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(request["log"], "wb") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
     try:
-        response: dict[str, Any] = {"ok": handler(event, context)}
-    except Exception as exc:
-        response = {"errorType": type(exc).__name__, "errorMessage": str(exc),
-                    "stackTrace": traceback.format_exception(exc)}
-        traceback.print_exc()
-    with open(request["response"], "w") as out:
-        json.dump(response, out, default=str)
+        handler = _handler(request["root"], request["handler"])
+        if request.get("crash_after"):
+            _crash_after(int(request["crash_after"]))
+        context = Context(request["request_id"], request["function_name"],
+                          request["memory"], float(request["timeout"]))
+        event = request["event"]
+        event = json.loads(event) if isinstance(event, str) else event
+        try:
+            response: dict[str, Any] = {"ok": handler(event, context)}
+        except Exception as exc:
+            response = {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                        "stackTrace": traceback.format_exception(exc)}
+            traceback.print_exc()
+        with open(request["response"], "w") as out:
+            json.dump(response, out, default=str)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def main() -> int:
+    for line in sys.stdin:
+        if line.strip():
+            invoke(json.loads(line))
+            sys.stdout.write("done\n")
+            sys.stdout.flush()
     return 0
 
 

@@ -46,8 +46,9 @@ from ...schedules import ScheduleRequest, ScheduleSpec, next_fire, request_json
 from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
 from ..local.store import new_job_id
+from .build_info import find_requirements, requirements_sha256
 from .config import load_config
-from .store import AwsStore
+from .store import FINAL, AwsStore
 
 log = logging.getLogger("fanout.aws")
 POLL_MIN_SECONDS = 0.2
@@ -58,6 +59,8 @@ EXECUTION_CHECK_EVERY = 10
 FINALIZE_WAIT_SECONDS = 300
 #: How long polling may fail in a row before the futures are told (the jobs go on).
 POLL_GIVE_UP_SECONDS = 600.0
+#: What each worker function reported it was built with (asked once per process).
+_WORKER_BUILDS: dict[str, dict[str, Any]] = {}
 
 
 @dataclass
@@ -135,7 +138,62 @@ class AwsBackend(Backend):
                 raise ConfigurationError(f"cannot reach AWS for the {what} {name!r}: {exc}. "
                                          "Check the network, the region and AWS_ENDPOINT_URL."
                                          ) from exc
+        self.check_worker_build()
         self._checked = True
+
+    def check_worker_build(self) -> None:
+        """Compare what the worker artifact was built with to this client; upload nothing.
+
+        The worker answers ``{"action": "build_info"}`` from its ``fanout_build.json`` (once
+        per process and function). Older stacks without the WorkerFunctionArn output skip it.
+        """
+        arn = self.config.worker_function_arn
+        if not arn:
+            return
+        worker = _WORKER_BUILDS.get(arn)
+        if worker is None:
+            worker = self._ask_worker_build(arn)
+            _WORKER_BUILDS[arn] = worker
+        from ... import __version__  # not at import time: fanout/__init__ may be loading
+
+        client = {"python": "{}.{}".format(*sys.version_info[:2]), "fanout": __version__}
+        requirements = find_requirements()
+        fix = ("rebuild and redeploy the stack from the same checkout as this client "
+               "(`sam build && sam deploy`, and the Batch image: `docker build` with "
+               f"PYTHON_VERSION={client['python']})")
+        for what, mine, theirs in (
+                ("Python", client["python"], worker.get("runtime_python")),
+                ("Python (the artifact was built for)", client["python"], worker.get("python")),
+                ("fanout", client["fanout"], worker.get("fanout"))):
+            if theirs and mine != theirs:
+                raise ConfigurationError(
+                    f"the stack's workers have {what} {theirs} but this client has {mine}; "
+                    f"cloudpickled tasks need both sides to agree. Either {fix}, or run the "
+                    f"client with {what} {theirs}.")
+        theirs = worker.get("requirements_sha256")
+        if requirements is not None and theirs:
+            mine = requirements_sha256(requirements)
+            if mine != theirs:
+                raise ConfigurationError(
+                    f"the stack's workers were built from a worker-requirements.txt with hash "
+                    f"{theirs}, but {requirements} here hashes to {mine}: tasks would import "
+                    f"libraries the workers lack. {fix[0].upper()}{fix[1:]}.")
+
+    def _ask_worker_build(self, arn: str) -> dict[str, Any]:
+        kwargs = {"endpoint_url": self.config.endpoint_url} if self.config.endpoint_url else {}
+        lam = self.store.session.client("lambda", **kwargs)
+        try:
+            response = lam.invoke(FunctionName=arn, Payload=b'{"action": "build_info"}')
+            answer = json.loads(response["Payload"].read() or b"{}")
+        except (ClientError, BotoCoreError, ValueError) as exc:
+            raise ConfigurationError(
+                f"cannot ask the worker function {arn} what it was built with ({exc}); the "
+                "client needs lambda:InvokeFunction on it (the stack's ClientPolicyArn "
+                "output grants it)") from exc
+        if response.get("FunctionError") or not isinstance(answer, dict):
+            raise ConfigurationError(f"the worker function {arn} failed to report its build: "
+                                     f"{answer}; redeploy the stack (`sam build && sam deploy`)")
+        return answer
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -242,6 +300,7 @@ class AwsBackend(Backend):
     def _poll(self, item: _Followed) -> bool:
         run = item.run
         records, item.cursor = self.store.results_since(run.job_id, item.cursor)
+        records = [r for r in records if r.status in FINAL]  # not an interrupted attempt
         for record in records:
             run.deliver(record)
         item.polls += 1
@@ -276,7 +335,8 @@ class AwsBackend(Backend):
 
     def _abandon(self, run: JobRun, why: str) -> None:
         for record in self.store.results(run.job_id):
-            run.deliver(record)
+            if record.status in FINAL:
+                run.deliver(record)
         message = (f"job {run.job_id} ended without a result for this task: {why}. "
                    f"`fanout retry {run.job_id}` runs the unfinished tasks.")
         for index in run.open_tasks():
@@ -346,8 +406,8 @@ class AwsBackend(Backend):
         counts = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
         for record in self.store.results(job_id):
             counts[record.status] += 1
-        counts[PENDING] = job["spec"].n_tasks - counts[SUCCEEDED] - counts[FAILED] \
-            - counts[CANCELLED]
+        counts[PENDING] = job["spec"].n_tasks - sum(counts[s] for s in FINAL) \
+            - counts[RUNNING]
         return counts
 
 
@@ -527,20 +587,28 @@ def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, functio
 
 
 def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) -> None:
-    """``name``.json (all chunks, for retries) and one manifest per tier for the maps.
+    """``name``.json (all chunks, for retries and workers) and one manifest per tier.
 
+    The tier manifests hold references (key + byte range into ``name``.json), not chunks,
+    so a map item and a Batch job's overrides stay small whatever the ``chunksize``.
     Splitting by tier lets each Distributed Map run its items without a Choice state:
     one state transition per chunk instead of two.
     """
-    store.put_object(job_id, f"{name}.json", json.dumps([c.to_json() for c in chunks]).encode())
+    refs = store.put_chunks(job_id, f"{name}.json", chunks)
     for tier in ("lambda", "batch"):
-        part = [c.to_json() for c in chunks if c.tier == tier]
+        part = [ref for ref in refs if ref["tier"] == tier]
         store.put_object(job_id, f"{name}-{tier}.json", json.dumps(part).encode())
 
 
+#: The template's MaxConcurrency default: chunks running at once in each tier's map.
+DEFAULT_MAX_CONCURRENCY = 8
+
+
 def execution_input(store: AwsStore, job_id: str, manifest: str) -> dict[str, Any]:
-    """What the state machine's map states read: where the job's tier manifests are."""
+    """What the state machine's map states read: where the job's tier manifests are, and
+    how many chunks may run at once (the stack's MaxConcurrency, read by MaxConcurrencyPath)."""
     return {"job_id": job_id, "bucket": store.bucket,
             "lambda_manifest_key": store.key(job_id, f"{manifest}-lambda.json"),
             "batch_manifest_key": store.key(job_id, f"{manifest}-batch.json"),
+            "max_concurrency": store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY,
             "map_error": None}

@@ -13,7 +13,7 @@ from typing import Any
 
 from ...errors import ConfigurationError
 from ..local.store import default_home
-from .store import AwsConfig
+from .store import RECORD_TTL_DAYS, AwsConfig
 
 #: Stack Outputs that ``fanout configure`` reads, and the config field each one fills.
 OUTPUTS = {
@@ -25,6 +25,9 @@ OUTPUTS = {
     "ScheduleGroupName": "schedule_group",
     "SchedulerRoleArn": "scheduler_role_arn",
     "ScheduleDeadLetterQueueArn": "schedule_dlq_arn",
+    "ResultRetentionDays": "retention_days",
+    "MaxConcurrency": "max_concurrency",
+    "WorkerFunctionArn": "worker_function_arn",
 }
 ENVIRONMENT = {
     "bucket": "FANOUT_AWS_BUCKET",
@@ -34,6 +37,9 @@ ENVIRONMENT = {
     "schedule_group": "FANOUT_AWS_SCHEDULE_GROUP",
     "scheduler_role_arn": "FANOUT_AWS_SCHEDULER_ROLE",
     "schedule_dlq_arn": "FANOUT_AWS_SCHEDULE_DLQ",
+    "retention_days": "FANOUT_AWS_RESULT_RETENTION_DAYS",
+    "max_concurrency": "FANOUT_AWS_MAX_CONCURRENCY",
+    "worker_function_arn": "FANOUT_AWS_WORKER_FUNCTION",
 }
 
 
@@ -70,8 +76,25 @@ def load_config(options: dict[str, Any], home: str | None = None) -> tuple[AwsCo
                        schedule_group=values["schedule_group"] or "",
                        scheduler_role_arn=values["scheduler_role_arn"] or "",
                        schedule_dlq_arn=values["schedule_dlq_arn"] or "", region=region,
-                       endpoint_url=options.get("endpoint_url"))
+                       endpoint_url=options.get("endpoint_url"),
+                       retention_days=_positive(values, "retention_days", RECORD_TTL_DAYS),
+                       max_concurrency=_positive(values, "max_concurrency", None),
+                       worker_function_arn=values["worker_function_arn"] or "")
     return config, options.get("python_runtime") or saved.get("python_runtime")
+
+
+def _positive(values: dict[str, Any], field: str, default: int | None) -> Any:
+    raw = values.get(field)
+    if raw in (None, ""):
+        return default
+    try:
+        number = int(raw)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        raise ConfigurationError(f"{field} must be a positive integer, got {raw!r} (from the "
+                                 f"options, ${ENVIRONMENT[field]} or `fanout configure`)")
+    return number
 
 
 def configure_from_stack(stack: str, region: str | None = None,
@@ -89,12 +112,14 @@ def configure_from_stack(stack: str, region: str | None = None,
     except BotoCoreError as exc:
         raise ConfigurationError(f"cannot reach CloudFormation: {exc}") from exc
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-    absent = [key for key in OUTPUTS if key not in outputs]
+    # older stacks lack these: the defaults, and no build check
+    optional = ("ResultRetentionDays", "MaxConcurrency", "WorkerFunctionArn")
+    absent = [key for key in OUTPUTS if key not in outputs and key not in optional]
     if absent:
         raise ConfigurationError(
             f"stack {stack!r} has no output(s) {', '.join(absent)}: is it a fanout stack "
             "deployed from this version's template.yaml?")
-    saved = {field: outputs[key] for key, field in OUTPUTS.items()}
+    saved = {field: outputs[key] for key, field in OUTPUTS.items() if key in outputs}
     saved["stack"] = stack
     saved["region"] = region or cloudformation.meta.region_name
     path = config_path(home) / "aws.json"

@@ -29,7 +29,7 @@ from ...protocol import (
     now,
 )
 from ...runtime import WorkerRuntime, exception_fields
-from .store import AwsConfig, AwsStore
+from .store import FINAL, RECORD_TTL_DAYS, AwsConfig, AwsStore
 
 try:  # Powertools is in the `aws` extra; the handlers still work without it (tests, tools)
     from aws_lambda_powertools import Logger, Metrics
@@ -59,8 +59,17 @@ def store_from_env() -> AwsStore:
         raise RuntimeError(f"worker environment lacks {exc.args[0]}; deploy with template.yaml"
                            ) from exc
     if key not in _stores:
-        _stores[key] = AwsStore(AwsConfig(bucket=key[0], table=key[1], state_machine_arn=""))
+        retention = int(os.environ.get("FANOUT_RESULT_RETENTION_DAYS") or RECORD_TTL_DAYS)
+        concurrency = os.environ.get("FANOUT_MAX_CONCURRENCY")
+        _stores[key] = AwsStore(AwsConfig(
+            bucket=key[0], table=key[1], state_machine_arn="", retention_days=retention,
+            max_concurrency=int(concurrency) if concurrency else None))
     return _stores[key]
+
+
+def chunk_from_event(data: dict[str, Any], store: AwsStore) -> Chunk:
+    """A map item is a reference to the chunk (key + byte range), read with one GET."""
+    return Chunk.from_json(data) if "tasks" in data else store.read_chunk_ref(data)
 
 
 def _metric(name: str, value: float, unit: str = "Count") -> None:
@@ -133,14 +142,20 @@ def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
 # -- Lambda: worker ------------------------------------------------------------------------------
 
 
-def worker_handler(event: dict[str, Any], context: Any) -> dict[str, int]:
-    """Lambda entry: ``{"chunk": {...}}`` from the state machine's Distributed Map."""
-    chunk = Chunk.from_json(event["chunk"])
+def worker_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry: ``{"chunk": {...}}`` from the state machine's Distributed Map, or
+    ``{"action": "build_info"}`` from a client checking what this artifact was built with."""
+    if event.get("action") == "build_info":
+        from .build_info import artifact_info
+
+        return artifact_info()
     if hasattr(logger, "set_correlation_id"):
-        logger.set_correlation_id(chunk.job_id)
+        logger.set_correlation_id(event["chunk"].get("job_id", ""))
+    store = store_from_env()
+    chunk = chunk_from_event(event["chunk"], store)
     request_id = getattr(context, "aws_request_id", None) or f"local-{os.getpid()}"
     try:
-        return run_chunk(chunk, f"lambda/{request_id}")
+        return run_chunk(chunk, f"lambda/{request_id}", store)
     finally:
         _flush_metrics()
 
@@ -161,11 +176,11 @@ def _lost(job_id: str, index: int, attempt: int, why: str) -> ResultRecord:
 def chunk_failed(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, int]:
     """A chunk failed on every path: record WorkerLost for its tasks without a result."""
     store = store or store_from_env()
-    chunk = Chunk.from_json(event["chunk"])
+    chunk = chunk_from_event(event["chunk"], store)
     error = event.get("error") or {}
     why = (f"chunk {chunk.index} of job {chunk.job_id} failed in the state machine: "
            f"{error.get('Error', 'unknown error')}: {str(error.get('Cause', ''))[:2000]}")
-    have = {r.task_index for r in store.results(chunk.job_id)}
+    have = {r.task_index for r in store.results(chunk.job_id) if r.status in FINAL}
     recorded = 0
     for task in chunk.tasks:
         if task.index not in have:
@@ -181,7 +196,7 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
     job_id = event["job_id"]
     spec = store.load_spec(job_id)
     job = store.job(job_id)
-    records = {r.task_index: r for r in store.results(job_id)}
+    records = {r.task_index: r for r in store.results(job_id) if r.status in FINAL}
     map_error = event.get("map_error")
     if job["state"] == CANCELLED:
         state = CANCELLED
@@ -278,16 +293,17 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def batch_main() -> int:
-    """Container entry: run ``FANOUT_CHUNK`` as attempt ``chunk.attempt + batch attempt``.
+    """Container entry: run the chunk ``FANOUT_CHUNK_REF`` points to, as attempt
+    ``chunk.attempt + batch attempt``.
 
     Spot gives two minutes' notice with SIGTERM. The task in flight is then recorded as
     interrupted (a failed record of this attempt, which the retry's record replaces), so the
     interruption is visible in the task record; checkpoints are in S3, so the retry resumes.
     """
-    chunk = Chunk.from_json(json.loads(os.environ["FANOUT_CHUNK"]))
+    store = store_from_env()
+    chunk = chunk_from_event(json.loads(os.environ["FANOUT_CHUNK_REF"]), store)
     batch_attempt = int(os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1"))
     attempt = chunk.attempt + batch_attempt
-    store = store_from_env()
     job = os.environ.get("AWS_BATCH_JOB_ID", f"local-{os.getpid()}")
     worker_id = f"batch/{job}#{batch_attempt}"
     interruptions = {}
@@ -301,7 +317,10 @@ def batch_main() -> int:
         if ctx is not None:
             previous = interruptions.get(ctx.task_index, {}).get("interruptions", 0)
             stamp = now()
-            record = ResultRecord(ctx.job_id, ctx.task_index, FAILED, ctx.attempt, worker_id,
+            # RUNNING, not FAILED: the job definition's retry strategy runs the task again,
+            # so no future may resolve on this record; if no retry comes, the chunk's
+            # failure handler replaces it with WorkerLost.
+            record = ResultRecord(ctx.job_id, ctx.task_index, RUNNING, ctx.attempt, worker_id,
                                   stamp, stamp, extra={"interrupted": True,
                                                        "interruptions": previous + 1})
             why = (f"task {ctx.task_index} was interrupted on attempt {ctx.attempt} "

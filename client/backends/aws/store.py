@@ -28,13 +28,31 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ...protocol import REDUCE_INDEX, SUCCEEDED, JobSpec, ResultRecord, TaskRef
+from ...protocol import (
+    CANCELLED,
+    FAILED,
+    REDUCE_INDEX,
+    SUCCEEDED,
+    Chunk,
+    JobSpec,
+    ResultRecord,
+    TaskRef,
+)
 
 #: Records must fit DynamoDB's 400 KB item limit with their logs (two 64 KiB tails).
 MAX_RECORD_VALUE_BYTES = 200_000
 #: How far back each poll looks again, for records the eventually consistent index shows late.
 POLL_OVERLAP_MS = 5_000
+#: The template's ResultRetentionDays default; the stack's value arrives through
+#: ``fanout configure`` (client) and FANOUT_RESULT_RETENTION_DAYS (workers).
 RECORD_TTL_DAYS = 90
+#: Record states a task ends in; an interrupted Batch attempt's record stays RUNNING
+#: until the job definition's retry strategy runs the task again.
+FINAL = (SUCCEEDED, FAILED, CANCELLED)
+#: Objects under this prefix expire (the bucket's lifecycle rule, PayloadRetentionDays).
+JOBS_PREFIX = "jobs/"
+#: Long-lived objects (schedule definitions) live here, outside the expiring prefix.
+SCHEDULES_PREFIX = "schedules/"
 
 
 def task_key(index: int) -> str:
@@ -54,6 +72,9 @@ class AwsConfig:
     schedule_dlq_arn: str = ""
     region: str | None = None
     endpoint_url: str | None = None
+    retention_days: int = RECORD_TTL_DAYS
+    worker_function_arn: str = ""
+    max_concurrency: int | None = None
 
 
 class AwsStore:
@@ -79,7 +100,7 @@ class AwsStore:
     def key(job_id: str, name: str) -> str:
         if not job_id or "/" in job_id or job_id.startswith("."):
             raise ValueError(f"invalid job id {job_id!r}")
-        return f"jobs/{job_id}/{name}"
+        return f"{JOBS_PREFIX}{job_id}/{name}"
 
     def put_object(self, job_id: str, name: str, data: bytes) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=self.key(job_id, name), Body=data)
@@ -87,6 +108,35 @@ class AwsStore:
     def get_object(self, job_id: str, name: str) -> bytes:
         body = self.s3.get_object(Bucket=self.bucket, Key=self.key(job_id, name))["Body"]
         return bytes(body.read())
+
+    def put_chunks(self, job_id: str, name: str, chunks: list[Chunk]) -> list[dict[str, Any]]:
+        """Write ``chunks`` as one JSON array; return a reference (key + byte range) to each.
+
+        Workers receive references, not chunks: a Batch job's container overrides are capped
+        at 8,192 characters and a state's input at 256 KiB, and a chunk of a few hundred
+        tasks exceeds the first. The array stays a plain JSON list for ``retry``.
+        """
+        key = self.key(job_id, name)
+        parts = [json.dumps(c.to_json(), separators=(",", ":")).encode() for c in chunks]
+        refs, offset = [], 1
+        for chunk, part in zip(chunks, parts, strict=True):
+            refs.append({"job_id": job_id, "index": chunk.index, "tier": chunk.tier,
+                         "key": key, "offset": offset, "length": len(part)})
+            offset += len(part) + 1
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"[" + b",".join(parts) + b"]")
+        return refs
+
+    def read_chunk_ref(self, ref: dict[str, Any]) -> Chunk:
+        """The chunk a reference from :meth:`put_chunks` points to (one ranged GET)."""
+        key, offset, length = str(ref["key"]), int(ref["offset"]), int(ref["length"])
+        if not key.startswith(f"{JOBS_PREFIX}{ref['job_id']}/") or ".." in key:
+            raise ValueError(f"chunk reference {key!r} points outside job {ref['job_id']}")
+        response = self.s3.get_object(Bucket=self.bucket, Key=key,
+                                      Range=f"bytes={offset}-{offset + length - 1}")
+        data = bytes(response["Body"].read())
+        if len(data) != length:
+            raise OSError(f"chunk {ref['index']} of job {ref['job_id']} is truncated in {key}")
+        return Chunk.from_json(json.loads(data))
 
     def put_bundle(self, spec: JobSpec, function: bytes, reducer: bytes | None) -> None:
         """The spec and the pickled functions as one object: one GET per cold worker."""
@@ -144,8 +194,11 @@ class AwsStore:
 
     # -- records ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _item(record: ResultRecord) -> dict[str, Any]:
+    def expires(self) -> dict[str, str]:
+        """The TTL attribute of a record written now (ResultRetentionDays ahead)."""
+        return {"N": str(int(time.time()) + self.config.retention_days * 86400)}
+
+    def _item(self, record: ResultRecord) -> dict[str, Any]:
         finished_ms = int(time.time() * 1000)
         item: dict[str, Any] = {
             "job_id": {"S": record.job_id},
@@ -160,7 +213,7 @@ class AwsStore:
             "stdout": {"S": record.stdout},
             "stderr": {"S": record.stderr},
             "extra": {"S": json.dumps(record.extra)},
-            "expires": {"N": str(int(time.time()) + RECORD_TTL_DAYS * 86400)},
+            "expires": self.expires(),
         }
         for name in ("value", "exc_pickle"):
             value = getattr(record, name)
@@ -287,7 +340,7 @@ class AwsStore:
             "job_id": {"S": spec.job_id}, "item": {"S": "job"}, "entity": {"S": "job"},
             "created": {"N": repr(spec.created)}, "spec": {"S": spec.to_json()},
             "state": {"S": state}, "owner": {"S": owner},
-            "expires": {"N": str(int(time.time()) + RECORD_TTL_DAYS * 86400)},
+            "expires": self.expires(),
         })
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -334,14 +387,23 @@ class AwsStore:
     def schedule_prefix(name: str) -> str:
         return f"schedule-{name}"
 
+    @staticmethod
+    def schedule_key(name: str) -> str:
+        """A schedule lives as long as the schedule, so never under the expiring jobs/."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid schedule name {name!r}")
+        return f"{SCHEDULES_PREFIX}{name}/schedule.pkl"
+
     def put_schedule_bundle(self, name: str, bundle: dict[str, Any]) -> str:
-        prefix = self.schedule_prefix(name)
-        self.put_object(prefix, "schedule.pkl", pickle.dumps(bundle, protocol=5))
-        return self.key(prefix, "schedule.pkl")
+        key = self.schedule_key(name)
+        self.s3.put_object(Bucket=self.bucket, Key=key,
+                           Body=pickle.dumps(bundle, protocol=5))
+        return key
 
     def schedule_bundle(self, name: str) -> dict[str, Any]:
         try:
-            data = self.get_object(self.schedule_prefix(name), "schedule.pkl")
+            data = self.s3.get_object(Bucket=self.bucket,
+                                      Key=self.schedule_key(name))["Body"].read()
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 raise KeyError(name) from None
@@ -354,7 +416,7 @@ class AwsStore:
         item = {"job_id": {"S": self.schedule_prefix(name)},
                 "item": {"S": f"run#{fired_at:017.6f}"},
                 "fired_at": {"N": repr(fired_at)}, "outcome": {"S": outcome},
-                "expires": {"N": str(int(time.time()) + RECORD_TTL_DAYS * 86400)}}
+                "expires": self.expires()}
         if job_id:
             item["run_job_id"] = {"S": job_id}
         self.dynamodb.put_item(TableName=self.table, Item=item)
