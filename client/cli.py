@@ -53,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"fanout demo: estimating pi from {args.tasks:,} tasks of {args.draws:,} random "
           f"points each, on {args.workers or os.cpu_count()} local worker processes")
     started = time.perf_counter()
-    with Executor(args.backend, max_workers=args.workers, seed=args.seed, chunksize=args.chunksize,
+    with Executor(args.workers, backend=args.backend, seed=args.seed, chunksize=args.chunksize,
                   progress=None if not args.quiet else False, **_backend_options(args)) as ex:
         results = ex.map(estimate_pi, [args.draws] * args.tasks)
         estimates = list(results)
@@ -292,7 +292,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         else:
             raise ValueError("give the items: --items-json FILE, --items-s3 s3://bucket/prefix/"
                              " or --items-function MODULE:FUNCTION")
-        with Executor(args.backend, progress=False, **_backend_options(args)) as ex:
+        with Executor(backend=args.backend, progress=False, **_backend_options(args)) as ex:
             spec = ex.schedule(args.name, _load(args.function), items, cron=args.cron,
                                rate=args.rate, timezone=args.timezone,
                                reducer=_load(args.reducer) if args.reducer else None,

@@ -39,7 +39,10 @@ _current: TaskContext | None = None
 
 def _context(api: str) -> TaskContext:
     if _current is None:
-        raise RuntimeError(f"fanout.{api}() can only be called inside a running fanout task")
+        raise RuntimeError(
+            f"fanout.{api}() can only be called inside a running fanout task. To call the "
+            "task function yourself (in a debugger, with the seeds, checkpoints and logs it "
+            "gets on workers), run it with fanout.Executor(backend=\"inline\")")
     return _current
 
 

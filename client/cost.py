@@ -281,7 +281,7 @@ def estimate(fn: Callable[..., Any], items: Iterable[Any], *, sample: int = 10,
     executor_options.setdefault("progress", False)
     not_backend = {"max_workers", "progress", *TaskOptions.__dataclass_fields__}
     backend_options = {k: v for k, v in executor_options.items() if k not in not_backend}
-    with Executor(backend, **executor_options) as ex:
+    with Executor(backend=backend, **executor_options) as ex:
         results = ex.map(fn, chosen)
         list(results)
         job = Job.attach(results.job_id, backend, **backend_options)

@@ -17,13 +17,14 @@ import shutil
 import sys
 import threading
 import time
+import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import serialization
-from .backends import Backend, JobRequest, create_backend
+from .backends import Backend, JobRequest, backend_name, create_backend, worker_options
 from .collector import JobRun
 from .future import Future
 from .options import TaskOptions
@@ -40,6 +41,16 @@ def _finish_at_exit() -> None:
         backend.shutdown_at_exit()
 
 
+def _weak_key(fn: Callable[..., Any]) -> tuple[object, Callable[[], object] | None]:
+    """A cache key for ``fn`` and a weak reference that finds it again, if it has one."""
+    try:
+        if isinstance(fn, types.MethodType):
+            return ("method", id(fn.__self__), id(fn.__func__)), weakref.WeakMethod(fn)
+        return ("callable", id(fn)), weakref.ref(fn)
+    except TypeError:
+        return None, None
+
+
 class _Shared:
     """State shared by an executor and the views ``options()`` returns."""
 
@@ -47,22 +58,32 @@ class _Shared:
         self.backend = backend
         self.lock = threading.Lock()
         self.shutdown = False
-        self.functions: OrderedDict[int, tuple[Callable[..., Any], bytes, str]] = OrderedDict()
+        self.functions: OrderedDict[object, tuple[Callable[[], object], bytes, str]] = (
+            OrderedDict())
         self.counters: dict[tuple[str, int], itertools.count[int]] = {}
 
     def function(self, fn: Callable[..., Any]) -> tuple[bytes, str]:
-        """Pickle ``fn`` once; keep it alive so its id stays a valid cache key."""
-        with self.lock:
-            hit = self.functions.get(id(fn))
-            if hit is not None and hit[0] is fn:
-                self.functions.move_to_end(id(fn))
-                return hit[1], hit[2]
+        """Pickle ``fn`` once per executor, without keeping ``fn`` (or its ``self``) alive.
+
+        The cache holds weak references only, as the stdlib's executors hold no reference
+        to a submitted callable once its call is queued (``test_no_stale_references``). A
+        bound method is keyed by its object and function, since ``obj.method`` makes a new
+        method object each time; a callable that takes no weak reference is not cached.
+        """
+        key, ref = _weak_key(fn)
+        if ref is not None:
+            with self.lock:
+                hit = self.functions.get(key)
+                if hit is not None and hit[0]() == fn:
+                    self.functions.move_to_end(key)
+                    return hit[1], hit[2]
         blob = serialization.dumps_function(fn)
         name = serialization.function_name(fn)
-        with self.lock:
-            self.functions[id(fn)] = (fn, blob, name)
-            if len(self.functions) > _FUNCTION_CACHE_SIZE:
-                self.functions.popitem(last=False)
+        if ref is not None:
+            with self.lock:
+                self.functions[key] = (ref, blob, name)
+                if len(self.functions) > _FUNCTION_CACHE_SIZE:
+                    self.functions.popitem(last=False)
         return blob, name
 
     def next_seed(self, kind: str, seed: int | None) -> int:
@@ -83,10 +104,16 @@ class MapIterator(Iterator[Any]):
 
     def __init__(self, futures: list[Future], timeout: float | None, job_id: str) -> None:
         self.job_id = job_id
-        self.futures = futures
+        # Only the futures not yet yielded: a result is not kept alive once it was handed
+        # out (the stdlib's ``test_free_reference``).
         self._pending = list(reversed(futures))
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._started = False
+
+    @property
+    def futures(self) -> list[Future]:
+        """The futures of the tasks not yet yielded, in task order (all, before iterating)."""
+        return self._pending[::-1]
 
     def __iter__(self) -> MapIterator:
         return self
@@ -99,7 +126,7 @@ class MapIterator(Iterator[Any]):
         try:
             if self._deadline is None:
                 return future.result()
-            return future.result(self._deadline - time.monotonic())
+            return future.result(max(0.0, self._deadline - time.monotonic()))
         except BaseException:
             future.cancel()
             self.close()
@@ -149,9 +176,13 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(
         self,
-        backend: str | None = None,
-        *,
         max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        backend: str | None = None,
         timeout: float | None = None,
         memory_mb: int | None = None,
         retries: int = 2,
@@ -161,15 +192,25 @@ class Executor(concurrent.futures.Executor):
         progress: bool | None = None,
         **backend_options: Any,
     ) -> None:
+        if isinstance(max_workers, str):
+            raise TypeError(
+                f"max_workers must be an integer, got {max_workers!r}: the first parameter is "
+                f"the stdlib's max_workers; name the backend: Executor(backend={max_workers!r})")
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int)
         ):
             raise TypeError(f"max_workers must be an integer, got {max_workers!r}")
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        self._options = TaskOptions(timeout, memory_mb, retries, tier, chunksize, seed)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        chosen = backend_name(backend)
+        pool_options = worker_options(chosen, mp_context, max_tasks_per_child)
+        self._options = TaskOptions(timeout, memory_mb, retries, tier, chunksize, seed,
+                                    serialization.dumps_initializer(initializer, initargs))
         self._progress = progress
-        backend_obj = create_backend(backend, max_workers=max_workers, **backend_options)
+        backend_obj = create_backend(chosen, max_workers=max_workers, **pool_options,
+                                     **backend_options)
         self._shared = _Shared(backend_obj)
         _live_backends.add(backend_obj)
         weakref.finalize(self, backend_obj.shutdown, False)

@@ -40,6 +40,5 @@ class Future(concurrent.futures.Future[Any]):
             return "run" if self.set_running_or_notify_cancel() else "cancelled"
         return "done" if self.done() else "run"
 
-    def __repr__(self) -> str:
-        base = super().__repr__()
-        return base.replace(" state=", f" job={self.job_id} task={self.task_index} state=", 1)
+    # No __repr__ of our own: the stdlib's repr, exactly, so its parsers keep working
+    # (``job_id``/``task_index`` are attributes).

@@ -116,7 +116,7 @@ class FanoutBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
                 self._executor.shutdown(wait=True)
                 self._executor = None
             if self._executor is None:
-                self._executor = Executor(self._fanout_backend, max_workers=n, progress=False,
+                self._executor = Executor(n, backend=self._fanout_backend, progress=False,
                                           **self._task_options, **self._backend_options)
                 self._workers = n
         return n

@@ -7,7 +7,7 @@ for at most 15 minutes; Fargate (the ``batch`` tier) goes up to 120 GiB and has 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 TIERS = ("auto", "lambda", "batch")
@@ -28,6 +28,9 @@ class TaskOptions:
     tier: str = "auto"
     chunksize: int = 1
     seed: int | None = None
+    #: The executor's ``initializer(*initargs)``, pickled once and base64-encoded, so it
+    #: travels inside the job spec to every backend's worker runtime (see runtime.py).
+    initializer: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -74,6 +77,8 @@ def validate(options: TaskOptions) -> None:
     s = options.seed
     if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {s!r}")
+    if options.initializer is not None and not isinstance(options.initializer, str):
+        raise TypeError("initializer is set through Executor(initializer=..., initargs=...)")
     if options.tier == "lambda":
         if t is not None and t > LAMBDA_MAX_SECONDS:
             raise ValueError(

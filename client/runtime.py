@@ -26,7 +26,7 @@ import cloudpickle
 from . import serialization
 from .capture import Capture, StreamCapture
 from .context import TaskContext, running
-from .errors import ConfigurationError, RemoteError, SerializationError, TaskTimeout
+from .errors import ConfigurationError, TaskTimeout
 from .protocol import (
     FAILED,
     REDUCE_INDEX,
@@ -41,6 +41,57 @@ from .protocol import (
 from .seeding import derive_seed
 
 ResultCallback = Callable[[ResultRecord], None]
+
+#: The executor's initializers this process has run, by their pickled text: each runs once
+#: per process (a local worker, a warm Lambda container, a Batch container), before the
+#: first task that needs it. A failure is kept and fails every later task that needs it.
+_initialized: dict[str, tuple[BaseException | None, Any]] = {}
+
+
+def run_initializer(text: str | None) -> None:
+    """Run the job's ``initializer(*initargs)`` if this process has not yet; raise its error.
+
+    The stdlib breaks the whole pool when an initializer raises (BrokenProcessPool). Here
+    only the tasks that land on this process fail, each with the initializer's own error:
+    a worker elsewhere whose initializer succeeded keeps its results.
+    """
+    if text is None:
+        return
+    if text not in _initialized:
+        initializer = None
+        try:
+            initializer, initargs = serialization.loads_initializer(text)
+            initializer(*initargs)
+        except BaseException as exc:
+            exc.add_note("raised by the executor's initializer, which runs once in each "
+                         "worker process; every task of this worker fails with it")
+            _initialized[text] = (exc, initializer)
+        else:
+            _initialized[text] = (None, initializer)
+    failure = _initialized[text][0]
+    if failure is not None:
+        raise failure
+
+
+def share_initializer_globals(fn: Callable[..., Any], text: str | None) -> None:
+    """Let a task see the globals its initializer set, when both travelled by value.
+
+    A function pickled by value (from a script or notebook) gets its own globals dict per
+    pickle, so the initializer's ``global state; state = ...`` would land in a dict the task
+    never reads. Where both come from the same not-installed module, the task's globals
+    take the initializer's values, as they would share one module under the stdlib.
+    """
+    if text is None or text not in _initialized:
+        return
+    initializer = _initialized[text][1]
+    init_globals = getattr(initializer, "__globals__", None)
+    fn_globals = getattr(fn, "__globals__", None)
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if (init_globals is None or fn_globals is None or init_globals is fn_globals
+            or getattr(initializer, "__module__", None) != getattr(fn, "__module__", None)
+            or (module is not None and fn_globals is vars(module))):
+        return
+    fn_globals.update({k: v for k, v in init_globals.items() if not k.startswith("__")})
 
 
 def _user_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -253,6 +304,7 @@ class WorkerRuntime:
         if data is None:
             data = self.store.read_task(job_id, task)
         args, kwargs = serialization.loads(data)
+        share_initializer_globals(fn, self.spec(job_id).options.initializer)
         return fn(*args, **kwargs)
 
     def run_reduce(self, job_id: str, attempt: int,
@@ -293,16 +345,14 @@ class WorkerRuntime:
         timeout = self.spec(ctx.job_id).options.timeout if self.enforce_timeouts else None
         with self.capture.task() as captured:
             try:
-                with _isolated(), running(ctx), _deadline(timeout, ctx.task_index):
-                    value = call()
+                with _deadline(timeout, ctx.task_index):
+                    # Outside the task's isolation, so what it sets up stays for the worker's
+                    # later tasks; before the seeding, so random draws in it shift no task's
+                    # stream: results stay the same on any backend.
+                    run_initializer(self.spec(ctx.job_id).options.initializer)
+                    with _isolated(), running(ctx):
+                        value = call()
                 blob = serialization.dumps_value(value)
-            except SerializationError as exc:
-                wrapped = RemoteError(
-                    "fanout.SerializationError", str(exc), "".join(traceback.format_exception(exc))
-                )
-                record.status = FAILED
-                for key, val in exception_fields(wrapped).items():
-                    setattr(record, key, val)
             except BaseException as exc:  # a task's exception (even SystemExit) is its result
                 record.status = FAILED
                 for key, val in exception_fields(exc).items():

@@ -7,6 +7,7 @@ that only has the installed packages can still run it; installed modules go by r
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import os
 import pickle
@@ -154,6 +155,28 @@ def _find_function_culprit(fn: Callable[..., Any]) -> str | None:
         except Exception:
             return f"{label} ({_describe(value)})"
     return None
+
+
+def dumps_initializer(initializer: Callable[..., object] | None,
+                      initargs: Sequence[Any]) -> str | None:
+    """``(initializer, initargs)`` pickled once, as text that fits in a job spec's JSON."""
+    if initializer is None:
+        return None
+    if not isinstance(initargs, (tuple, list)):
+        raise TypeError(f"initargs must be a tuple, got {_describe(initargs)}")
+    dumps_function(initializer)  # registers by-value modules; names what cannot be pickled
+    try:
+        blob = cloudpickle.dumps((initializer, tuple(initargs)), protocol=PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"initargs of initializer {function_name(initializer)} cannot be pickled: {exc}"
+        ) from exc
+    return base64.b64encode(blob).decode("ascii")
+
+
+def loads_initializer(text: str) -> tuple[Callable[..., object], tuple[Any, ...]]:
+    initializer, initargs = pickle.loads(base64.b64decode(text))
+    return initializer, initargs
 
 
 def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:

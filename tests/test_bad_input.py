@@ -47,7 +47,7 @@ def returns_lock(x: int) -> object:
 
 def test_unpicklable_result_fails_only_that_task(ex: fanout.Executor) -> None:
     futures = [ex.submit(returns_lock, i) for i in range(4)]
-    with pytest.raises(fanout.RemoteError) as info:
+    with pytest.raises(fanout.SerializationError) as info:
         futures[2].result(timeout=60)
     assert "_thread.lock" in str(info.value) and "cannot be pickled" in str(info.value)
     assert [futures[i].result(timeout=60) for i in (0, 1, 3)] == [0, 1, 3]

@@ -135,7 +135,7 @@ def test_function_from_a_project_module_travels_by_value(tmp_path: Path) -> None
 def test_unknown_backend_is_a_configuration_error(home: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(fanout.ConfigurationError, match="unknown backend 'gpu'"):
-        fanout.Executor("gpu")
+        fanout.Executor(backend="gpu")
     monkeypatch.setenv("FANOUT_BACKEND", "nope")
     with pytest.raises(fanout.ConfigurationError, match="FANOUT_BACKEND"):
         fanout.Executor()

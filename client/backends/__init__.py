@@ -8,7 +8,10 @@ from typing import Any
 from ..errors import ConfigurationError
 from .base import Backend, JobInfo, JobRequest
 
-BACKENDS = ("local", "aws")
+BACKENDS = ("local", "aws", "inline")
+#: ``mp_context`` start methods whose meaning the local backend has: a fresh interpreter per
+#: worker that inherits nothing from the client (how it starts every worker).
+FRESH_START_METHODS = ("spawn", "forkserver")
 
 
 def backend_name(name: str | None) -> str:
@@ -21,12 +24,43 @@ def backend_name(name: str | None) -> str:
     return chosen
 
 
+def worker_options(chosen: str, mp_context: Any, max_tasks_per_child: int | None
+                   ) -> dict[str, Any]:
+    """Check the stdlib's pool keywords against the backend that would have to honour them."""
+    if max_tasks_per_child is not None and (
+        isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int)
+    ):
+        raise TypeError(f"max_tasks_per_child must be an integer, got {max_tasks_per_child!r}")
+    if max_tasks_per_child is not None and max_tasks_per_child <= 0:
+        raise ValueError("max_tasks_per_child must be >= 1")
+    if mp_context is not None:
+        if chosen != "local":
+            raise ConfigurationError(
+                f"mp_context= means nothing on backend {chosen!r}: it does not start "
+                "multiprocessing children; leave mp_context=None")
+        method = mp_context.get_start_method(allow_none=False)
+        if method not in FRESH_START_METHODS:
+            raise ConfigurationError(
+                f"mp_context with start method {method!r} is not supported: local workers "
+                "are fresh interpreters that inherit nothing from the client (like 'spawn'); "
+                "pass multiprocessing.get_context('spawn') or leave mp_context=None")
+    if max_tasks_per_child is not None and chosen != "local":
+        raise ConfigurationError(
+            f"max_tasks_per_child= recycles local worker processes; backend {chosen!r} does "
+            "not keep worker processes of its own; leave max_tasks_per_child=None")
+    return {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
+
+
 def create_backend(name: str | None = None, **options: Any) -> Backend:
     chosen = backend_name(name)
     if chosen == "local":
         from .local.backend import LocalBackend
 
         return LocalBackend(**options)
+    if chosen == "inline":
+        from .inline.backend import InlineBackend
+
+        return InlineBackend(**options)
     if chosen == "aws":
         try:
             from .aws.backend import AwsBackend
@@ -38,4 +72,5 @@ def create_backend(name: str | None = None, **options: Any) -> Backend:
     raise AssertionError(chosen)  # pragma: no cover
 
 
-__all__ = ["BACKENDS", "Backend", "JobInfo", "JobRequest", "backend_name", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "JobInfo", "JobRequest", "backend_name", "create_backend",
+           "worker_options"]

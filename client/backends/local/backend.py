@@ -43,13 +43,15 @@ class LocalBackend(Backend):
     store: LocalStore
 
     def __init__(self, max_workers: int | None = None, home: str | None = None,
-                 stall_seconds: float | None = None) -> None:
+                 stall_seconds: float | None = None,
+                 max_tasks_per_child: int | None = None) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError(f"max_workers must be an integer greater than 0, got {max_workers!r}")
         self.max_workers = max_workers
         self.stall_seconds = _stall_seconds(stall_seconds)
+        self.max_tasks_per_child = max_tasks_per_child
         self.store = LocalStore(home)
         self._lock = threading.Lock()
         self._batches = SubmitBatches(new_job_id, self)
@@ -67,6 +69,7 @@ class LocalBackend(Backend):
                     self.store, self.max_workers, self._pull_submits, self._submit_deadline,
                     self.stall_seconds,
                 )
+                self._supervisor.max_tasks_per_child = self.max_tasks_per_child
             return self._supervisor
 
     def worker_pids(self) -> list[int]:

@@ -93,6 +93,7 @@ class WorkerProcess:
     stalled: bool = False  # the watchdog killed it for want of a heartbeat
     lock: threading.Lock = field(default_factory=threading.Lock)  # kill vs. close handles
     closed: bool = False
+    tasks_given: int = 0  # counted only under max_tasks_per_child
 
     @classmethod
     def spawn(cls, store: LocalStore, worker_id: str, stall_seconds: float) -> WorkerProcess:
@@ -199,6 +200,8 @@ class Supervisor:
         self._last_cancel_poll = 0.0
         self._spawned = 0
         self._startup_failures = 0
+        #: Replace a worker after it ran this many tasks (the stdlib's max_tasks_per_child).
+        self.max_tasks_per_child: int | None = None
         # A daemon: at exit, ``executor._finish_at_exit`` completes outstanding work and stops it
         # (a non-daemon thread would be joined before atexit hooks run, and wait forever).
         self._thread = threading.Thread(target=self._loop, name="fanout-supervisor", daemon=True)
@@ -339,6 +342,9 @@ class Supervisor:
             return
         share = max(1, len(self._queue) // len(ready))
         for worker in ready:
+            limit = self._task_budget(worker)
+            if limit is not None and (worker.inflight or limit <= 0):
+                continue
             batch: list[Dispatch] = []
             load = sum(_expected_seconds(d, d.done) for d in worker.inflight)
             tasks = sum(d.size - d.done for d in worker.inflight)
@@ -347,9 +353,14 @@ class Supervisor:
                     load >= BATCH_SECONDS or tasks >= BATCH_MAX_TASKS or len(batch) >= share
                 ):
                     break
+                if limit is not None and batch:
+                    break
                 dispatch = self._claim(self._queue.popleft())
                 if dispatch is None:
                     continue
+                if limit is not None:
+                    dispatch = self._split_to_budget(dispatch, limit)
+                    worker.tasks_given += dispatch.size
                 if not worker.inflight and not batch:
                     worker.task_started = time.monotonic()
                 batch.append(dispatch)
@@ -441,9 +452,43 @@ class Supervisor:
                 self._lost(worker, "died")  # the process is gone, whoever holds its socket
             else:
                 self._drain(worker)
+                if worker in self._workers and self._task_budget(worker) == 0 \
+                        and not worker.inflight:
+                    self._retire(worker)
         for worker in list(self._workers):
             if worker.pidfd is None and worker.proc.poll() is not None:
                 self._lost(worker, "died")
+
+    # -- max_tasks_per_child: a worker is replaced after that many tasks -------------------
+
+    def _task_budget(self, worker: WorkerProcess) -> int | None:
+        if self.max_tasks_per_child is None:
+            return None
+        return max(0, self.max_tasks_per_child - worker.tasks_given)
+
+    def _split_to_budget(self, dispatch: Dispatch, limit: int) -> Dispatch:
+        """Hand over at most ``limit`` tasks; the rest of the chunk goes back to the queue."""
+        if dispatch.is_reduce or dispatch.size <= limit:
+            return dispatch
+        tasks = dispatch.chunk.tasks
+        self._queue.appendleft(Dispatch(dispatch.run, _rechunk(dispatch.chunk, tasks[limit:])))
+        return Dispatch(dispatch.run, _rechunk(dispatch.chunk, tasks[:limit]))
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        """Stop a worker that used up its tasks; ``_spawn_workers`` starts a fresh one."""
+        self._workers.remove(worker)
+        with contextlib.suppress(OSError):
+            worker.conn.send(("stop",))
+        try:
+            worker.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.proc.wait()
+        worker.conn.close()
+        worker.close_handles()
+        worker.cleanup()
+        with contextlib.suppress(StoreError):
+            self.store.worker_gone([worker.worker_id])
 
     def _drain(self, worker: WorkerProcess) -> None:
         try:
@@ -686,10 +731,30 @@ class Supervisor:
             return records
 
     def _cancel_queued(self) -> None:
+        self._hand_over_before_cancel()
         self._cancel_futures = True
         queued, self._queue = self._queue, deque()
         for dispatch in queued:
             self._add(dispatch)
+
+    def _hand_over_before_cancel(self) -> None:
+        """Start ``max_workers + 1`` tasks before cancelling the rest, as the stdlib does.
+
+        ProcessPoolExecutor has moved that many calls to its call queue (and so marked them
+        running) by the time ``shutdown(cancel_futures=True)`` runs; code that relies on
+        some submitted work finishing gets the same here.
+        """
+        for dispatch in self._pull_submits(True):
+            self._add(dispatch)
+        started = sum(d.size - d.done for w in self._workers for d in w.inflight)
+        for dispatch in self._queue:
+            if dispatch.is_reduce:
+                continue
+            for task in dispatch.chunk.tasks:
+                if started > self.max_workers:
+                    return
+                if dispatch.run.future(task.index).claim() == "run":
+                    started += 1
 
     def _cancel_job(self, job_id: str) -> None:
         run = self._runs.get(job_id)

@@ -1,0 +1,71 @@
+"""Peak client RSS of one ``map`` over many no-op tasks: fanout next to ProcessPoolExecutor.
+
+    python bench/map_rss.py [--tasks 1000000] [--workers 2] [--executor fanout|stdlib]
+
+Each executor runs in its own fresh interpreter (``--executor``), so one's peak does not
+hide the other's; the parent prints both peaks (``ru_maxrss`` of the child, which counts
+only the client process, not its workers) and their ratio. The loop consumes results as
+they come, as ``for r in ex.map(f, range(n))`` does, and keeps none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _run_one(kind: str, tasks: int, workers: int) -> dict[str, float]:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.tasks import noop
+
+    started = time.perf_counter()
+    total = 0
+    if kind == "fanout":
+        import fanout
+
+        with tempfile.TemporaryDirectory() as home, \
+                fanout.Executor(workers, progress=False, home=home) as ex:
+            for value in ex.map(noop, range(tasks), chunksize=1000):
+                total += value
+    else:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            for value in pool.map(noop, range(tasks), chunksize=1000):
+                total += value
+    assert total == tasks * (tasks - 1) // 2
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_mb": peak_kb / 1024, "seconds": time.perf_counter() - started}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--executor", choices=("fanout", "stdlib"))
+    args = parser.parse_args()
+    if args.executor:
+        print(json.dumps(_run_one(args.executor, args.tasks, args.workers)))
+        return 0
+    results = {}
+    for kind in ("stdlib", "fanout"):
+        out = subprocess.run([sys.executable, __file__, "--executor", kind, "--tasks",
+                              str(args.tasks), "--workers", str(args.workers)],
+                             capture_output=True, text=True, check=True, timeout=3600)
+        results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = results["fanout"]["peak_mb"] / results["stdlib"]["peak_mb"]
+    print("| executor | peak client RSS (MB) | seconds |\n|---|---|---|")
+    for kind, name in (("stdlib", "ProcessPoolExecutor"), ("fanout", "fanout (local)")):
+        print(f"| {name} | {results[kind]['peak_mb']:.0f} | {results[kind]['seconds']:.1f} |")
+    print(f"\n{args.tasks:,} no-op tasks, chunksize=1000, {args.workers} workers; "
+          f"fanout/ProcessPoolExecutor peak RSS ratio {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

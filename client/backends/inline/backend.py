@@ -1,0 +1,81 @@
+"""The inline backend: every task runs in the calling process, in submission order.
+
+For debugging and for the serial half of "the same code, serial and parallel": the tasks
+go through the same job writing (local store), the same :class:`~fanout.runtime.WorkerRuntime`
+(seeds, checkpoints, captured logs, result records) and the same collector as on the
+other backends, so results are bit-identical; only where the runtime runs differs. Output
+still reaches the terminal and stdin is untouched, so ``breakpoint()`` in a task works.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from ...collector import LIVE_RUNS, JobRun
+from ...future import Future
+from ...options import TaskOptions
+from ...protocol import CANCELLED, Chunk, ResultRecord, now
+from ...runtime import WorkerRuntime
+from ..local.backend import LocalBackend
+from ..local.store import new_job_id
+from .tee import TeeCapture
+
+
+class InlineBackend(LocalBackend):
+    """``max_workers`` is accepted (so a pool's code runs unchanged) and has no effect."""
+
+    name = "inline"
+
+    def __init__(self, max_workers: int | None = None, home: str | None = None) -> None:
+        super().__init__(max_workers=max_workers, home=home)
+        self._runtime = WorkerRuntime(self.store, f"inline/{socket.gethostname()}/{os.getpid()}",
+                                      TeeCapture())
+        # Nobody watches from outside, so the runtime stops an overrunning task itself
+        # (SIGALRM, when the caller is the main thread) as on AWS workers.
+        self._runtime.enforce_timeouts = True
+
+    def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
+               options: TaskOptions, seed: int) -> Future:
+        """Write a one-task job and run it now; the future is done when ``submit`` returns."""
+        self._check_open()
+        job_id = new_job_id()
+        spec, manifest = self._write_job(job_id, "submit", function, function_name, [payload],
+                                         [seed], options, options.seed or 0)
+        future = Future(job_id, 0, self)
+        self._start(JobRun(spec, [future], self.store.load_value), manifest)
+        return future
+
+    def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
+        """Run the job's chunks here, in order; then its reduce step; then record its end."""
+        LIVE_RUNS[run.job_id] = run
+        for chunk in manifest:
+            self._run_chunk(run, chunk)
+        if run.reduce_future is not None and not run.reduce_future.done():
+            if run.needs_reduce():
+                self._runtime.run_reduce(run.job_id, run.reduce_attempt, run.deliver)
+            else:
+                run.fail_reduce()
+        state = "cancelled" if run.cancelled else "finished"
+        self.store.set_job_state(run.job_id, state, summary=self.store.summarize(run.job_id))
+        run.close()
+
+    def _run_chunk(self, run: JobRun, chunk: Chunk) -> None:
+        keep, stamp = [], now()
+        for task in chunk.tasks:
+            if run.future(task.index).claim() == "run":
+                keep.append(task)
+            else:  # cancelled before its turn came (by another thread)
+                cancelled = ResultRecord(run.job_id, task.index, CANCELLED, chunk.attempt, "",
+                                         stamp, stamp)
+                run.deliver(self.store.put_result(cancelled))
+        if keep:
+            self._runtime.run_chunk(Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt,
+                                          tuple(keep)), run.deliver)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True  # every task has run by the time its call returned
+
+    def __repr__(self) -> str:
+        return f"InlineBackend(home={str(self.store.home)!r})"
