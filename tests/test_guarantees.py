@@ -1,0 +1,224 @@
+"""The promises fanout's results rest on, each with a test that fails when it is broken.
+
+One result per task and the first success wins; an attempt never writes twice; a retry
+re-runs only what did not succeed. The stores are driven with interleaved attempts that
+return *different* values, so a test can see which one survived, on both stores: the local
+SQLite store and the DynamoDB store (moto, with the table the template defines).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fanout
+from fanout.backends.aws.store import AwsConfig, AwsStore
+from fanout.backends.local.store import LocalStore
+from fanout.protocol import CANCELLED, FAILED, SUCCEEDED, ResultRecord, TaskStore
+from fanout.testing import EmulatedAws, emulated_aws
+
+AnyStore = LocalStore | AwsStore
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FANOUT_HOME", str(tmp_path_factory.mktemp("aws-home")))
+        with emulated_aws() as emulation:
+            yield emulation
+
+
+def aws_store(aws: EmulatedAws) -> AwsStore:
+    options = aws.backend_options
+    return AwsStore(AwsConfig(bucket=options["bucket"], table=options["table"],
+                              state_machine_arn=options["state_machine_arn"],
+                              region=options["region"], endpoint_url=aws.endpoint_url))
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyStore]:
+    if request.param == "sqlite":
+        local = LocalStore(tmp_path / "store")
+        yield local
+        local.close()
+    else:
+        yield aws_store(request.getfixturevalue("aws"))
+
+
+@pytest.fixture
+def job_id(request: pytest.FixtureRequest) -> str:
+    """A job of its own for every test (the DynamoDB table is shared by the module)."""
+    name: str = request.node.name
+    return "guard-" + name.replace("[", "-").rstrip("]")
+
+
+def record(job_id: str, status: str, attempt: int, value: str, task: int = 0) -> ResultRecord:
+    """A record whose payload names its origin: the test can see which attempt survived."""
+    rec = ResultRecord(job_id, task, status, attempt, f"worker-{value}", 1.0, 2.0)
+    if status == SUCCEEDED:
+        rec.value = value.encode()
+    else:
+        rec.exc_type, rec.exc_message = "builtins.RuntimeError", value
+    return rec
+
+
+def origin(rec: ResultRecord | None) -> tuple[str, int, str] | None:
+    """(status, attempt, value) of a stored record: what a caller would get."""
+    if rec is None:
+        return None
+    payload = rec.value.decode() if rec.value is not None else rec.exc_message
+    assert payload is not None
+    return rec.status, rec.attempt, payload
+
+
+def put(store: TaskStore, rec: ResultRecord) -> tuple[str, int, str] | None:
+    return origin(store.put_result(rec))
+
+
+# -- first success wins; no attempt writes twice ---------------------------------------------
+
+
+def test_a_success_is_never_replaced_by_a_later_attempt(store: AnyStore, job_id: str) -> None:
+    assert put(store, record(job_id, SUCCEEDED, 1, "first")) == (SUCCEEDED, 1, "first")
+    # A second attempt that ran anyway (a Lambda timeout whose task finished, then Batch):
+    # its different value must not replace the first success, and the caller learns which
+    # record stands.
+    assert put(store, record(job_id, SUCCEEDED, 2, "second")) == (SUCCEEDED, 1, "first")
+    assert put(store, record(job_id, FAILED, 3, "third")) == (SUCCEEDED, 1, "first")
+    assert put(store, record(job_id, CANCELLED, 4, "cancel")) == (SUCCEEDED, 1, "first")
+    assert origin(store.result(job_id, 0)) == (SUCCEEDED, 1, "first")
+
+
+def test_a_later_attempt_replaces_a_failure_once(store: AnyStore, job_id: str) -> None:
+    assert put(store, record(job_id, FAILED, 1, "boom")) == (FAILED, 1, "boom")
+    assert put(store, record(job_id, SUCCEEDED, 2, "fixed")) == (SUCCEEDED, 2, "fixed")
+    assert put(store, record(job_id, SUCCEEDED, 3, "again")) == (SUCCEEDED, 2, "fixed")
+    assert [origin(r) for r in store.results(job_id)] == [(SUCCEEDED, 2, "fixed")]
+
+
+def test_an_attempt_never_writes_twice(store: AnyStore, job_id: str) -> None:
+    assert put(store, record(job_id, FAILED, 1, "boom-1")) == (FAILED, 1, "boom-1")
+    # The same attempt delivered again (a re-driven chunk) with another outcome: ignored.
+    assert put(store, record(job_id, FAILED, 1, "boom-1b")) == (FAILED, 1, "boom-1")
+    assert put(store, record(job_id, SUCCEEDED, 1, "late-1")) == (FAILED, 1, "boom-1")
+    assert put(store, record(job_id, FAILED, 2, "boom-2")) == (FAILED, 2, "boom-2")
+    # A straggler of an earlier attempt arrives after a later one: it is stale.
+    assert put(store, record(job_id, SUCCEEDED, 1, "stale-1")) == (FAILED, 2, "boom-2")
+    assert origin(store.result(job_id, 0)) == (FAILED, 2, "boom-2")
+
+
+def test_a_cancellation_that_lands_first_stands_for_its_attempt(store: AnyStore,
+                                                                 job_id: str) -> None:
+    assert put(store, record(job_id, CANCELLED, 1, "cancel")) == (CANCELLED, 1, "cancel")
+    assert put(store, record(job_id, SUCCEEDED, 1, "too-late")) == (CANCELLED, 1, "cancel")
+    # A retry is a later attempt: it may replace the cancellation.
+    assert put(store, record(job_id, SUCCEEDED, 2, "retried")) == (SUCCEEDED, 2, "retried")
+
+
+def test_a_batch_of_puts_applies_the_rule_record_by_record(store: AnyStore,
+                                                           job_id: str) -> None:
+    store.put_result(record(job_id, FAILED, 1, "old-0", task=0))
+    store.put_result(record(job_id, SUCCEEDED, 1, "done-1", task=1))
+    stored = store.put_results([
+        record(job_id, SUCCEEDED, 2, "new-0", task=0),  # replaces the failure
+        record(job_id, SUCCEEDED, 2, "new-1", task=1),  # the success stays
+        record(job_id, FAILED, 1, "first-2", task=2),  # nothing there yet
+        record(job_id, SUCCEEDED, 1, "dup-2", task=2),  # same attempt, same batch: ignored
+    ])
+    assert [origin(r) for r in stored] == [
+        (SUCCEEDED, 2, "new-0"), (SUCCEEDED, 1, "done-1"), (FAILED, 1, "first-2"),
+        (FAILED, 1, "first-2")]
+    assert [origin(r) for r in store.results(job_id)] == [
+        (SUCCEEDED, 2, "new-0"), (SUCCEEDED, 1, "done-1"), (FAILED, 1, "first-2")]
+
+
+def test_racing_attempts_agree_on_one_survivor(store: AnyStore, job_id: str) -> None:
+    """Eight writers at once, each with its own value: all are told the same winner."""
+    writers = 8
+    barrier = threading.Barrier(writers)
+    told: dict[int, tuple[str, int, str] | None] = {}
+    errors: list[BaseException] = []
+    # Each thread gets its own store object (its own connection or HTTP client), as
+    # separate worker processes would.
+    make: Callable[[], AnyStore] = (
+        (lambda: LocalStore(store.home)) if isinstance(store, LocalStore)
+        else (lambda: AwsStore(store.config)))
+
+    def write(n: int) -> None:
+        try:
+            mine = make()
+            barrier.wait(timeout=30)
+            told[n] = put(mine, record(job_id, SUCCEEDED, 1 + n % 2, f"writer-{n}"))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    stored = origin(store.result(job_id, 0))
+    assert stored is not None and stored[2].startswith("writer-")
+    assert set(told.values()) == {stored}, "writers were told different winners"
+
+
+# -- retry re-runs only what did not succeed, counted by executions --------------------------
+
+
+def log_then_fail_unless(marker: str, log_path: str, x: int, bad: tuple[int, ...]) -> int:
+    """Appends one line per execution (O_APPEND: whole lines from concurrent workers),
+    then fails for ``x in bad`` until ``marker`` exists (a bug the user then fixes)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+    if x in bad and not os.path.exists(marker):
+        raise RuntimeError(f"task {x} is not fixed yet")
+    return x * 10
+
+
+def executions(log: Path) -> collections.Counter[int]:
+    return collections.Counter(int(line) for line in log.read_text().split())
+
+
+def test_retry_on_aws_reruns_only_unfinished_tasks(aws: EmulatedAws, tmp_path: Path) -> None:
+    marker, log = tmp_path / "fixed", tmp_path / "executions.log"
+    n, bad = 7, (2, 4)
+    with fanout.Executor(backend="aws", progress=False, chunksize=3,
+                         **aws.backend_options) as ex:
+        results = ex.map(log_then_fail_unless, [str(marker)] * n, [str(log)] * n, range(n),
+                         [bad] * n)
+        failed = {f.task_index for f in results.futures if f.exception(timeout=120)}
+    assert failed == set(bad)
+    assert executions(log) == collections.Counter(range(n))
+    marker.touch()
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    counts = job.retry()
+    assert counts["succeeded"] == n and counts["failed"] == 0
+    assert job.results(timeout=60) == [x * 10 for x in range(n)]
+    # What the retry's Distributed Map was given to run (its manifest in S3), and what ran.
+    store = aws_store(aws)
+    listing = store.s3.list_objects_v2(Bucket=store.bucket,
+                                       Prefix=store.key(job.job_id, "manifest-retry-"))
+    retry_manifests = [o["Key"] for o in listing.get("Contents", [])
+                       if o["Key"].endswith(".json") and not o["Key"].endswith(
+                           ("-lambda.json", "-batch.json"))]
+    assert len(retry_manifests) == 1, retry_manifests
+    chunks: list[dict[str, Any]] = json.loads(
+        store.s3.get_object(Bucket=store.bucket, Key=retry_manifests[0])["Body"].read())
+    assert sorted(t[0] for c in chunks for t in c["tasks"]) == list(bad)
+    assert {c["attempt"] for c in chunks} == {2}
+    ran = executions(log)
+    assert ran == collections.Counter({**{x: 1 for x in range(n)}, **{x: 2 for x in bad}}), (
+        f"the retry re-ran finished tasks: {sorted(ran.items())}")
+    records = job.records()
+    assert [r.attempt for r in records] == [2 if r.task_index in bad else 1 for r in records]
