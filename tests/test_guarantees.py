@@ -170,6 +170,48 @@ def test_racing_attempts_agree_on_one_survivor(store: AnyStore, job_id: str) -> 
     assert set(told.values()) == {stored}, "writers were told different winners"
 
 
+# -- nothing computed is lost: a record comes back whole ---------------------------------------
+
+
+def full_records(job_id: str) -> list[ResultRecord]:
+    """Every field set, on a success, a failure with a pickled exception, and a blob."""
+    return [
+        ResultRecord(job_id, 0, SUCCEEDED, 2, "host-a/101", 10.25, 12.5, value=b"\x00value",
+                     stdout="out\n", stderr="err\n", extra={"checkpoint": True, "n": 3}),
+        ResultRecord(job_id, 1, FAILED, 1, "", 20.0, 20.75,
+                     exc_type="builtins.ValueError", exc_message="bad input",
+                     traceback="Traceback (most recent call last):\n  ...\nValueError",
+                     exc_pickle=b"\x80\x05pickled", stdout="", stderr="oops"),
+        ResultRecord(job_id, 2, SUCCEEDED, 1, "w", 1.5, 3.0,
+                     value_ref=f"{job_id}/values/2.a1.abcd.pkl"),
+    ]
+
+
+def test_a_record_comes_back_whole(store: AnyStore, job_id: str) -> None:
+    records = full_records(job_id)
+    assert store.put_results(records) == records
+    assert store.results(job_id) == records
+    assert [store.result(job_id, r.task_index) for r in records] == records
+    assert store.result(job_id, 3) is None
+    # A lost put hands back the stored record whole, not just its status.
+    loser = ResultRecord(job_id, 0, SUCCEEDED, 3, "late", 0.0, 0.0, value=b"other")
+    assert store.put_result(loser) == records[0]
+    assert store.put_results([loser]) == [records[0]]
+
+
+def test_a_rerun_skips_exactly_the_succeeded_tasks(aws: EmulatedAws, job_id: str) -> None:
+    """A Batch attempt after a Lambda one, or a retry, asks which tasks are done; more than
+    100 keys take several BatchGetItem requests (DynamoDB's limit per request)."""
+    store = aws_store(aws)
+    statuses = {i: (SUCCEEDED, FAILED, CANCELLED)[i % 3] for i in range(0, 230, 2)}
+    for index, status in statuses.items():
+        store.put_result(record(job_id, status, 1, f"t{index}", task=index))
+    asked = list(range(5, 230))  # odd ones have no record at all
+    expected = {i for i, status in statuses.items() if status == SUCCEEDED and i >= 5}
+    assert store.finished_tasks(job_id, asked) == expected
+    assert store.finished_tasks(job_id, []) == set()
+
+
 # -- retry re-runs only what did not succeed, counted by executions --------------------------
 
 
