@@ -10,10 +10,13 @@ worker runtime (``runtime.py``) writes records through the conditional put, the 
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import pickle
 import random
 import sys
 import threading
+import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +24,13 @@ from typing import Any
 
 import numpy
 import pytest
+import tqdm
 
 import fanout
 from fanout import serialization
 from fanout.backends.local.store import LocalStore
 from fanout.collector import JobRun, RemoteTraceback, rebuild_exception, resolve
-from fanout.errors import RemoteError, SerializationError
+from fanout.errors import RemoteError, SerializationError, TaskTimeout
 from fanout.future import Future
 from fanout.manifest import plan_job, write_payload
 from fanout.options import TaskOptions
@@ -82,6 +86,15 @@ def seeds(_: int) -> tuple[int, float]:
     return fanout.task_seed(), random.random()
 
 
+def scaled(x: int, factor: int = 1, offset: int = 0) -> int:
+    return x * factor + offset
+
+
+def sleepy(seconds: float) -> float:
+    time.sleep(seconds)  # a task that takes this long, not a synchronisation
+    return seconds
+
+
 # -- a job in a real store ---------------------------------------------------------------------
 
 
@@ -98,14 +111,16 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
 
 
 def make_job(store: LocalStore, fn: Any, items: list[Any], chunksize: int = 10,
-             python: str | None = None, seed: int = 42) -> tuple[JobSpec, list[Chunk]]:
+             python: str | None = None, seed: int = 42, timeout: float | None = None,
+             kwargs: dict[str, Any] | None = None) -> tuple[JobSpec, list[Chunk]]:
     """What a backend's submit does, by fanout's own functions, into ``store``."""
     job_id = f"path-{fn.__name__}"
     store.write_object(job_id, "function.pkl", serialization.dumps_function(fn))
     with store.open_payload(job_id, "payload-0.bin") as out:
-        refs = write_payload(out, [serialization.dumps_call((x,), {}) for x in items], seed)
+        refs = write_payload(out, [serialization.dumps_call((x,), kwargs or {}) for x in items],
+                             seed)
     spec, manifest = plan_job(job_id, "map", fn.__name__, refs,
-                              TaskOptions(chunksize=chunksize), seed)
+                              TaskOptions(chunksize=chunksize, timeout=timeout), seed)
     if python is not None:
         spec = replace(spec, python=python)
     store.create_job(spec, manifest, None)
@@ -366,6 +381,7 @@ def test_a_value_that_cannot_load_here_is_a_serialization_error() -> None:
     exc = future.exception(timeout=0)
     assert isinstance(exc, SerializationError)
     assert "task 0 of job collect succeeded" in str(exc) and exc.__cause__ is not None
+    assert str(exc).endswith("Import the modules that define the result's types here.")
     resolve(future, record(0, SUCCEEDED, 2), lambda r: r.value or b"")  # settled: ignored
     assert future.exception(timeout=0) is exc
 
@@ -375,12 +391,84 @@ def test_an_exception_is_rebuilt_with_its_type_or_as_a_remote_error() -> None:
         raise KeyError("missing")
     except KeyError as exc:
         fields = exception_fields(exc)
+        text = "".join(traceback.format_exception(exc))
+    # Raised here, outside the runtime: every frame is the caller's, so nothing is cut.
+    assert fields["traceback"] == text
+    assert fields["exc_type"] == "builtins.KeyError" and fields["exc_message"] == "'missing'"
     rec = ResultRecord("collect", 0, FAILED, 1, "w", 0.0, 0.0, **fields)
     rebuilt = rebuild_exception(rec)
     assert type(rebuilt) is KeyError and rebuilt.args == ("missing",)
     assert isinstance(rebuilt.__cause__, RemoteTraceback)
-    assert rebuilt.__cause__.tb.strip('\n"').endswith("KeyError: 'missing'")
-    bare = rebuild_exception(ResultRecord("collect", 0, FAILED, 1, "w", 0.0, 0.0,
-                                          exc_pickle=pickle.dumps("not an exception")))
-    assert isinstance(bare, RemoteError) and bare.__cause__ is None
-    assert "Exception" in str(bare)
+    assert rebuilt.__cause__.tb == f'\n"""\n{text.rstrip()}\n"""' == str(rebuilt.__cause__)
+    assert rebuilt.__cause__.args == (rebuilt.__cause__.tb,)
+    # Without a usable pickle: a RemoteError that names the type and keeps the text.
+    for blob in (pickle.dumps("not an exception"), b"not a pickle", None):
+        bare = rebuild_exception(ResultRecord("collect", 0, FAILED, 1, "w", 0.0, 0.0,
+                                              exc_pickle=blob))
+        assert isinstance(bare, RemoteError) and bare.__cause__ is None
+        assert str(bare) == "Exception" and bare.remote_traceback == ""
+    named = rebuild_exception(ResultRecord("collect", 0, FAILED, 1, "w", 0.0, 0.0,
+                                           exc_type="mod.Gone", exc_message="it left",
+                                           traceback="Traceback: gone\n"))
+    assert isinstance(named, RemoteError) and str(named) == "mod.Gone: it left"
+    assert named.remote_traceback == "Traceback: gone\n"
+    assert str(named.__cause__) == '\n"""\nTraceback: gone\n"""'
+
+
+def test_keyword_arguments_reach_the_task(store: LocalStore) -> None:
+    _, manifest = make_job(store, scaled, [1, 2], kwargs={"factor": 10, "offset": 3})
+    assert [serialization.loads(store.load_value(r)) for r in run(store, manifest[0])] == [
+        13, 23]
+
+
+def test_the_runtime_says_which_task_runs_and_when_none_does(store: LocalStore) -> None:
+    spec, manifest = make_job(store, scaled, [0, 1])
+    seen: list[tuple[str, int] | None] = []
+    runtime = WorkerRuntime(store, "w-1", on_start=lambda ctx: seen.append(
+        None if ctx is None else (ctx.job_id, ctx.task_index)))
+    runtime.run_chunk(manifest[0])
+    assert seen == [(spec.job_id, 0), None, (spec.job_id, 1), None]
+
+
+def test_a_timeout_is_enforced_only_when_the_runtime_is_asked_to(store: LocalStore) -> None:
+    """AWS workers enforce ``timeout=`` themselves (SIGALRM); a local worker leaves it to its
+    supervisor, which kills the process instead."""
+    spec, manifest = make_job(store, sleepy, [0.5], timeout=0.05)
+    enforcing = WorkerRuntime(store, "w-1")
+    enforcing.enforce_timeouts = True
+    enforcing.run_chunk(manifest[0])
+    [stopped] = store.results(spec.job_id)
+    assert stopped.status == FAILED and stopped.exc_type == "fanout.errors.TaskTimeout"
+    assert stopped.exc_message == ("task 0 ran longer than timeout=0.05s and was stopped; "
+                                   "raise timeout= or split the task")
+    assert isinstance(rebuild_exception(stopped), TaskTimeout)
+    patient = WorkerRuntime(store, "w-2")  # not enforcing: the task runs to its end
+    patient.run_chunk(replace(manifest[0], attempt=2))
+    [finished] = store.results(spec.job_id)
+    assert (finished.status, finished.attempt) == (SUCCEEDED, 2)
+
+
+def test_a_job_without_tasks_is_done_at_once_unless_it_reduces() -> None:
+    spec = JobSpec("collect", "map", "f", 0, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    assert JobRun(spec, [], lambda r: b"").done.is_set()
+    reducing = JobRun(spec, [], lambda r: b"", Future("collect", REDUCE_INDEX, None))  # type: ignore[arg-type]
+    assert not reducing.done.is_set()
+    one = JobRun(spec, [Future("collect", 0, None)], lambda r: b"")  # type: ignore[arg-type]
+    assert not one.done.is_set()
+
+
+def test_a_job_run_starts_clean_and_closes_its_progress_bar() -> None:
+    spec = JobSpec("collect", "map", "f", 2, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    futures = [Future("collect", i, None) for i in range(2)]  # type: ignore[arg-type]
+    bar = tqdm.tqdm(total=2, file=io.StringIO(), disable=False)
+    job = JobRun(spec, futures, lambda r: r.value or b"", progress=bar)
+    assert job.job_id == "collect" and job.spec is spec
+    assert (job.cancelled, job.reduce_queued, job.reduce_attempt) == (False, False, 1)
+    assert job.first_failure is None and job.mean_seconds is None
+    assert not job.done.is_set() and not job.stored.is_set()
+    job.deliver(record(0, SUCCEEDED, 0))
+    assert bar.n == 1 and not job.done.is_set(), "one of two tasks is not the whole job"
+    job.deliver(record(1, SUCCEEDED, 1))
+    assert bar.n == 2 and job.done.is_set() and not job.stored.is_set()
+    job.close()
+    assert job.stored.is_set() and job.progress is None
