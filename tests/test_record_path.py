@@ -13,6 +13,7 @@ import concurrent.futures
 import io
 import pickle
 import random
+import re
 import sys
 import threading
 import time
@@ -90,6 +91,14 @@ def scaled(x: int, factor: int = 1, offset: int = 0) -> int:
     return x * factor + offset
 
 
+def resume(x: int) -> int:
+    """Checkpoints and fails on its first attempt; the retry resumes and succeeds."""
+    if fanout.restore() is None:
+        fanout.checkpoint(x)
+        raise RuntimeError("first attempt")
+    return x
+
+
 def sleepy(seconds: float) -> float:
     time.sleep(seconds)  # a task that takes this long, not a synchronisation
     return seconds
@@ -148,8 +157,9 @@ def test_each_task_becomes_one_stored_record_with_its_outcome(store: LocalStore)
     spec, manifest = make_job(store, work, list(range(6)))
     told = run(store, manifest[0])
     stored = store.results(spec.job_id)
-    # The callback gets what the store holds (less the runtime's checkpoint note in extra).
+    # The callback gets what the store holds, less the runtime's own checkpoint note.
     assert [replace(r, extra={}) for r in told] == [replace(r, extra={}) for r in stored]
+    assert all(r.extra == {} for r in told)
     assert [r.task_index for r in stored] == list(range(6))
     assert [r.status for r in stored] == [SUCCEEDED] * 3 + [FAILED] * 2 + [SUCCEEDED]
     assert all(r.attempt == 1 and r.worker_id == "w-1" for r in stored)
@@ -201,7 +211,10 @@ def test_an_unpicklable_result_is_that_tasks_serialization_error(store: LocalSto
     assert {r.exc_type for r in stored} == {"fanout.errors.RemoteError"}
     job = follow(spec, store, stored)
     exc = job.future(0).exception(timeout=0)
-    assert isinstance(exc, RemoteError) and "fanout.SerializationError" in str(exc)
+    assert isinstance(exc, RemoteError) and exc.type_name == "fanout.SerializationError"
+    assert "lock" in exc.remote_message and str(exc).startswith("fanout.SerializationError: ")
+    assert exc.remote_traceback.startswith("Traceback (most recent call last):")
+    assert "SerializationError" in exc.remote_traceback
 
 
 def test_a_python_version_mismatch_fails_every_task_with_the_fix(store: LocalStore) -> None:
@@ -211,8 +224,10 @@ def test_a_python_version_mismatch_fails_every_task_with_the_fix(store: LocalSto
     assert [r.status for r in stored] == [FAILED, FAILED]
     assert all(r.exc_type == "fanout.errors.ConfigurationError" for r in stored)
     here = "{}.{}".format(*sys.version_info[:2])
-    assert all("Python 2.7" in (r.exc_message or "") and f"Python {here}" in (r.exc_message or "")
-               for r in stored)
+    assert {r.exc_message for r in stored} == {
+        f"the client pickled this job with Python 2.7 but the worker runs Python {here}; "
+        "cloudpickle needs the same minor version on both sides. Run the client with Python "
+        f"{here}, or deploy workers with Python 2.7."}
     this = replace(spec, python=serialization.python_version())
     assert version_mismatch(this) is None
 
@@ -472,3 +487,49 @@ def test_a_job_run_starts_clean_and_closes_its_progress_bar() -> None:
     assert bar.n == 2 and job.done.is_set() and not job.stored.is_set()
     job.close()
     assert job.stored.is_set() and job.progress is None
+
+
+def test_a_sink_takes_the_records_instead_of_a_put(store: LocalStore) -> None:
+    """The local worker batches its records: the runtime hands each one to the sink."""
+    spec, manifest = make_job(store, scaled, [0, 1, 2])
+    runtime = WorkerRuntime(store, "w-1")
+    sunk: list[ResultRecord] = []
+    runtime.sink = sunk.append
+    runtime.run_chunk(manifest[0])
+    assert [(r.task_index, r.status) for r in sunk] == [(i, SUCCEEDED) for i in range(3)]
+    assert store.results(spec.job_id) == []  # putting them is the sink's job
+    stored = store.put_results(sunk)
+    for rec, kept in zip(sunk, stored, strict=True):
+        runtime.settle(rec, kept)
+    assert len(store.results(spec.job_id)) == 3
+
+
+def test_a_value_of_exactly_the_limit_stays_in_the_record(store: LocalStore) -> None:
+    store.max_record_value_bytes = len(serialization.dumps_value(bytes(100)))
+    spec, manifest = make_job(store, big, [0, 1])
+    inline, blob = run(store, manifest[0])
+    assert inline.value is not None and inline.value_ref is None
+    assert blob.value is None and blob.value_ref is not None
+    assert re.fullmatch(rf"{spec.job_id}/values/1\.a1\.[0-9a-f]{{8}}\.pkl", blob.value_ref)
+
+
+def test_a_duplicate_run_that_loses_with_a_small_value_deletes_nothing(store: LocalStore
+                                                                        ) -> None:
+    store.max_record_value_bytes = 150
+    _, manifest = make_job(store, big, [1])
+    [first] = run(store, manifest[0])
+    assert first.value_ref is not None
+    store.max_record_value_bytes = 10_000  # the second run's value fits its record
+    [again] = run(store, replace(manifest[0], attempt=2))
+    assert again.value_ref == first.value_ref
+    assert serialization.loads(store.load_value(again)) == bytes(200)
+
+
+def test_a_retry_that_resumes_deletes_the_checkpoint_of_the_earlier_attempt(
+        store: LocalStore) -> None:
+    spec, manifest = make_job(store, resume, [7])
+    [failed] = run(store, manifest[0])
+    assert failed.status == FAILED and store.get_checkpoint(spec.job_id, 0) is not None
+    [resumed] = run(store, retry_plan(manifest, [failed])[0])
+    assert (resumed.status, resumed.attempt) == (SUCCEEDED, 2)
+    assert store.get_checkpoint(spec.job_id, 0) is None, "the retry left the checkpoint"
