@@ -9,6 +9,7 @@ SQLite store and the DynamoDB store (moto, with the table the template defines).
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import threading
@@ -19,9 +20,13 @@ from typing import Any
 import pytest
 
 import fanout
+from fanout import serialization
 from fanout.backends.aws.store import AwsConfig, AwsStore
 from fanout.backends.local.store import LocalStore
+from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
+from fanout.options import TaskOptions
 from fanout.protocol import CANCELLED, FAILED, SUCCEEDED, ResultRecord, TaskStore
+from fanout.runtime import WorkerRuntime
 from fanout.testing import EmulatedAws, emulated_aws
 
 AnyStore = LocalStore | AwsStore
@@ -200,16 +205,50 @@ def test_a_record_comes_back_whole(store: AnyStore, job_id: str) -> None:
 
 
 def test_a_rerun_skips_exactly_the_succeeded_tasks(aws: EmulatedAws, job_id: str) -> None:
-    """A Batch attempt after a Lambda one, or a retry, asks which tasks are done; more than
-    100 keys take several BatchGetItem requests (DynamoDB's limit per request)."""
+    """A Batch attempt after a Lambda one, or a retry, asks which tasks are done: at most
+    100 keys per BatchGetItem request (DynamoDB's limit), so 201 keys take three."""
     store = aws_store(aws)
     statuses = {i: (SUCCEEDED, FAILED, CANCELLED)[i % 3] for i in range(0, 230, 2)}
     for index, status in statuses.items():
         store.put_result(record(job_id, status, 1, f"t{index}", task=index))
-    asked = list(range(5, 230))  # odd ones have no record at all
-    expected = {i for i, status in statuses.items() if status == SUCCEEDED and i >= 5}
+    asked = list(range(6, 207))  # 6 succeeded; odd ones have no record at all
+    expected = {i for i, status in statuses.items() if status == SUCCEEDED and 6 <= i < 207}
+    before = batch_gets(aws)
     assert store.finished_tasks(job_id, asked) == expected
+    assert batch_gets(aws) - before == 3
     assert store.finished_tasks(job_id, []) == set()
+
+
+def requests(aws: EmulatedAws, service: str, operation: str) -> int:
+    """How many requests of this kind the emulation has served so far."""
+    return sum(n for (_, s, op), n in aws.requests.items() if (s, op) == (service, operation))
+
+
+def batch_gets(aws: EmulatedAws) -> int:
+    return requests(aws, "dynamodb", "BatchGetItem")
+
+
+def triple(x: int, plus: int = 0) -> int:
+    return 3 * x + plus
+
+
+def test_an_aws_worker_reads_a_chunks_arguments_with_one_ranged_get(aws: EmulatedAws,
+                                                                     job_id: str) -> None:
+    """The worker runtime on the AWS store, in this process: one GET for the whole chunk."""
+    store = aws_store(aws)
+    with io.BytesIO() as out:
+        refs = write_payload(out, [serialization.dumps_call((x,), {"plus": 1})
+                                   for x in range(5)], 7)
+        store.put_object(job_id, PAYLOAD_OBJECT, out.getvalue())
+    spec, manifest = plan_job(job_id, "map", "triple", refs, TaskOptions(chunksize=5), 7)
+    store.put_bundle(spec, serialization.dumps_function(triple), None)
+    gets = requests(aws, "s3", "GetObject")
+    WorkerRuntime(store, "w-aws").run_chunk(manifest[0])
+    # the bundle (spec and function), then one ranged GET for all five tasks
+    assert requests(aws, "s3", "GetObject") - gets == 2
+    stored = store.results(job_id)
+    assert [serialization.loads(store.load_value(r)) for r in stored] == [1, 4, 7, 10, 13]
+    assert {r.worker_id for r in stored} == {"w-aws"}
 
 
 # -- retry re-runs only what did not succeed, counted by executions --------------------------
