@@ -224,6 +224,29 @@ def requests(aws: EmulatedAws, service: str, operation: str) -> int:
     return sum(n for (_, s, op), n in aws.requests.items() if (s, op) == (service, operation))
 
 
+def test_the_aws_store_reads_records_strongly_consistently(aws: EmulatedAws,
+                                                           job_id: str) -> None:
+    """DynamoDB reads are eventually consistent unless asked (moto is always consistent, so
+    the requests themselves are checked): a re-run deciding what to skip, or a client
+    reading a record just put, must see the latest write."""
+    store = aws_store(aws)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent.append((model.name, params))
+
+    store.dynamodb.meta.events.register("provide-client-params.dynamodb.*", capture)
+    store.put_result(record(job_id, SUCCEEDED, 1, "v"))
+    store.result(job_id, 0)
+    store.results(job_id)
+    store.finished_tasks(job_id, [0, 1])
+    reads = {name: params for name, params in sent if name != "PutItem"}
+    assert set(reads) == {"GetItem", "Query", "BatchGetItem"}
+    assert reads["GetItem"]["ConsistentRead"] is True
+    assert reads["Query"]["ConsistentRead"] is True
+    assert reads["BatchGetItem"]["RequestItems"][store.table]["ConsistentRead"] is True
+
+
 def batch_gets(aws: EmulatedAws) -> int:
     return requests(aws, "dynamodb", "BatchGetItem")
 
