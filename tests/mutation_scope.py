@@ -41,6 +41,9 @@ SCOPE: dict[str, set[str] | None] = {
                    "WorkerRuntime._finish", "WorkerRuntime.settle"},
 }
 
+#: Surviving mutants that change nothing anyone can observe, with the reason (docs/testing.md).
+EQUIVALENT: dict[str, str] = {}
+
 #: What the focused tests need besides the package: the stack the AWS emulation deploys.
 PROJECT_FILES = ("pyproject.toml", "template.yaml", "statemachine", "functions", "tests")
 
@@ -98,21 +101,29 @@ def stage(target: Path) -> None:
 
 def score(target: Path) -> int:
     """Print the score over the mutants in scope; the survivors, to kill or to explain."""
-    results: dict[str, int | None] = {}
+    from mutmut.stats import status_by_exit_code
+
+    status: dict[str, str] = {}
     for meta in sorted((target / "mutants").rglob("*.py.meta")):
-        results.update(json.loads(meta.read_text())["exit_code_by_key"])
-    killed = {name for name, code in results.items() if code not in (0, 5, None)}
-    survived = sorted(name for name, code in results.items() if code == 0)
-    untested = sorted(name for name, code in results.items() if code in (5, None))
-    total = len(results)
-    print(f"mutants in scope: {total}; killed: {len(killed)}; survived: {len(survived)}; "
-          f"not covered or not run: {len(untested)}")
-    if total:
-        print(f"score: {100 * len(killed) / total:.1f}% killed")
-    for name in survived:
-        print("survived:", name)
-    for name in untested:
-        print("not covered / not run:", name)
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            status[name] = status_by_exit_code[code]
+    equivalent = {name for name in status if name in EQUIVALENT}
+    counted = {name: s for name, s in status.items() if name not in equivalent}
+    caught = [name for name, s in counted.items() if s in ("killed", "timeout")]
+    by_status: dict[str, list[str]] = {}
+    for name, s in sorted(counted.items()):
+        by_status.setdefault(s, []).append(name)
+    print(f"mutants in scope: {len(status)}; listed as equivalent: {len(equivalent)}; "
+          + "; ".join(f"{s}: {len(names)}" for s, names in sorted(by_status.items())))
+    if counted:
+        print(f"score: {len(caught)} of {len(counted)} non-equivalent mutants caught "
+              f"({100 * len(caught) / len(counted):.1f}%; timeouts count as caught)")
+    for s, names in sorted(by_status.items()):
+        if s not in ("killed", "timeout"):
+            for name in names:
+                print(f"{s}: {name}")
+    for name in sorted(equivalent):
+        print(f"equivalent: {name}: {EQUIVALENT[name]}")
     return 0
 
 

@@ -21,7 +21,7 @@ import pytest
 
 import fanout
 from fanout import serialization
-from fanout.backends.aws.store import AwsConfig, AwsStore
+from fanout.backends.aws.store import AwsConfig, AwsStore, task_key
 from fanout.backends.local.store import LocalStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
@@ -222,6 +222,51 @@ def test_a_rerun_skips_exactly_the_succeeded_tasks(aws: EmulatedAws, job_id: str
 def requests(aws: EmulatedAws, service: str, operation: str) -> int:
     """How many requests of this kind the emulation has served so far."""
     return sum(n for (_, s, op), n in aws.requests.items() if (s, op) == (service, operation))
+
+
+def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,
+                                                         job_id: str) -> None:
+    """BatchGetItem may answer part of a request and return the rest as UnprocessedKeys
+    (response over 16 MB, or throttling: "BatchGetItem", DynamoDB API Reference). moto always
+    answers in full, so the first answer is cut down here the way DynamoDB would cut it."""
+    store = aws_store(aws)
+    for index in range(6):
+        store.put_result(record(job_id, SUCCEEDED, 1, f"t{index}", task=index))
+    cut: list[int] = []
+    asked: list[dict[str, Any]] = []
+
+    def remember(params: dict[str, Any], **_: Any) -> None:
+        asked.append(params["RequestItems"][store.table])
+
+    def partial(parsed: dict[str, Any], **_: Any) -> None:
+        if cut:
+            return
+        items = parsed["Responses"][store.table]
+        kept, left = items[:2], items[2:]
+        cut.extend(int(item["task_index"]["N"]) for item in left)
+        parsed["Responses"][store.table] = kept
+        parsed["UnprocessedKeys"] = {store.table: {
+            **asked[0], "Keys": [{"job_id": {"S": job_id}, "item": {"S": task_key(i)}}
+                                 for i in cut]}}
+
+    store.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchGetItem",
+                                        remember)
+    store.dynamodb.meta.events.register("after-call.dynamodb.BatchGetItem", partial)
+    before = batch_gets(aws)
+    assert store.finished_tasks(job_id, list(range(6))) == set(range(6))
+    assert len(cut) == 4 and batch_gets(aws) - before == 2
+    assert sorted(int(k["item"]["S"][5:]) for k in asked[1]["Keys"]) == sorted(cut)
+
+
+def test_a_winning_put_hands_back_the_callers_record(store: AnyStore, job_id: str) -> None:
+    """No read after a write that won: the runtime tells a won race from a lost one by
+    identity, and a put costs one request."""
+    first = record(job_id, FAILED, 1, "boom")
+    assert store.put_result(first) is first
+    batch = [record(job_id, SUCCEEDED, 2, "ok"), record(job_id, FAILED, 1, "new", task=1)]
+    assert all(a is b for a, b in zip(store.put_results(batch), batch, strict=True))
+    loser = record(job_id, SUCCEEDED, 3, "late")
+    assert store.put_result(loser) is not loser
 
 
 def test_the_aws_store_reads_records_strongly_consistently(aws: EmulatedAws,

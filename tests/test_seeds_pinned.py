@@ -21,7 +21,7 @@ import pytest
 
 import fanout
 from fanout.context import TaskContext, running
-from fanout.seeding import derive_seed
+from fanout.seeding import derive_seed, fresh_seed
 
 import tasks
 
@@ -70,6 +70,12 @@ def test_seeds_span_63_bits_and_differ_between_neighbours() -> None:
     assert len(set(seeds)) == len(seeds)
     assert all(0 <= s < 2**63 for s in seeds)
     assert max(seeds) >= 2**62  # the top bit that is kept is used
+
+
+def test_a_fresh_job_seed_is_random_and_fits_63_bits() -> None:
+    seeds = {fresh_seed() for _ in range(1000)}
+    assert len(seeds) == 1000 and all(0 <= s < 2**63 for s in seeds)
+    assert max(seeds) >= 2**62  # all 1000 below 2**62: a chance of 2**-1000
 
 
 @pytest.fixture
