@@ -241,10 +241,10 @@ def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,
     def partial(parsed: dict[str, Any], **_: Any) -> None:
         if cut:
             return
-        items = parsed["Responses"][store.table]
-        kept, left = items[:2], items[2:]
-        cut.extend(int(item["task_index"]["N"]) for item in left)
-        parsed["Responses"][store.table] = kept
+        # The whole first answer is left unprocessed: DynamoDB then returns no entry for
+        # the table under Responses at all.
+        cut.extend(int(item["task_index"]["N"]) for item in parsed["Responses"][store.table])
+        del parsed["Responses"][store.table]
         parsed["UnprocessedKeys"] = {store.table: {
             **asked[0], "Keys": [{"job_id": {"S": job_id}, "item": {"S": task_key(i)}}
                                  for i in cut]}}
@@ -254,7 +254,7 @@ def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,
     store.dynamodb.meta.events.register("after-call.dynamodb.BatchGetItem", partial)
     before = batch_gets(aws)
     assert store.finished_tasks(job_id, list(range(6))) == set(range(6))
-    assert len(cut) == 4 and batch_gets(aws) - before == 2
+    assert len(cut) == 6 and batch_gets(aws) - before == 2
     assert sorted(int(k["item"]["S"][5:]) for k in asked[1]["Keys"]) == sorted(cut)
 
 
@@ -310,13 +310,31 @@ def test_an_aws_worker_reads_a_chunks_arguments_with_one_ranged_get(aws: Emulate
         store.put_object(job_id, PAYLOAD_OBJECT, out.getvalue())
     spec, manifest = plan_job(job_id, "map", "triple", refs, TaskOptions(chunksize=5), 7)
     store.put_bundle(spec, serialization.dumps_function(triple), None)
-    gets = requests(aws, "s3", "GetObject")
+    gets, deletes = requests(aws, "s3", "GetObject"), requests(aws, "s3", "DeleteObject")
     WorkerRuntime(store, "w-aws").run_chunk(manifest[0])
     # the bundle (spec and function), then one ranged GET for all five tasks
     assert requests(aws, "s3", "GetObject") - gets == 2
+    # first attempts that never checkpointed have no checkpoint to delete: no request
+    assert requests(aws, "s3", "DeleteObject") == deletes
     stored = store.results(job_id)
     assert [serialization.loads(store.load_value(r)) for r in stored] == [1, 4, 7, 10, 13]
     assert {r.worker_id for r in stored} == {"w-aws"}
+
+
+def test_a_truncated_payload_fails_each_task_of_the_chunk(aws: EmulatedAws,
+                                                          job_id: str) -> None:
+    store = aws_store(aws)
+    with io.BytesIO() as out:
+        refs = write_payload(out, [serialization.dumps_call((x,), {}) for x in range(3)], 7)
+        store.put_object(job_id, PAYLOAD_OBJECT, out.getvalue()[:-3])  # the tail is lost
+    spec, manifest = plan_job(job_id, "map", "triple", refs, TaskOptions(chunksize=3), 7)
+    store.put_bundle(spec, serialization.dumps_function(triple), None)
+    WorkerRuntime(store, "w-aws").run_chunk(manifest[0])
+    stored = store.results(job_id)
+    assert [(r.status, r.exc_type) for r in stored] == [(FAILED, "builtins.OSError")] * 3
+    # one read of the chunk failed, and that failure is each task's, said once for all
+    assert {r.exc_message for r in stored} == {
+        f"payload {PAYLOAD_OBJECT} of job {job_id} is truncated"}
 
 
 # -- retry re-runs only what did not succeed, counted by executions --------------------------
