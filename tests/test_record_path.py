@@ -213,8 +213,9 @@ def test_an_unpicklable_result_is_that_tasks_serialization_error(store: LocalSto
     exc = job.future(0).exception(timeout=0)
     assert isinstance(exc, RemoteError) and exc.type_name == "fanout.SerializationError"
     assert "lock" in exc.remote_message and str(exc).startswith("fanout.SerializationError: ")
-    assert exc.remote_traceback.startswith("Traceback (most recent call last):")
-    assert "SerializationError" in exc.remote_traceback
+    assert exc.remote_traceback.startswith("Traceback (most recent call last):\n  File ")
+    last_line = f"fanout.errors.SerializationError: {exc.remote_message}\n"
+    assert exc.remote_traceback.endswith(last_line)
 
 
 def test_a_python_version_mismatch_fails_every_task_with_the_fix(store: LocalStore) -> None:
