@@ -257,6 +257,7 @@ def test_large_values_go_to_a_blob_and_a_lost_race_drops_its_blob(store: LocalSt
     again = run(store, replace(manifest[0], attempt=2), worker="w-2")
     assert [(r.attempt, r.worker_id, r.value_ref) for r in again] == [
         (r.attempt, r.worker_id, r.value_ref) for r in first]
+    assert all(r.extra == {} for r in again), "the runtime's note leaked to the callback"
     assert sorted(p.name for p in blobs.iterdir()) == kept
 
 
