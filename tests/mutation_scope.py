@@ -79,6 +79,11 @@ EQUIVALENT: dict[str, str] = {
         [f"fanout.backends.local.store.xǁLocalStoreǁresults__mutmut_{n}" for n in (7, 8)],
         "ORDER BY in lower or upper case: SQL keywords and column names are not case "
         "sensitive in SQLite"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.store.xǁAwsStoreǁ_record__mutmut_{n}"
+         for n in (90, 92, 94, 96, 101, 103, 105, 107, 109, 114, 117, 119, 121, 123, 128)],
+        "the default for a missing stdout, stderr or extra attribute: the only writer of "
+        "task items, AwsStore._item, always sets all three"),
     "fanout.backends.local.store.xǁLocalStoreǁ_record__mutmut_2":
         "row[:17] for row[:16]: the rows it is given have 16 columns",
 }

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,14 @@ from fanout.backends.aws.store import AwsConfig, AwsStore, task_key
 from fanout.backends.local.store import LocalStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
-from fanout.protocol import CANCELLED, FAILED, SUCCEEDED, ResultRecord, TaskStore
+from fanout.protocol import (
+    CANCELLED,
+    FAILED,
+    REDUCE_INDEX,
+    SUCCEEDED,
+    ResultRecord,
+    TaskStore,
+)
 from fanout.runtime import WorkerRuntime
 from fanout.testing import EmulatedAws, emulated_aws
 
@@ -222,6 +230,27 @@ def test_a_rerun_skips_exactly_the_succeeded_tasks(aws: EmulatedAws, job_id: str
 def requests(aws: EmulatedAws, service: str, operation: str) -> int:
     """How many requests of this kind the emulation has served so far."""
     return sum(n for (_, s, op), n in aws.requests.items() if (s, op) == (service, operation))
+
+
+def test_the_reduce_record_and_the_poll_cursor_keep_the_documented_layout(
+        aws: EmulatedAws, job_id: str) -> None:
+    """The table layout is a stored format (backends/aws/store.py's docstring): the reduce
+    record lives under item "reduce", outside the task records, and each record carries the
+    wall-clock millisecond it finished, which the client's polling cursor follows."""
+    store = aws_store(aws)
+    before_ms = int(time.time() * 1000)
+    store.put_result(record(job_id, SUCCEEDED, 1, "task-0"))
+    reduced = ResultRecord(job_id, REDUCE_INDEX, SUCCEEDED, 1, "w", 1.0, 2.0, value=b"sum")
+    assert store.put_result(reduced) is reduced
+    after_ms = int(time.time() * 1000)
+    raw = store.dynamodb.get_item(TableName=store.table, ConsistentRead=True,
+                                  Key={"job_id": {"S": job_id}, "item": {"S": "reduce"}})
+    assert raw["Item"]["value"]["B"] == b"sum"
+    assert store.result(job_id, REDUCE_INDEX) == reduced
+    assert [r.task_index for r in store.results(job_id)] == [0]
+    polled, cursor = store.results_since(job_id, 0)
+    assert sorted(r.task_index for r in polled) == [REDUCE_INDEX, 0]
+    assert before_ms <= cursor <= after_ms
 
 
 def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,

@@ -42,6 +42,7 @@ from fanout.testing import EmulatedAws, emulated_aws
 #: Tasks 0-1 in chunk 0, task 2 in chunk 1: a retry plans per chunk.
 CHUNKS = ((0, 1), (2,))
 TASKS = tuple(i for chunk in CHUNKS for i in chunk)
+TIERS = ("lambda", "batch")
 
 # Sized so both machines together take well under a minute here (2 shared cores). Under
 # mutmut a mutant only needs to be caught, not explained: no shrinking, which on moto can
@@ -81,7 +82,7 @@ class StoreModel(RuleBasedStateMachine):
         self.model: dict[int, Kept] = {}
         self.writes = 0
         self.seen: dict[int, Kept] = {}  # the store's record at the previous check
-        self.manifest = [Chunk(self.job_id, n, "lambda", 1,
+        self.manifest = [Chunk(self.job_id, n, TIERS[n], 1,
                                tuple(TaskRef(i, "payload-0.bin", i, 1, i) for i in tasks))
                          for n, tasks in enumerate(CHUNKS)]
 
@@ -135,13 +136,14 @@ class StoreModel(RuleBasedStateMachine):
         """Plan a retry from the stored records, then run it: every re-run write lands."""
         plan = retry_plan(self.manifest, self.store.results(self.job_id))
         expected = []
-        for chunk in CHUNKS:
+        for n, chunk in enumerate(CHUNKS):
             todo = [t for t in chunk if t not in self.model or self.model[t].status != SUCCEEDED]
             if todo:
                 attempt = 1 + max((self.model[t].attempt for t in todo if t in self.model),
                                   default=0)
-                expected.append((attempt, todo))
-        assert [(c.attempt, [t.index for t in c.tasks]) for c in plan] == expected
+                expected.append((self.job_id, n, TIERS[n], attempt, todo))
+        assert [(c.job_id, c.index, c.tier, c.attempt, [t.index for t in c.tasks])
+                for c in plan] == expected
         for chunk_plan in plan:
             for task in chunk_plan.tasks:
                 rec, new = self.record(task.index, outcomes[task.index], chunk_plan.attempt)
