@@ -246,6 +246,10 @@ def test_the_reduce_record_and_the_poll_cursor_keep_the_documented_layout(
     raw = store.dynamodb.get_item(TableName=store.table, ConsistentRead=True,
                                   Key={"job_id": {"S": job_id}, "item": {"S": "reduce"}})
     assert raw["Item"]["value"]["B"] == b"sum"
+    # Records expire after RECORD_TTL_DAYS (90) through the table's TTL attribute.
+    ttl = store.dynamodb.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
+    expires = int(raw["Item"][ttl["AttributeName"]]["N"])
+    assert before_ms // 1000 + 90 * 86400 <= expires <= after_ms // 1000 + 90 * 86400 + 1
     assert store.result(job_id, REDUCE_INDEX) == reduced
     assert [r.task_index for r in store.results(job_id)] == [0]
     polled, cursor = store.results_since(job_id, 0)
