@@ -75,6 +75,9 @@ EQUIVALENT: dict[str, str] = {
     "fanout.backends.aws.store.xǁAwsStoreǁresults__mutmut_11":
         "'and' for 'AND' in a key condition: DynamoDB's expression keywords are not case "
         "sensitive",
+    "fanout.backends.aws.store.xǁAwsStoreǁput_result__mutmut_13":
+        "'or'/'and' for 'OR'/'AND' in the condition expression: DynamoDB's expression "
+        "keywords are not case sensitive",
     **dict.fromkeys(
         [f"fanout.backends.local.store.xǁLocalStoreǁresults__mutmut_{n}" for n in (7, 8)],
         "ORDER BY in lower or upper case: SQL keywords and column names are not case "
