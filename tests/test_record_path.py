@@ -339,12 +339,17 @@ def test_the_first_delivered_record_settles_a_future_and_later_ones_are_ignored(
     assert job.mean_seconds == pytest.approx(0.8 * 1.0 + 0.2 * 0.0)
 
 
-def test_a_failure_in_task_order_settles_the_reduce_future() -> None:
-    spec = JobSpec("collect", "map_reduce", "f", 3, 1, TaskOptions(), "3.11", {}, 0.0, "c",
-                   has_reducer=True)
-    futures = [Future("collect", i, None) for i in range(3)]  # type: ignore[arg-type]
+def reducing_job(n_tasks: int) -> tuple[JobRun, Future]:
+    """A map_reduce job of ``n_tasks`` as a client follows it, and its reduce future."""
+    spec = JobSpec("collect", "map_reduce", "f", n_tasks, 1, TaskOptions(), "3.11", {}, 0.0,
+                   "c", has_reducer=True)
+    futures = [Future("collect", i, None) for i in range(n_tasks)]  # type: ignore[arg-type]
     reduce_future = Future("collect", REDUCE_INDEX, None)  # type: ignore[arg-type]
-    job = JobRun(spec, futures, lambda r: r.value or b"", reduce_future)
+    return JobRun(spec, futures, lambda r: r.value or b"", reduce_future), reduce_future
+
+
+def test_a_failure_in_task_order_settles_the_reduce_future() -> None:
+    job, reduce_future = reducing_job(3)
     job.deliver(record(0, SUCCEEDED, 0))
     assert not job.needs_reduce()
     late = ResultRecord("collect", 2, FAILED, 1, "w", 1.0, 2.0, exc_message="second")
@@ -358,11 +363,7 @@ def test_a_failure_in_task_order_settles_the_reduce_future() -> None:
 
 
 def test_a_reduce_runs_only_when_every_task_succeeded() -> None:
-    spec = JobSpec("collect", "map_reduce", "f", 2, 1, TaskOptions(), "3.11", {}, 0.0, "c",
-                   has_reducer=True)
-    futures = [Future("collect", i, None) for i in range(2)]  # type: ignore[arg-type]
-    reduce_future = Future("collect", REDUCE_INDEX, None)  # type: ignore[arg-type]
-    job = JobRun(spec, futures, lambda r: r.value or b"", reduce_future)
+    job, reduce_future = reducing_job(2)
     job.deliver(record(0, SUCCEEDED, 0))
     assert not job.needs_reduce()
     job.deliver(record(1, SUCCEEDED, 1))
@@ -374,11 +375,7 @@ def test_a_reduce_runs_only_when_every_task_succeeded() -> None:
 
 
 def test_a_cancelled_job_without_failures_cancels_its_reduce() -> None:
-    spec = JobSpec("collect", "map_reduce", "f", 1, 1, TaskOptions(), "3.11", {}, 0.0, "c",
-                   has_reducer=True)
-    futures = [Future("collect", 0, None)]  # type: ignore[arg-type]
-    reduce_future = Future("collect", REDUCE_INDEX, None)  # type: ignore[arg-type]
-    job = JobRun(spec, futures, lambda r: r.value or b"", reduce_future)
+    job, reduce_future = reducing_job(1)
     job.deliver(record(0, CANCELLED))
     job.fail_reduce()
     assert reduce_future.cancelled() and job.done.is_set()
