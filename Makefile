@@ -73,6 +73,16 @@ browser:
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# Mutation testing of the modules that hold fanout's guarantees (docs/testing.md); slow, so
+# not part of `make test`. mutmut runs on a copy with the package at src/fanout, made and
+# scored by tests/mutation_scope.py; its config is [tool.mutmut] in pyproject.toml.
+.PHONY: mutation
+mutation: $(STAMP)
+	$(BIN)/python tests/mutation_scope.py stage build/mutation
+	cd build/mutation && nice -n 15 $(CURDIR)/$(BIN)/mutmut run --max-children 2 > mutmut.log 2>&1 \
+		|| { tail -c 3000 mutmut.log; exit 1; }
+	$(BIN)/python tests/mutation_scope.py score build/mutation
+
 clean:
 	rm -rf $(VENV) $(SAM_VENV) build .aws-sam .pytest_cache .mypy_cache .ruff_cache
 

@@ -1,0 +1,189 @@
+"""What ``make mutation`` mutates, and the copy it mutates (see docs/testing.md).
+
+mutmut 3 names a mutant after its file's path (``src/fanout/protocol.py`` is
+``fanout.protocol``) and must find that name again when the tests import it, but this
+repository keeps the ``fanout`` package in ``client/``. So mutation runs on a copy laid out
+as ``src/fanout`` under ``build/mutation``, and in that copy every function outside the
+modules' guarantee-holding parts is marked ``# pragma: no mutate block``: mutants are made
+only where fanout's promises live, and the score is about those.
+
+    python tests/mutation_scope.py stage build/mutation    # before `mutmut run` there
+    python tests/mutation_scope.py score build/mutation    # after: the score, survivors
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import libcst as cst
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: module (under client/) -> the functions mutated in it; ``None`` means all of them.
+SCOPE: dict[str, set[str] | None] = {
+    # the conditional put and what it reads and writes
+    "backends/local/store.py": {"LocalStore._params", "LocalStore._record",
+                                "LocalStore.put_result", "LocalStore.put_results",
+                                "LocalStore.result", "LocalStore.results"},
+    "backends/aws/store.py": {"task_key", "AwsStore._item", "AwsStore._record",
+                              "AwsStore.put_result", "AwsStore.put_results",
+                              "AwsStore.result", "AwsStore.results", "AwsStore.finished_tasks"},
+    # the task protocol, including the retry plan
+    "protocol.py": None,
+    "collector.py": None,
+    "seeding.py": None,
+    # the runtime's record path: a task's outcome becomes one stored record
+    "runtime.py": {"_user_frames", "exception_fields", "WorkerRuntime.run_chunk",
+                   "WorkerRuntime._call", "WorkerRuntime._record", "WorkerRuntime._run_one",
+                   "WorkerRuntime._finish", "WorkerRuntime.settle"},
+}
+
+#: Surviving mutants that change nothing anyone can observe, with the reason (docs/testing.md).
+EQUIVALENT: dict[str, str] = {
+    **dict.fromkeys(
+        [f"fanout.collector.xǁJobRunǁdeliver__mutmut_{n}" for n in (14, 16, 17)],
+        "counts.get(status, <default>): every delivered record's status is one of the three "
+        "keys JobRun.__init__ sets, so the default is never used"),
+    "fanout.collector.xǁJobRunǁdeliver__mutmut_34":
+        "< vs <= on task indexes: a task is delivered at most once, so they never tie",
+    "fanout.collector.xǁJobRunǁfail_reduce__mutmut_5":
+        "load_value=None: resolve() loads a value only for a success; first_failure failed",
+    "fanout.runtime.x_exception_fields__mutmut_6":
+        "format_exception(None, exc, tb): since Python 3.10 the first argument is ignored "
+        "when value and tb are given",
+    **dict.fromkeys(
+        [f"fanout.runtime.x_exception_fields__mutmut_{n}" for n in (16, 18)],
+        "protocol=None/default: cloudpickle's default protocol (pinned cloudpickle 3.1.2) is "
+        "5, the same as serialization.PROTOCOL"),
+    "fanout.runtime.xǁWorkerRuntimeǁ_record__mutmut_3":
+        "initial status None: every path sets the status before the record leaves",
+    "fanout.runtime.xǁWorkerRuntimeǁrun_chunk__mutmut_5":
+        "fn = '' initially: fn is read only when setup_error is None, after it is assigned",
+    **dict.fromkeys(
+        [f"fanout.runtime.xǁWorkerRuntimeǁsettle__mutmut_{n}" for n in (3, 8)],
+        "pop('checkpoint', None/True): only setup-error records lack the note; deleting the "
+        "checkpoint of a task whose stored record already succeeded deletes nothing"),
+    **dict.fromkeys(
+        [f"fanout.protocol.xǁJobSpecǁto_json__mutmut_{n}" for n in (7, 9, 10)],
+        "sort_keys off: every reader parses the JSON; key order is never observed"),
+    "fanout.seeding.x_derive_seed__mutmut_19":
+        "int.from_bytes(digest) without 'big': the default byte order is 'big' since "
+        "Python 3.11, the oldest fanout supports",
+    "fanout.backends.aws.store.xǁAwsStoreǁresults__mutmut_11":
+        "'and' for 'AND' in a key condition: DynamoDB's expression keywords are not case "
+        "sensitive",
+    "fanout.backends.aws.store.xǁAwsStoreǁput_result__mutmut_13":
+        "'or'/'and' for 'OR'/'AND' in the condition expression: DynamoDB's expression "
+        "keywords are not case sensitive",
+    **dict.fromkeys(
+        [f"fanout.backends.local.store.xǁLocalStoreǁresults__mutmut_{n}" for n in (7, 8)],
+        "ORDER BY in lower or upper case: SQL keywords and column names are not case "
+        "sensitive in SQLite"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.store.xǁAwsStoreǁ_record__mutmut_{n}"
+         for n in (90, 92, 94, 96, 101, 103, 105, 107, 109, 114, 117, 119, 121, 123, 128)],
+        "the default for a missing stdout, stderr or extra attribute: the only writer of "
+        "task items, AwsStore._item, always sets all three"),
+    "fanout.backends.local.store.xǁLocalStoreǁ_record__mutmut_2":
+        "row[:17] for row[:16]: the rows it is given have 16 columns",
+}
+
+#: What the focused tests need besides the package: the stack the AWS emulation deploys.
+PROJECT_FILES = ("pyproject.toml", "template.yaml", "statemachine", "functions", "tests")
+
+
+class _FreezeOutOfScope(cst.CSTTransformer):
+    """Adds ``# pragma: no mutate block`` to the header of every function not in scope."""
+
+    def __init__(self, keep: set[str]) -> None:
+        self.keep = keep
+        self.classes: list[str] = []
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        self.classes.append(node.name.value)
+        return True
+
+    def leave_ClassDef(self, original: cst.ClassDef, updated: cst.ClassDef) -> cst.ClassDef:
+        self.classes.pop()
+        return updated
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef
+                          ) -> cst.FunctionDef:
+        name = ".".join([*self.classes, updated.name.value])
+        body = updated.body
+        if name in self.keep or not isinstance(body, cst.IndentedBlock):
+            return updated
+        header = body.header.with_changes(whitespace=cst.SimpleWhitespace("  "),
+                                          comment=cst.Comment("# pragma: no mutate block"))
+        return updated.with_changes(body=body.with_changes(header=header))
+
+
+def stage(target: Path) -> None:
+    """A fresh copy of the project with the package at ``src/fanout``, scoped for mutation."""
+    if target.exists():
+        shutil.rmtree(target)
+    package = target / "src" / "fanout"
+    shutil.copytree(ROOT / "client", package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target / name)
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative not in SCOPE:
+            continue  # mutmut's only_mutate (pyproject.toml) leaves these files alone
+        keep = SCOPE[relative]
+        if keep is None:
+            continue
+        module = cst.parse_module(path.read_text())
+        path.write_text(module.visit(_FreezeOutOfScope(keep)).code)
+
+
+def score(target: Path) -> int:
+    """Print the score over the mutants in scope; the survivors, to kill or to explain."""
+    from mutmut.stats import status_by_exit_code
+
+    status: dict[str, str] = {}
+    for meta in sorted((target / "mutants").rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            status[name] = status_by_exit_code[code]
+    equivalent = {name for name in status if name in EQUIVALENT}
+    counted = {name: s for name, s in status.items() if name not in equivalent}
+    caught = [name for name, s in counted.items() if s in ("killed", "timeout")]
+    by_status: dict[str, list[str]] = {}
+    for name, s in sorted(counted.items()):
+        by_status.setdefault(s, []).append(name)
+    print(f"mutants in scope: {len(status)}; listed as equivalent: {len(equivalent)}; "
+          + "; ".join(f"{s}: {len(names)}" for s, names in sorted(by_status.items())))
+    if counted:
+        print(f"score: {len(caught)} of {len(counted)} non-equivalent mutants caught "
+              f"({100 * len(caught) / len(counted):.1f}%; timeouts count as caught)")
+    for s, names in sorted(by_status.items()):
+        if s not in ("killed", "timeout"):
+            for name in names:
+                print(f"{s}: {name}")
+    for name in sorted(equivalent):
+        print(f"equivalent: {name}: {EQUIVALENT[name]}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[1] not in ("stage", "score"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    target = Path(argv[2]).resolve()
+    if argv[1] == "stage":
+        stage(target)
+        return 0
+    return score(target)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

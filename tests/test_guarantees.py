@@ -1,0 +1,424 @@
+"""The promises fanout's results rest on, each with a test that fails when it is broken.
+
+One result per task and the first success wins; an attempt never writes twice; a retry
+re-runs only what did not succeed. The stores are driven with interleaved attempts that
+return *different* values, so a test can see which one survived, on both stores: the local
+SQLite store and the DynamoDB store (moto, with the table the template defines).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fanout
+from fanout import serialization
+from fanout.backends.aws.store import AwsConfig, AwsStore, task_key
+from fanout.backends.local.store import LocalStore
+from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
+from fanout.options import TaskOptions
+from fanout.protocol import (
+    CANCELLED,
+    FAILED,
+    REDUCE_INDEX,
+    SUCCEEDED,
+    ResultRecord,
+    TaskStore,
+)
+from fanout.runtime import WorkerRuntime
+from fanout.testing import EmulatedAws, emulated_aws
+
+AnyStore = LocalStore | AwsStore
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FANOUT_HOME", str(tmp_path_factory.mktemp("aws-home")))
+        with emulated_aws() as emulation:
+            yield emulation
+
+
+def aws_store(aws: EmulatedAws) -> AwsStore:
+    options = aws.backend_options
+    return AwsStore(AwsConfig(bucket=options["bucket"], table=options["table"],
+                              state_machine_arn=options["state_machine_arn"],
+                              region=options["region"], endpoint_url=aws.endpoint_url))
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyStore]:
+    if request.param == "sqlite":
+        local = LocalStore(tmp_path / "store")
+        yield local
+        local.close()
+    else:
+        yield aws_store(request.getfixturevalue("aws"))
+
+
+@pytest.fixture
+def job_id(request: pytest.FixtureRequest) -> str:
+    """A job of its own for every test (the DynamoDB table is shared by the module)."""
+    name: str = request.node.name
+    return "guard-" + name.replace("[", "-").rstrip("]")
+
+
+def record(job_id: str, status: str, attempt: int, value: str, task: int = 0) -> ResultRecord:
+    """A record whose payload names its origin: the test can see which attempt survived."""
+    rec = ResultRecord(job_id, task, status, attempt, f"worker-{value}", 1.0, 2.0)
+    if status == SUCCEEDED:
+        rec.value = value.encode()
+    else:
+        rec.exc_type, rec.exc_message = "builtins.RuntimeError", value
+    return rec
+
+
+def origin(rec: ResultRecord | None) -> tuple[str, int, str] | None:
+    """(status, attempt, value) of a stored record: what a caller would get."""
+    if rec is None:
+        return None
+    payload = rec.value.decode() if rec.value is not None else rec.exc_message
+    assert payload is not None
+    return rec.status, rec.attempt, payload
+
+
+def put(store: TaskStore, rec: ResultRecord) -> tuple[str, int, str] | None:
+    return origin(store.put_result(rec))
+
+
+# -- first success wins; no attempt writes twice ---------------------------------------------
+
+
+def test_a_success_is_never_replaced_by_a_later_attempt(store: AnyStore, job_id: str) -> None:
+    assert put(store, record(job_id, SUCCEEDED, 1, "first")) == (SUCCEEDED, 1, "first")
+    # A second attempt that ran anyway (a Lambda timeout whose task finished, then Batch):
+    # its different value must not replace the first success, and the caller learns which
+    # record stands.
+    assert put(store, record(job_id, SUCCEEDED, 2, "second")) == (SUCCEEDED, 1, "first")
+    assert put(store, record(job_id, FAILED, 3, "third")) == (SUCCEEDED, 1, "first")
+    assert put(store, record(job_id, CANCELLED, 4, "cancel")) == (SUCCEEDED, 1, "first")
+    assert origin(store.result(job_id, 0)) == (SUCCEEDED, 1, "first")
+
+
+def test_a_later_attempt_replaces_a_failure_once(store: AnyStore, job_id: str) -> None:
+    assert put(store, record(job_id, FAILED, 1, "boom")) == (FAILED, 1, "boom")
+    assert put(store, record(job_id, SUCCEEDED, 2, "fixed")) == (SUCCEEDED, 2, "fixed")
+    assert put(store, record(job_id, SUCCEEDED, 3, "again")) == (SUCCEEDED, 2, "fixed")
+    assert [origin(r) for r in store.results(job_id)] == [(SUCCEEDED, 2, "fixed")]
+
+
+def test_an_attempt_never_writes_twice(store: AnyStore, job_id: str) -> None:
+    assert put(store, record(job_id, FAILED, 1, "boom-1")) == (FAILED, 1, "boom-1")
+    # The same attempt delivered again (a re-driven chunk) with another outcome: ignored.
+    assert put(store, record(job_id, FAILED, 1, "boom-1b")) == (FAILED, 1, "boom-1")
+    assert put(store, record(job_id, SUCCEEDED, 1, "late-1")) == (FAILED, 1, "boom-1")
+    assert put(store, record(job_id, FAILED, 2, "boom-2")) == (FAILED, 2, "boom-2")
+    # A straggler of an earlier attempt arrives after a later one: it is stale.
+    assert put(store, record(job_id, SUCCEEDED, 1, "stale-1")) == (FAILED, 2, "boom-2")
+    assert origin(store.result(job_id, 0)) == (FAILED, 2, "boom-2")
+
+
+def test_a_cancellation_that_lands_first_stands_for_its_attempt(store: AnyStore,
+                                                                 job_id: str) -> None:
+    assert put(store, record(job_id, CANCELLED, 1, "cancel")) == (CANCELLED, 1, "cancel")
+    assert put(store, record(job_id, SUCCEEDED, 1, "too-late")) == (CANCELLED, 1, "cancel")
+    # A retry is a later attempt: it may replace the cancellation.
+    assert put(store, record(job_id, SUCCEEDED, 2, "retried")) == (SUCCEEDED, 2, "retried")
+
+
+def test_a_batch_of_puts_applies_the_rule_record_by_record(store: AnyStore,
+                                                           job_id: str) -> None:
+    store.put_result(record(job_id, FAILED, 1, "old-0", task=0))
+    store.put_result(record(job_id, SUCCEEDED, 1, "done-1", task=1))
+    stored = store.put_results([
+        record(job_id, SUCCEEDED, 2, "new-0", task=0),  # replaces the failure
+        record(job_id, SUCCEEDED, 2, "new-1", task=1),  # the success stays
+        record(job_id, FAILED, 1, "first-2", task=2),  # nothing there yet
+        record(job_id, SUCCEEDED, 1, "dup-2", task=2),  # same attempt, same batch: ignored
+    ])
+    assert [origin(r) for r in stored] == [
+        (SUCCEEDED, 2, "new-0"), (SUCCEEDED, 1, "done-1"), (FAILED, 1, "first-2"),
+        (FAILED, 1, "first-2")]
+    assert [origin(r) for r in store.results(job_id)] == [
+        (SUCCEEDED, 2, "new-0"), (SUCCEEDED, 1, "done-1"), (FAILED, 1, "first-2")]
+
+
+def test_racing_attempts_agree_on_one_survivor(store: AnyStore, job_id: str) -> None:
+    """Eight writers at once, each with its own value: all are told the same winner."""
+    writers = 8
+    barrier = threading.Barrier(writers)
+    told: dict[int, tuple[str, int, str] | None] = {}
+    errors: list[BaseException] = []
+    # Each thread gets its own store object (its own connection or HTTP client), as
+    # separate worker processes would.
+    make: Callable[[], AnyStore] = (
+        (lambda: LocalStore(store.home)) if isinstance(store, LocalStore)
+        else (lambda: AwsStore(store.config)))
+
+    def write(n: int) -> None:
+        try:
+            mine = make()
+            barrier.wait(timeout=30)
+            told[n] = put(mine, record(job_id, SUCCEEDED, 1 + n % 2, f"writer-{n}"))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    stored = origin(store.result(job_id, 0))
+    assert stored is not None and stored[2].startswith("writer-")
+    assert set(told.values()) == {stored}, "writers were told different winners"
+
+
+# -- nothing computed is lost: a record comes back whole ---------------------------------------
+
+
+def full_records(job_id: str) -> list[ResultRecord]:
+    """Every field set, on a success, a failure with a pickled exception, and a blob."""
+    return [
+        ResultRecord(job_id, 0, SUCCEEDED, 2, "host-a/101", 10.25, 12.5, value=b"\x00value",
+                     stdout="out\n", stderr="err\n", extra={"checkpoint": True, "n": 3}),
+        ResultRecord(job_id, 1, FAILED, 1, "", 20.0, 20.75,
+                     exc_type="builtins.ValueError", exc_message="bad input",
+                     traceback="Traceback (most recent call last):\n  ...\nValueError",
+                     exc_pickle=b"\x80\x05pickled", stdout="", stderr="oops"),
+        ResultRecord(job_id, 2, SUCCEEDED, 1, "w", 1.5, 3.0,
+                     value_ref=f"{job_id}/values/2.a1.abcd.pkl"),
+    ]
+
+
+def test_a_record_comes_back_whole(store: AnyStore, job_id: str) -> None:
+    records = full_records(job_id)
+    assert store.put_results(records) == records
+    assert store.results(job_id) == records
+    assert [store.result(job_id, r.task_index) for r in records] == records
+    assert store.result(job_id, 3) is None
+    # A lost put hands back the stored record whole, not just its status.
+    loser = ResultRecord(job_id, 0, SUCCEEDED, 3, "late", 0.0, 0.0, value=b"other")
+    assert store.put_result(loser) == records[0]
+    assert store.put_results([loser]) == [records[0]]
+
+
+def test_a_rerun_skips_exactly_the_succeeded_tasks(aws: EmulatedAws, job_id: str) -> None:
+    """A Batch attempt after a Lambda one, or a retry, asks which tasks are done: at most
+    100 keys per BatchGetItem request (DynamoDB's limit), so 201 keys take three."""
+    store = aws_store(aws)
+    statuses = {i: (SUCCEEDED, FAILED, CANCELLED)[i % 3] for i in range(0, 230, 2)}
+    for index, status in statuses.items():
+        store.put_result(record(job_id, status, 1, f"t{index}", task=index))
+    asked = list(range(6, 207))  # 6 succeeded; odd ones have no record at all
+    expected = {i for i, status in statuses.items() if status == SUCCEEDED and 6 <= i < 207}
+    before = batch_gets(aws)
+    assert store.finished_tasks(job_id, asked) == expected
+    assert batch_gets(aws) - before == 3
+    assert store.finished_tasks(job_id, []) == set()
+
+
+def requests(aws: EmulatedAws, service: str, operation: str) -> int:
+    """How many requests of this kind the emulation has served so far."""
+    return sum(n for (_, s, op), n in aws.requests.items() if (s, op) == (service, operation))
+
+
+def test_the_reduce_record_and_the_poll_cursor_keep_the_documented_layout(
+        aws: EmulatedAws, job_id: str) -> None:
+    """The table layout is a stored format (backends/aws/store.py's docstring): the reduce
+    record lives under item "reduce", outside the task records, and each record carries the
+    wall-clock millisecond it finished, which the client's polling cursor follows."""
+    store = aws_store(aws)
+    before_ms = int(time.time() * 1000)
+    store.put_result(record(job_id, SUCCEEDED, 1, "task-0"))
+    reduced = ResultRecord(job_id, REDUCE_INDEX, SUCCEEDED, 1, "w", 1.0, 2.0, value=b"sum")
+    assert store.put_result(reduced) is reduced
+    after_ms = int(time.time() * 1000)
+    raw = store.dynamodb.get_item(TableName=store.table, ConsistentRead=True,
+                                  Key={"job_id": {"S": job_id}, "item": {"S": "reduce"}})
+    assert raw["Item"]["value"]["B"] == b"sum"
+    # Records expire after RECORD_TTL_DAYS (90) through the table's TTL attribute.
+    ttl = store.dynamodb.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
+    expires = int(raw["Item"][ttl["AttributeName"]]["N"])
+    assert before_ms // 1000 + 90 * 86400 <= expires <= after_ms // 1000 + 90 * 86400 + 1
+    assert store.result(job_id, REDUCE_INDEX) == reduced
+    assert [r.task_index for r in store.results(job_id)] == [0]
+    polled, cursor = store.results_since(job_id, 0)
+    assert sorted(r.task_index for r in polled) == [REDUCE_INDEX, 0]
+    assert before_ms <= cursor <= after_ms
+
+
+def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,
+                                                         job_id: str) -> None:
+    """BatchGetItem may answer part of a request and return the rest as UnprocessedKeys
+    (response over 16 MB, or throttling: "BatchGetItem", DynamoDB API Reference). moto always
+    answers in full, so the first answer is cut down here the way DynamoDB would cut it."""
+    store = aws_store(aws)
+    for index in range(6):
+        store.put_result(record(job_id, SUCCEEDED, 1, f"t{index}", task=index))
+    cut: list[int] = []
+    asked: list[dict[str, Any]] = []
+
+    def remember(params: dict[str, Any], **_: Any) -> None:
+        asked.append(params["RequestItems"][store.table])
+
+    def partial(parsed: dict[str, Any], **_: Any) -> None:
+        if cut:
+            return
+        # The whole first answer is left unprocessed: DynamoDB then returns no entry for
+        # the table under Responses at all.
+        cut.extend(int(item["task_index"]["N"]) for item in parsed["Responses"][store.table])
+        del parsed["Responses"][store.table]
+        parsed["UnprocessedKeys"] = {store.table: {
+            **asked[0], "Keys": [{"job_id": {"S": job_id}, "item": {"S": task_key(i)}}
+                                 for i in cut]}}
+
+    store.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchGetItem",
+                                        remember)
+    store.dynamodb.meta.events.register("after-call.dynamodb.BatchGetItem", partial)
+    before = batch_gets(aws)
+    assert store.finished_tasks(job_id, list(range(6))) == set(range(6))
+    assert len(cut) == 6 and batch_gets(aws) - before == 2
+    assert sorted(int(k["item"]["S"][5:]) for k in asked[1]["Keys"]) == sorted(cut)
+
+
+def test_a_winning_put_hands_back_the_callers_record(store: AnyStore, job_id: str) -> None:
+    """No read after a write that won: the runtime tells a won race from a lost one by
+    identity, and a put costs one request."""
+    first = record(job_id, FAILED, 1, "boom")
+    assert store.put_result(first) is first
+    batch = [record(job_id, SUCCEEDED, 2, "ok"), record(job_id, FAILED, 1, "new", task=1)]
+    assert all(a is b for a, b in zip(store.put_results(batch), batch, strict=True))
+    loser = record(job_id, SUCCEEDED, 3, "late")
+    assert store.put_result(loser) is not loser
+
+
+def test_the_aws_store_reads_records_strongly_consistently(aws: EmulatedAws,
+                                                           job_id: str) -> None:
+    """DynamoDB reads are eventually consistent unless asked (moto is always consistent, so
+    the requests themselves are checked): a re-run deciding what to skip, or a client
+    reading a record just put, must see the latest write."""
+    store = aws_store(aws)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent.append((model.name, params))
+
+    store.dynamodb.meta.events.register("provide-client-params.dynamodb.*", capture)
+    store.put_result(record(job_id, SUCCEEDED, 1, "v"))
+    store.result(job_id, 0)
+    store.results(job_id)
+    store.finished_tasks(job_id, [0, 1])
+    reads = {name: params for name, params in sent if name != "PutItem"}
+    assert set(reads) == {"GetItem", "Query", "BatchGetItem"}
+    assert reads["GetItem"]["ConsistentRead"] is True
+    assert reads["Query"]["ConsistentRead"] is True
+    assert reads["BatchGetItem"]["RequestItems"][store.table]["ConsistentRead"] is True
+
+
+def batch_gets(aws: EmulatedAws) -> int:
+    return requests(aws, "dynamodb", "BatchGetItem")
+
+
+def triple(x: int, plus: int = 0) -> int:
+    return 3 * x + plus
+
+
+def test_an_aws_worker_reads_a_chunks_arguments_with_one_ranged_get(aws: EmulatedAws,
+                                                                     job_id: str) -> None:
+    """The worker runtime on the AWS store, in this process: one GET for the whole chunk."""
+    store = aws_store(aws)
+    with io.BytesIO() as out:
+        refs = write_payload(out, [serialization.dumps_call((x,), {"plus": 1})
+                                   for x in range(5)], 7)
+        store.put_object(job_id, PAYLOAD_OBJECT, out.getvalue())
+    spec, manifest = plan_job(job_id, "map", "triple", refs, TaskOptions(chunksize=5), 7)
+    store.put_bundle(spec, serialization.dumps_function(triple), None)
+    gets, deletes = requests(aws, "s3", "GetObject"), requests(aws, "s3", "DeleteObject")
+    WorkerRuntime(store, "w-aws").run_chunk(manifest[0])
+    # the bundle (spec and function), then one ranged GET for all five tasks
+    assert requests(aws, "s3", "GetObject") - gets == 2
+    # first attempts that never checkpointed have no checkpoint to delete: no request
+    assert requests(aws, "s3", "DeleteObject") == deletes
+    stored = store.results(job_id)
+    assert [serialization.loads(store.load_value(r)) for r in stored] == [1, 4, 7, 10, 13]
+    assert {r.worker_id for r in stored} == {"w-aws"}
+
+
+def test_a_truncated_payload_fails_each_task_of_the_chunk(aws: EmulatedAws,
+                                                          job_id: str) -> None:
+    store = aws_store(aws)
+    with io.BytesIO() as out:
+        refs = write_payload(out, [serialization.dumps_call((x,), {}) for x in range(3)], 7)
+        store.put_object(job_id, PAYLOAD_OBJECT, out.getvalue()[:-3])  # the tail is lost
+    spec, manifest = plan_job(job_id, "map", "triple", refs, TaskOptions(chunksize=3), 7)
+    store.put_bundle(spec, serialization.dumps_function(triple), None)
+    WorkerRuntime(store, "w-aws").run_chunk(manifest[0])
+    stored = store.results(job_id)
+    assert [(r.status, r.exc_type) for r in stored] == [(FAILED, "builtins.OSError")] * 3
+    # one read of the chunk failed, and that failure is each task's, said once for all
+    assert {r.exc_message for r in stored} == {
+        f"payload {PAYLOAD_OBJECT} of job {job_id} is truncated"}
+
+
+# -- retry re-runs only what did not succeed, counted by executions --------------------------
+
+
+def log_then_fail_unless(marker: str, log_path: str, x: int, bad: tuple[int, ...]) -> int:
+    """Appends one line per execution (O_APPEND: whole lines from concurrent workers),
+    then fails for ``x in bad`` until ``marker`` exists (a bug the user then fixes)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+    if x in bad and not os.path.exists(marker):
+        raise RuntimeError(f"task {x} is not fixed yet")
+    return x * 10
+
+
+def executions(log: Path) -> collections.Counter[int]:
+    return collections.Counter(int(line) for line in log.read_text().split())
+
+
+def test_retry_on_aws_reruns_only_unfinished_tasks(aws: EmulatedAws, tmp_path: Path) -> None:
+    marker, log = tmp_path / "fixed", tmp_path / "executions.log"
+    n, bad = 7, (2, 4)
+    with fanout.Executor(backend="aws", progress=False, chunksize=3,
+                         **aws.backend_options) as ex:
+        results = ex.map(log_then_fail_unless, [str(marker)] * n, [str(log)] * n, range(n),
+                         [bad] * n)
+        failed = {f.task_index for f in results.futures if f.exception(timeout=120)}
+    assert failed == set(bad)
+    assert executions(log) == collections.Counter(range(n))
+    marker.touch()
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    counts = job.retry()
+    assert counts["succeeded"] == n and counts["failed"] == 0
+    assert job.results(timeout=60) == [x * 10 for x in range(n)]
+    # What the retry's Distributed Map was given to run (its manifest in S3), and what ran.
+    store = aws_store(aws)
+    listing = store.s3.list_objects_v2(Bucket=store.bucket,
+                                       Prefix=store.key(job.job_id, "manifest-retry-"))
+    retry_manifests = [o["Key"] for o in listing.get("Contents", [])
+                       if o["Key"].endswith(".json") and not o["Key"].endswith(
+                           ("-lambda.json", "-batch.json"))]
+    assert len(retry_manifests) == 1, retry_manifests
+    chunks: list[dict[str, Any]] = json.loads(
+        store.s3.get_object(Bucket=store.bucket, Key=retry_manifests[0])["Body"].read())
+    assert sorted(t[0] for c in chunks for t in c["tasks"]) == list(bad)
+    assert {c["attempt"] for c in chunks} == {2}
+    ran = executions(log)
+    assert ran == collections.Counter({**{x: 1 for x in range(n)}, **{x: 2 for x in bad}}), (
+        f"the retry re-ran finished tasks: {sorted(ran.items())}")
+    records = job.records()
+    assert [r.attempt for r in records] == [2 if r.task_index in bad else 1 for r in records]
