@@ -208,14 +208,16 @@ def test_an_unpicklable_result_is_that_tasks_serialization_error(store: LocalSto
     spec, manifest = make_job(store, unpicklable_result, [1, 2])
     stored = run(store, manifest[0])
     assert [r.status for r in stored] == [FAILED, FAILED]
-    assert {r.exc_type for r in stored} == {"fanout.errors.RemoteError"}
+    assert {r.exc_type for r in stored} == {"fanout.errors.SerializationError"}
     job = follow(spec, store, stored)
     exc = job.future(0).exception(timeout=0)
-    assert isinstance(exc, RemoteError) and exc.type_name == "fanout.SerializationError"
-    assert "lock" in exc.remote_message and str(exc).startswith("fanout.SerializationError: ")
-    assert exc.remote_traceback.startswith("Traceback (most recent call last):\n  File ")
-    last_line = f"fanout.errors.SerializationError: {exc.remote_message}\n"
-    assert exc.remote_traceback.endswith(last_line)
+    # The stdlib's type for the same mistake (ProcessPoolExecutor raises PicklingError), and
+    # fanout's own, with the remote traceback as the cause.
+    assert isinstance(exc, SerializationError) and isinstance(exc, pickle.PicklingError)
+    assert "_thread.lock" in str(exc) and "cannot be pickled" in str(exc)
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    assert str(exc.__cause__).endswith(f"fanout.errors.SerializationError: {exc}\n\"\"\"")
+    assert stored[0].traceback.startswith("Traceback (most recent call last):\n  File ")
 
 
 def test_a_python_version_mismatch_fails_every_task_with_the_fix(store: LocalStore) -> None:
