@@ -21,6 +21,16 @@ from typing import Protocol
 from .protocol import LOG_TAIL_BYTES
 
 
+def text_tail(text: str, limit: int) -> str:
+    """The last ``limit`` bytes of text a task wrote through ``sys.stdout``/``sys.stderr``.
+
+    Such text may hold lone surrogates (``os.fsdecode`` of an undecodable file name): they
+    are kept as ``\\udcff`` escapes, because an encoding error here, in the capture's
+    ``finally``, would fail the whole chunk rather than show the task's output.
+    """
+    return _decode_tail(text.encode("utf-8", "backslashreplace"), limit)
+
+
 def _decode_tail(data: bytes, limit: int) -> str:
     if len(data) > limit:
         data = b"[... earlier output truncated ...]\n" + data[-limit:]
@@ -126,5 +136,5 @@ class StreamCapture:
             with redirect_stdout(out), redirect_stderr(err):
                 yield captured
         finally:
-            captured.stdout = _decode_tail(out.getvalue().encode(), self.limit)
-            captured.stderr = _decode_tail(err.getvalue().encode(), self.limit)
+            captured.stdout = text_tail(out.getvalue(), self.limit)
+            captured.stderr = text_tail(err.getvalue(), self.limit)

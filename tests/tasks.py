@@ -85,6 +85,13 @@ def die_once(marker: str, value: int) -> int:
     return value
 
 
+def prints_undecodable_name(x: int) -> int:
+    """Prints what ``os.fsdecode`` makes of a file name that is not UTF-8: a lone surrogate."""
+    name = os.fsdecode(b"data-\xff.csv")
+    print(f"task {x} saw {name}")
+    return x
+
+
 def chatty(x: int) -> int:
     print(f"stdout of task {x}")
     print(f"stderr of task {x}", file=sys.stderr)

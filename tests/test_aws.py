@@ -80,6 +80,16 @@ def test_logs_come_back_from_lambda(ex: fanout.Executor) -> None:
     assert "stdout of task 5" in future.logs() and "stderr of task 5" in future.logs()
 
 
+def test_output_with_a_lone_surrogate_keeps_its_chunk(ex: fanout.Executor,
+                                                      aws: EmulatedAws) -> None:
+    # Lambda captures sys.stdout in memory; encoding a lone surrogate there used to fail the
+    # whole invocation, and with it every task of the chunk.
+    results = ex.map(tasks.prints_undecodable_name, range(3), chunksize=3)
+    assert list(results) == [0, 1, 2]
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    assert "task 1 saw data-\\udcff.csv" in job.futures()[1].logs()
+
+
 def test_batch_tier_runs_on_batch(ex: fanout.Executor, aws: EmulatedAws) -> None:
     long_tasks = ex.options(tier="batch")
     results = long_tasks.map(tasks.square, range(6), chunksize=3)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import TextIO
 
-from ...capture import Captured
+from ...capture import Captured, text_tail
 from ...protocol import LOG_TAIL_BYTES
 
 
@@ -42,13 +42,6 @@ class _Tee(io.TextIOBase):
         return getattr(self.terminal, "encoding", "utf-8")
 
 
-def _tail(text: str, limit: int) -> str:
-    data = text.encode()
-    if len(data) > limit:
-        data = b"[... earlier output truncated ...]\n" + data[-limit:]
-    return data.decode("utf-8", errors="replace")
-
-
 class TeeCapture:
     """The ``Capture`` of the inline backend: the terminal keeps seeing everything."""
 
@@ -63,5 +56,5 @@ class TeeCapture:
             with redirect_stdout(out), redirect_stderr(err):
                 yield captured
         finally:
-            captured.stdout = _tail(out.buffer_.getvalue(), self.limit)
-            captured.stderr = _tail(err.buffer_.getvalue(), self.limit)
+            captured.stdout = text_tail(out.buffer_.getvalue(), self.limit)
+            captured.stderr = text_tail(err.buffer_.getvalue(), self.limit)
