@@ -217,7 +217,7 @@ def test_an_unpicklable_result_is_that_tasks_serialization_error(store: LocalSto
     assert "_thread.lock" in str(exc) and "cannot be pickled" in str(exc)
     assert isinstance(exc.__cause__, RemoteTraceback)
     assert str(exc.__cause__).endswith(f"fanout.errors.SerializationError: {exc}\n\"\"\"")
-    assert stored[0].traceback.startswith("Traceback (most recent call last):\n  File ")
+    assert (stored[0].traceback or "").startswith("Traceback (most recent call last):\n  File ")
 
 
 def test_a_python_version_mismatch_fails_every_task_with_the_fix(store: LocalStore) -> None:
