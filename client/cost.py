@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .options import TaskOptions
 from .protocol import CANCELLED, REDUCE_INDEX, JobSpec, ResultRecord
 
 #: Defaults of the deployed stack (template.yaml: WorkerMemorySize, BatchVcpu, BatchMemory).
@@ -269,7 +268,6 @@ def estimate(fn: Callable[..., Any], items: Iterable[Any], *, sample: int = 10,
     same options; their usage, scaled to the whole, is priced as a finished job would be.
     """
     from .executor import Executor
-    from .job import Job
 
     everything = list(items)
     if not everything:
@@ -279,19 +277,20 @@ def estimate(fn: Callable[..., Any], items: Iterable[Any], *, sample: int = 10,
     step = max(1, len(everything) // sample)
     chosen = everything[::step][:sample]
     executor_options.setdefault("progress", False)
-    not_backend = {"max_workers", "progress", *TaskOptions.__dataclass_fields__}
-    backend_options = {k: v for k, v in executor_options.items() if k not in not_backend}
     with Executor(backend=backend, **executor_options) as ex:
         results = ex.map(fn, chosen)
         list(results)
-        job = Job.attach(results.job_id, backend, **backend_options)
-    name = job._backend.name
-    region = getattr(getattr(job._backend, "config", None), "region", None)
-    spec = job.info.spec
-    usage = usage_of(name, spec, job.records())
+        # Read the sample through the executor's own backend: rebuilding one from the
+        # options would have to tell backend options from executor-only ones.
+        store = ex.backend
+        spec = store.job_info(results.job_id).spec
+        records = store.records(results.job_id)
+    name = store.name
+    region = getattr(getattr(store, "config", None), "region", None)
+    usage = usage_of(name, spec, records)
     per_job = usage_of(name, replace(spec, n_tasks=0), [])  # does not grow with the tasks
     whole = usage.extrapolated(per_job, len(everything) / len(chosen))
     out = report(name, whole, prices, region)
     out.update(estimate=True, sample=len(chosen), tasks=len(everything),
-               sample_job=job.job_id)
+               sample_job=results.job_id)
     return out

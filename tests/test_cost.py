@@ -58,6 +58,10 @@ def test_estimate_from_a_sample_scales_to_the_whole(home: Path) -> None:
     assert sample_job.n_tasks == 5
     sampled = sample_job.summary()["cost"]["resources"]["cpu_seconds"]
     assert guess["resources"]["cpu_seconds"] == pytest.approx(10 * sampled, rel=1e-6)
+    # Executor-only options (not backend options) pass through, as to Executor itself.
+    guess = fanout.estimate(tasks.spin, [0.0] * 6, sample=3, max_workers=1,
+                            initializer=tasks.square, initargs=(2,), max_tasks_per_child=2)
+    assert guess["sample"] == 3 and guess["tasks"] == 6
     with pytest.raises(ValueError, match="sample must be"):
         fanout.estimate(tasks.spin, [0.0], sample=0)
     with pytest.raises(ValueError, match="at least one item"):
