@@ -393,6 +393,27 @@ def test_a_schedule_outlives_the_payload_expiry(aws: EmulatedAws) -> None:
         backend.delete_schedule("monthly")
 
 
+def test_a_schedule_stored_by_an_older_release_keeps_firing(aws: EmulatedAws) -> None:
+    # Older releases kept the definition at jobs/schedule-NAME/ (under the expiring prefix):
+    # an upgraded stack must still run such a schedule, and moves it to its lasting key.
+    options = aws.backend_options
+    s3 = aws.client("s3")
+    with fanout.Executor(backend="aws", progress=False, **options) as ex:
+        ex.schedule("legacy", tasks.square, [5], cron="cron(0 3 1 * ? *)")
+        backend = ex.backend
+        key = "schedules/legacy/schedule.pkl"
+        body = s3.get_object(Bucket=options["bucket"], Key=key)["Body"].read()
+        s3.put_object(Bucket=options["bucket"], Key="jobs/schedule-legacy/schedule.pkl",
+                      Body=body)
+        s3.delete_object(Bucket=options["bucket"], Key=key)
+        aws.fire_schedule("legacy")
+        eventually(lambda: backend.schedule_runs("legacy"), what="the run")
+        run = backend.schedule_runs("legacy")[0]["job_id"]
+        assert fanout.Job.attach(run, backend="aws", **options).results(timeout=120) == [25]
+        assert s3.get_object(Bucket=options["bucket"], Key=key)["Body"].read() == body
+        backend.delete_schedule("legacy")
+
+
 def test_a_worker_built_from_other_requirements_is_refused_before_upload(
         aws: EmulatedAws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fanout.backends.aws import backend as aws_backend

@@ -28,6 +28,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from ...errors import ScheduleNotFound
 from ...protocol import (
     CANCELLED,
     FAILED,
@@ -401,15 +402,31 @@ class AwsStore:
         return key
 
     def schedule_bundle(self, name: str) -> dict[str, Any]:
-        try:
-            data = self.s3.get_object(Bucket=self.bucket,
-                                      Key=self.schedule_key(name))["Body"].read()
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                raise KeyError(name) from None
-            raise
+        """The stored schedule; one stored by an older release is moved out of ``jobs/``.
+
+        Releases before 0.1.0's deploy fix kept schedules at ``jobs/schedule-NAME/``, which
+        the bucket's lifecycle rule expires: the first read copies such a bundle to its
+        lasting key, so an upgraded stack keeps firing the schedules it already had.
+        """
+        data = self._schedule_object(self.schedule_key(name))
+        if data is None:
+            legacy = self.key(self.schedule_prefix(name), "schedule.pkl")
+            data = self._schedule_object(legacy)
+            if data is None:
+                raise ScheduleNotFound(f"no schedule {name!r} in s3://{self.bucket}/"
+                                       f"{self.schedule_key(name)}")
+            self.s3.put_object(Bucket=self.bucket, Key=self.schedule_key(name), Body=data)
         bundle: dict[str, Any] = pickle.loads(data)
         return bundle
+
+    def _schedule_object(self, key: str) -> bytes | None:
+        try:
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+        return body
 
     def put_schedule_run(self, name: str, fired_at: float, job_id: str | None,
                          outcome: str) -> None:
