@@ -30,6 +30,7 @@ from fanout.protocol import (
     CANCELLED,
     FAILED,
     REDUCE_INDEX,
+    RUNNING,
     SUCCEEDED,
     ResultRecord,
     TaskStore,
@@ -422,3 +423,23 @@ def test_retry_on_aws_reruns_only_unfinished_tasks(aws: EmulatedAws, tmp_path: P
         f"the retry re-ran finished tasks: {sorted(ran.items())}")
     records = job.records()
     assert [r.attempt for r in records] == [2 if r.task_index in bad else 1 for r in records]
+
+
+# -- an interrupted Batch attempt (AWS only) -------------------------------------------------
+
+
+def test_an_interruption_never_hides_a_final_record(aws: EmulatedAws, job_id: str) -> None:
+    # Batch's SIGTERM handler stores a ``running`` record for the interrupted attempt. It may
+    # stand in for nothing final: a cancellation (written with attempt 1 while attempt 2 was
+    # being stopped) stays, and any final record replaces an interruption.
+    store = aws_store(aws)
+    assert put(store, record(job_id, CANCELLED, 1, "cancelled")) == (CANCELLED, 1, "cancelled")
+    assert put(store, record(job_id, RUNNING, 2, "interrupted")) == (CANCELLED, 1, "cancelled")
+    other = job_id + "-b"
+    assert put(store, record(other, RUNNING, 2, "interrupted")) == (RUNNING, 2, "interrupted")
+    assert put(store, record(other, RUNNING, 2, "again")) == (RUNNING, 2, "interrupted")
+    assert put(store, record(other, CANCELLED, 1, "cancelled")) == (CANCELLED, 1, "cancelled")
+    third = job_id + "-c"
+    assert put(store, record(third, RUNNING, 1, "interrupted")) == (RUNNING, 1, "interrupted")
+    assert put(store, record(third, SUCCEEDED, 2, "retried")) == (SUCCEEDED, 2, "retried")
+    assert put(store, record(third, RUNNING, 3, "late")) == (SUCCEEDED, 2, "retried")

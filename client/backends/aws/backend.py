@@ -420,7 +420,7 @@ class AwsBackend(Backend):
                 self.sfn.stop_execution(executionArn=job["execution_arn"],
                                         cause="cancelled by fanout")
         self.store.update_job(job_id, state=CANCELLED)
-        have = {r.task_index for r in self.store.results(job_id)}
+        have = {r.task_index for r in self.store.results(job_id) if r.status in FINAL}
         stamp = now()
         for index in range(job["spec"].n_tasks):
             if index not in have:

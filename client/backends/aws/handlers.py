@@ -314,7 +314,9 @@ def batch_main() -> int:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         ctx = current_task()
-        if ctx is not None:
+        # A job stop (cancel) ends its Batch jobs with SIGTERM too: no retry follows, and
+        # the cancellation's record stands.
+        if ctx is not None and store.job(ctx.job_id)["state"] != CANCELLED:
             previous = interruptions.get(ctx.task_index, {}).get("interruptions", 0)
             stamp = now()
             # RUNNING, not FAILED: the job definition's retry strategy runs the task again,

@@ -33,6 +33,7 @@ from ...protocol import (
     CANCELLED,
     FAILED,
     REDUCE_INDEX,
+    RUNNING,
     SUCCEEDED,
     Chunk,
     JobSpec,
@@ -255,18 +256,28 @@ class AwsStore:
         )
 
     def put_result(self, record: ResultRecord) -> ResultRecord:
+        """The conditional put: first success wins, a later attempt replaces a failure.
+
+        A ``running`` record (a Batch attempt interrupted by SIGTERM, waiting for Batch's
+        retry) is not a result: it never replaces a stored record but an older ``running``
+        one, and any final record replaces it, so neither a cancellation nor the retry's
+        own result can be hidden behind an interruption.
+        """
+        if record.status == RUNNING:
+            condition = ("attribute_not_exists(job_id) "
+                         "OR (#status = :running AND attempt < :attempt)")
+            values = {":running": {"S": RUNNING}}
+        else:
+            condition = ("attribute_not_exists(job_id) OR #status = :running "
+                         "OR (#status <> :succeeded AND attempt < :attempt)")
+            values = {":running": {"S": RUNNING}, ":succeeded": {"S": SUCCEEDED}}
         try:
             self.dynamodb.put_item(
                 TableName=self.table,
                 Item=self._item(record),
-                ConditionExpression=(
-                    "attribute_not_exists(job_id) OR (#status <> :succeeded AND attempt < :attempt)"
-                ),
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":succeeded": {"S": SUCCEEDED},
-                    ":attempt": {"N": str(record.attempt)},
-                },
+                ExpressionAttributeValues={**values, ":attempt": {"N": str(record.attempt)}},
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
