@@ -8,6 +8,7 @@ unpicklable result or a Python version mismatch becomes that task's record.
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import random
@@ -42,35 +43,64 @@ from .seeding import derive_seed
 
 ResultCallback = Callable[[ResultRecord], None]
 
-#: The executor's initializers this process has run, by their pickled text: each runs once
-#: per process (a local worker, a warm Lambda container, a Batch container), before the
-#: first task that needs it. A failure is kept and fails every later task that needs it.
-_initialized: dict[str, tuple[BaseException | None, Any]] = {}
+#: The executor's initializers this process has run successfully, by their pickled text:
+#: each runs once per process (a local worker, a warm Lambda container, a Batch container),
+#: before the first task that needs it.
+_initialized: dict[str, Callable[..., object]] = {}
+
+#: Initializers that raised, by (job id, pickled text): that job's later tasks here fail
+#: with the same cause without running it again, but a later job retries it, so one
+#: transient error does not poison a warm container for good. Bounded like the spec cache.
+_failed: OrderedDict[tuple[str, str], tuple[Exception, str]] = OrderedDict()
 
 
-def run_initializer(text: str | None) -> None:
+def run_initializer(text: str | None, job_id: str) -> None:
     """Run the job's ``initializer(*initargs)`` if this process has not yet; raise its error.
 
     The stdlib breaks the whole pool when an initializer raises (BrokenProcessPool). Here
-    only the tasks that land on this process fail, each with the initializer's own error:
-    a worker elsewhere whose initializer succeeded keeps its results.
+    only the tasks of this job that land on this process fail, each with a fresh exception
+    of the initializer's type whose cause is the initializer's own error: a worker elsewhere
+    whose initializer succeeded keeps its results. Only an ``Exception`` is remembered; a
+    KeyboardInterrupt or SystemExit propagates and the next task tries again.
     """
-    if text is None:
+    if text is None or text in _initialized:
         return
-    if text not in _initialized:
-        initializer = None
+    key = (job_id, text)
+    if key not in _failed:
+        name = "initializer"
         try:
             initializer, initargs = serialization.loads_initializer(text)
+            name = serialization.function_name(initializer)
             initializer(*initargs)
-        except BaseException as exc:
-            exc.add_note("raised by the executor's initializer, which runs once in each "
-                         "worker process; every task of this worker fails with it")
-            _initialized[text] = (exc, initializer)
+        except Exception as exc:
+            _failed[key] = (exc, name)
+            if len(_failed) > 32:
+                _failed.popitem(last=False)
         else:
-            _initialized[text] = (None, initializer)
-    failure = _initialized[text][0]
-    if failure is not None:
-        raise failure
+            _initialized[text] = initializer
+            return
+    original, name = _failed[key]
+    raise _initializer_error(original, name) from original
+
+
+def _initializer_error(original: Exception, name: str) -> Exception:
+    """A new exception per task, of the original's type where it can be rebuilt.
+
+    Raising the stored object again would grow its traceback with every task; a copy keeps
+    ``except ValueError`` working in the caller and chains the real one as its cause.
+    """
+    try:
+        fresh = copy.copy(original)
+        if type(fresh) is not type(original):
+            raise TypeError(type(fresh))
+    except Exception:
+        fresh = RuntimeError(f"{type(original).__name__}: {_describe(original)}")
+    fresh.__traceback__ = None
+    fresh.__cause__ = fresh.__context__ = None
+    fresh.__notes__ = [f"raised by the executor's initializer {name}, which runs once in each "
+                       "worker process for each job; every task of this job on this worker "
+                       "fails with it"]
+    return fresh
 
 
 def share_initializer_globals(fn: Callable[..., Any], text: str | None) -> None:
@@ -79,11 +109,13 @@ def share_initializer_globals(fn: Callable[..., Any], text: str | None) -> None:
     A function pickled by value (from a script or notebook) gets its own globals dict per
     pickle, so the initializer's ``global state; state = ...`` would land in a dict the task
     never reads. Where both come from the same not-installed module, the task's globals
-    take the initializer's values, as they would share one module under the stdlib.
+    take the initializer's values, as they would share one module under the stdlib. The
+    runtime does this once per loaded function, before its first task: doing it before
+    every task would undo what the tasks rebind (a counter, a lazy cache).
     """
-    if text is None or text not in _initialized:
+    initializer = _initialized.get(text) if text is not None else None
+    if initializer is None:
         return
-    initializer = _initialized[text][1]
     init_globals = getattr(initializer, "__globals__", None)
     fn_globals = getattr(fn, "__globals__", None)
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
@@ -227,8 +259,14 @@ class WorkerRuntime:
         #: Enforce ``timeout=`` here with SIGALRM (AWS workers: nobody is watching from
         #: outside). The local backend's supervisor kills the worker instead.
         self.enforce_timeouts = False
+        #: Let a KeyboardInterrupt out of the chunk after storing that task's record (inline:
+        #: the task runs in the caller's main thread, so Ctrl-C must stop the caller's job).
+        #: Elsewhere it is that task's failure, as any other exception.
+        self.interruptible = False
+        self._interrupt: KeyboardInterrupt | None = None
         self._functions: OrderedDict[tuple[str, str], Callable[..., Any]] = OrderedDict()
         self._specs: OrderedDict[str, JobSpec] = OrderedDict()
+        self._shared: set[tuple[str, str]] = set()  # functions given the initializer's globals
 
     # -- loading, cached: a worker typically runs many chunks of the same job ---------------
 
@@ -248,7 +286,7 @@ class WorkerRuntime:
             fn = serialization.loads(self.store.load_function(job_id, which))
             self._functions[key] = fn
             if len(self._functions) > 8:
-                self._functions.popitem(last=False)
+                self._shared.discard(self._functions.popitem(last=False)[0])
         return fn
 
     # -- running ---------------------------------------------------------------------------
@@ -299,12 +337,21 @@ class WorkerRuntime:
                     lambda t=task, d=data: self._call(fn, chunk.job_id, t, d),  # type: ignore[misc]
                 )
             self._finish(record, on_result)
+            self._reraise_interrupt()
+
+    def _reraise_interrupt(self) -> None:
+        """After the interrupted task's record is stored: stop here, as Ctrl-C asked."""
+        interrupt, self._interrupt = self._interrupt, None
+        if interrupt is not None:
+            raise interrupt
 
     def _call(self, fn: Callable[..., Any], job_id: str, task: Any, data: bytes | None) -> Any:
         if data is None:
             data = self.store.read_task(job_id, task)
         args, kwargs = serialization.loads(data)
-        share_initializer_globals(fn, self.spec(job_id).options.initializer)
+        if (job_id, "function") not in self._shared:
+            share_initializer_globals(fn, self.spec(job_id).options.initializer)
+            self._shared.add((job_id, "function"))
         return fn(*args, **kwargs)
 
     def run_reduce(self, job_id: str, attempt: int,
@@ -332,6 +379,7 @@ class WorkerRuntime:
             seed = 0
         ctx = TaskContext(job_id, REDUCE_INDEX, attempt, seed, self.store)
         self._finish(self._run_one(ctx, started, reduce), on_result)
+        self._reraise_interrupt()
 
     def _record(self, job_id: str, index: int, attempt: int, started: float) -> ResultRecord:
         return ResultRecord(job_id, index, FAILED, attempt, self.worker_id, started, started)
@@ -345,15 +393,17 @@ class WorkerRuntime:
         timeout = self.spec(ctx.job_id).options.timeout if self.enforce_timeouts else None
         with self.capture.task() as captured:
             try:
-                with _deadline(timeout, ctx.task_index):
-                    # Outside the task's isolation, so what it sets up stays for the worker's
-                    # later tasks; before the seeding, so random draws in it shift no task's
-                    # stream: results stay the same on any backend.
-                    run_initializer(self.spec(ctx.job_id).options.initializer)
-                    with _isolated(), running(ctx):
-                        value = call()
+                # Outside the task's isolation, so what it sets up stays for the worker's
+                # later tasks; before the seeding, so random draws in it shift no task's
+                # stream: results stay the same on any backend. Outside the task's deadline:
+                # a slow setup is not the task overrunning (the platform's limit still holds).
+                run_initializer(self.spec(ctx.job_id).options.initializer, ctx.job_id)
+                with _deadline(timeout, ctx.task_index), _isolated(), running(ctx):
+                    value = call()
                 blob = serialization.dumps_value(value)
             except BaseException as exc:  # a task's exception (even SystemExit) is its result
+                if isinstance(exc, KeyboardInterrupt) and self.interruptible:
+                    self._interrupt = exc
                 record.status = FAILED
                 for key, val in exception_fields(exc).items():
                     setattr(record, key, val)

@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,32 @@ def init_state(_: object) -> tuple[int, list[str]]:
 
 def failing_init() -> None:
     raise ValueError("no database here")
+
+
+def slow_init(seconds: float) -> None:
+    time.sleep(seconds)  # a setup (a model, a connection) slower than one task's timeout
+
+
+def flaky_init(marker: str) -> None:
+    """Fails the first time only: a transient error (a database still starting)."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        raise ValueError("database not up yet")
+
+
+counter = 0
+
+
+def start_counter(start: int) -> None:
+    global counter
+    counter = start
+
+
+def count_calls(_: object) -> int:
+    """Rebinds a module global, as a lazily built cache does."""
+    global counter
+    counter += 1
+    return counter
 
 
 def pid_of(_: object) -> int:
@@ -118,6 +145,39 @@ def test_initializer_that_raises_fails_that_workers_tasks(home: Path) -> None:
             with pytest.raises(ValueError, match="no database here") as info:
                 future.result(timeout=60)
             assert any("initializer" in note for note in info.value.__notes__)
+
+
+def test_initializer_runs_outside_the_first_tasks_timeout(home: Path) -> None:
+    """A setup slower than timeout= is not the first task overrunning, nor every task's."""
+    with fanout.Executor(backend="inline", initializer=slow_init, initargs=(0.6,), timeout=0.3,
+                         progress=False) as ex:
+        assert list(ex.map(pid_of, range(4))) == [os.getpid()] * 4
+
+
+def test_a_failed_initializer_is_retried_by_the_next_job(home: Path, tmp_path: Path) -> None:
+    """A transient failure fails that job's tasks here, each with a fresh exception chained
+    to the initializer's; it does not poison the process (a warm Lambda) for later jobs."""
+    with fanout.Executor(backend="inline", initializer=flaky_init,
+                         initargs=(str(tmp_path / "tried"),), progress=False) as ex:
+        errors = [f.exception() for f in ex.map(pid_of, range(2)).futures]
+        assert list(ex.map(pid_of, range(2))) == [os.getpid()] * 2  # retried, and ran
+    for error in errors:
+        assert isinstance(error, ValueError)  # ``except ValueError`` still catches it
+        remote = str(error.__cause__)  # the worker's traceback, as the stdlib chains it
+        assert "database not up yet" in remote and "direct cause" in remote
+        assert any("flaky_init" in note for note in error.__notes__)
+    # A fresh exception per task: the second task's traceback did not grow on the first's.
+    first, second = errors
+    assert first is not None and second is not None
+    assert str(first.__cause__) == str(second.__cause__)
+
+
+def test_initializer_globals_do_not_undo_what_tasks_rebind(home: Path) -> None:
+    """ProcessPoolExecutor on one worker gives 1, 2, 3...: the task's global counter keeps
+    counting; the initializer's globals are shared once, not before every task."""
+    # One local worker: the task and initializer arrive by value there, as from a script.
+    with fanout.Executor(1, initializer=start_counter, initargs=(100,), progress=False) as ex:
+        assert list(ex.map(count_calls, range(5))) == [101, 102, 103, 104, 105]
 
 
 def test_initializer_must_be_callable_and_initargs_picklable(home: Path) -> None:
@@ -300,3 +360,52 @@ def test_breakpoint_in_an_inline_task_opens_pdb(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "(Pdb)" in done.stdout and "1042" in done.stdout
     assert "result [42]" in done.stdout
+
+
+def test_ctrl_c_stops_an_inline_job_and_cancels_the_rest(tmp_path: Path) -> None:
+    """Ctrl-C during an inline task stops the caller now: later tasks never run, they are
+    recorded as cancelled, the job too, and KeyboardInterrupt reaches the caller."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "interrupt_me.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        import fanout
+
+        def task(i):
+            Path({str(marks)!r}, f"started-{{i}}").touch()
+            time.sleep(0.5)
+            Path({str(marks)!r}, f"done-{{i}}").touch()
+            return i
+
+        if __name__ == "__main__":
+            with fanout.Executor(backend="inline", progress=False) as ex:
+                print(list(ex.map(task, range(8))))
+    """))
+    home = tmp_path / "home"
+    env = {**os.environ, "FANOUT_HOME": str(home)}
+    env.pop("FANOUT_BACKEND", None)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: (marks / "started-0").exists() or proc.poll() is not None,
+                   timeout=60, what="the first task to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in err and out == "", err  # map never returned
+    assert proc.returncode == -signal.SIGINT  # Python's exit on an uncaught Ctrl-C
+    started = sorted(int(p.name.split("-")[1]) for p in marks.glob("started-*"))
+    interrupted = started[-1]
+    assert started == list(range(interrupted + 1)) and interrupted < 7  # the rest never ran
+    from fanout.backends.local.store import LocalStore
+    (row,) = LocalStore(str(home)).jobs()
+    job = fanout.Job.attach(row.job_id, backend="inline", home=str(home))
+    records = job.records()
+    assert [r.status for r in records[interrupted + 1:]] == ["cancelled"] * (7 - interrupted)
+    assert records[interrupted].exc_type == "builtins.KeyboardInterrupt"
+    assert job.info.state == "cancelled"

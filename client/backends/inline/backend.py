@@ -34,6 +34,7 @@ class InlineBackend(LocalBackend):
         # Nobody watches from outside, so the runtime stops an overrunning task itself
         # (SIGALRM, when the caller is the main thread) as on AWS workers.
         self._runtime.enforce_timeouts = True
+        self._runtime.interruptible = True
 
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
                options: TaskOptions, seed: int) -> Future:
@@ -49,15 +50,38 @@ class InlineBackend(LocalBackend):
     def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
         """Run the job's chunks here, in order; then its reduce step; then record its end."""
         LIVE_RUNS[run.job_id] = run
-        for chunk in manifest:
-            self._run_chunk(run, chunk)
-        if run.reduce_future is not None and not run.reduce_future.done():
-            if run.needs_reduce():
-                self._runtime.run_reduce(run.job_id, run.reduce_attempt, run.deliver)
-            else:
-                run.fail_reduce()
+        try:
+            for chunk in manifest:
+                self._run_chunk(run, chunk)
+            if run.reduce_future is not None and not run.reduce_future.done():
+                if run.needs_reduce():
+                    self._runtime.run_reduce(run.job_id, run.reduce_attempt, run.deliver)
+                else:
+                    run.fail_reduce()
+        except KeyboardInterrupt:
+            self._interrupted(run)
+            raise
         state = "cancelled" if run.cancelled else "finished"
         self.store.set_job_state(run.job_id, state, summary=self.store.summarize(run.job_id))
+        run.close()
+
+    def _interrupted(self, run: JobRun) -> None:
+        """Ctrl-C stopped the job: cancel what has not run and record the job as cancelled.
+
+        The interrupted task keeps the record the runtime stored for it (a KeyboardInterrupt
+        failure); every task without a record gets a CANCELLED one, as cancelling a job on
+        the local backend does, so ``fanout status`` and ``Job.attach`` tell the truth.
+        """
+        run.cancelled = True
+        stamp = now()
+        for index in run.open_tasks():
+            run.future(index).cancel()
+            run.deliver(self.store.put_result(
+                ResultRecord(run.job_id, index, CANCELLED, 1, "", stamp, stamp)))
+        if run.reduce_future is not None and not run.reduce_future.done():
+            run.fail_reduce()
+        self.store.set_job_state(run.job_id, "cancelled",
+                                 summary=self.store.summarize(run.job_id))
         run.close()
 
     def _run_chunk(self, run: JobRun, chunk: Chunk) -> None:
