@@ -133,3 +133,8 @@ def spin(seconds: float, value: int) -> int:
     while time.perf_counter() < end:
         pass
     return value
+
+
+def hold_the_gil(n: int) -> int:
+    """Busy in C for a while without releasing the GIL: the heartbeat thread cannot beat."""
+    return sum(range(n))

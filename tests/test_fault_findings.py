@@ -4,6 +4,7 @@ a full or read-only disk, a lock held by a frozen process), and every future set
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -171,6 +172,50 @@ def test_4_a_stall_that_exhausts_retries_says_what_happened(home: Path,
         with pytest.raises(fanout.WorkerLost, match="no heartbeat for 1s"):
             future.result(timeout=30)
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_4_a_task_busy_in_c_holding_the_gil_is_not_a_stall(home: Path) -> None:
+    # sum(range(n)) runs in C without releasing the GIL for about 2 s, four intervals: no
+    # heartbeat, but CPU time grows, so the worker is working, not stalled.
+    n = 2 * 10**8
+    with fanout.Executor(max_workers=1, retries=0, progress=False, stall_seconds=0.5) as ex:
+        future = ex.submit(fault_tasks.hold_the_gil, n)
+        assert future.result(timeout=120) == n * (n - 1) // 2
+        record = ex.backend.record(future.job_id, future.task_index)
+    assert record is not None and record.attempt == 1
+
+
+def test_4_a_whole_process_group_stopped_and_resumed_blames_no_task(tmp_path: Path) -> None:
+    # Ctrl-Z then fg: the client, its watchdog and its workers all stand still together.
+    started = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import fanout, tasks
+        with fanout.Executor(max_workers=2, retries=0, progress=False,
+                             stall_seconds=1.0) as ex:
+            futures = [ex.submit(tasks.block_until, {str(tmp_path / "gate")!r}, i,
+                                 {str(started)!r}) for i in range(2)]
+            print([f.result(timeout=120) for f in futures], flush=True)
+    """)
+    env = {**os.environ, "FANOUT_HOME": str(tmp_path / "home")}
+    client = subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        eventually(started.exists, what="a task to start")
+        os.killpg(client.pid, signal.SIGSTOP)
+        stopped_until = time.monotonic() + 3.0  # three stall intervals
+        while time.monotonic() < stopped_until:  # the stop itself is what is tested
+            time.sleep(0.1)
+        (tmp_path / "gate").touch()
+        os.killpg(client.pid, signal.SIGCONT)
+        out, err = client.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(client.pid, signal.SIGKILL)
+    assert client.returncode == 0, err
+    assert out.strip() == "[0, 1]"
 
 
 def test_4_the_stall_interval_is_validated(home: Path,

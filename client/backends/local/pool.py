@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import psutil
+
 from ...collector import JobRun
 from ...errors import ConfigurationError, StoreError, TaskTimeout, WorkerLost
 from ...protocol import CANCELLED, FAILED, REDUCE_INDEX, Chunk, ResultRecord, now
@@ -91,6 +93,9 @@ class WorkerProcess:
     task_started: float = 0.0
     reported: int = 0  # tasks whose outcome it reported: the ordinal of inflight's first
     stalled: bool = False  # the watchdog killed it for want of a heartbeat
+    cpu_seconds: float = -1.0  # its CPU time when the watchdog last saw it grow
+    progress_at: float = 0.0  # when that was (monotonic); the watchdog's reset point
+    beacon_grace: float = 0.0  # heartbeats older than this were missed while all stood still
     lock: threading.Lock = field(default_factory=threading.Lock)  # kill vs. close handles
     closed: bool = False
     tasks_given: int = 0  # counted only under max_tasks_per_child
@@ -133,6 +138,25 @@ class WorkerProcess:
                     signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
                 else:
                     self.proc.send_signal(signal.SIGKILL)
+
+    def working(self, clock: float, window: float) -> bool:
+        """True while its CPU time grows: busy in C code that holds the GIL, not stalled.
+
+        The heartbeat thread cannot beat while a task holds the GIL in C (a long ``sorted``,
+        big-integer arithmetic, a C extension), but such a worker uses CPU. A stopped
+        process (SIGSTOP, state ``T``) or one blocked without using CPU does not.
+        """
+        try:
+            process = psutil.Process(self.proc.pid)
+            if process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                return False
+            times = process.cpu_times()
+        except psutil.Error:
+            return False
+        used = times.user + times.system
+        if used > self.cpu_seconds:
+            self.cpu_seconds, self.progress_at = used, clock
+        return clock - self.progress_at <= window
 
     def heartbeat_age(self, clock: float) -> float:
         with self.lock:
@@ -272,19 +296,35 @@ class Supervisor:
                 os.close(self._wake_w)
 
     def _watch(self) -> None:
-        """The watchdog: kill a worker holding a task whose heartbeat stopped.
+        """The watchdog: kill a worker holding a task whose heartbeat and CPU time stopped.
 
         A worker still starting gets ``STARTUP_GRACE_SECONDS`` more (it beats only once its
-        interpreter is up); an idle one is left alone until it is given work or stopped.
+        interpreter is up); an idle one is left alone until it is given work or stopped. A
+        worker whose CPU time still grows is working (in C, holding the GIL) and is spared.
+        When the watchdog itself wakes far later than it asked, this whole process group was
+        stopped (Ctrl-Z, then ``fg``): every heartbeat is old for that reason alone, so the
+        round is skipped and the workers get a full interval from now.
         """
-        while not self._watchdog_stop.wait(self.stall_seconds / 4):
+        interval = self.stall_seconds / 4
+        last = time.monotonic()
+        while not self._watchdog_stop.wait(interval):
             clock = time.monotonic()
+            overslept = clock - last > interval + self.stall_seconds / 2
+            last = clock
             for worker in list(self._workers):
+                if overslept:
+                    worker.progress_at = clock
+                    worker.beacon_grace = clock
+                    continue
+                if not (worker.inflight or not worker.ready) or worker.stalled:
+                    continue
                 limit = self.stall_seconds + (0 if worker.ready else STARTUP_GRACE_SECONDS)
-                if ((worker.inflight or not worker.ready) and not worker.stalled
-                        and worker.heartbeat_age(clock) > limit):
-                    log.warning("fanout worker %s sent no heartbeat for %.1fs; killing it",
-                                worker.worker_id, worker.heartbeat_age(clock))
+                working = worker.working(clock, limit)  # sampled every round: a fresh baseline
+                silent = min(worker.heartbeat_age(clock), clock - worker.beacon_grace)
+                if silent > limit and not working:
+                    log.warning("fanout worker %s sent no heartbeat for %.1fs and used no "
+                                "CPU; killing it", worker.worker_id,
+                                worker.heartbeat_age(clock))
                     worker.stalled = True
                     worker.kill()
                     self.wake()
