@@ -72,20 +72,8 @@ class JobRecord:
     execution_arn: str | None = None  # aws: the Step Functions execution running it
 
     @property
-    def created(self) -> float:
-        return self.spec.created
-
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
-
-    @property
-    def function(self) -> str:
-        return self.spec.function
-
-    @property
     def n_tasks(self) -> int:
-        return self.spec.n_tasks
+        return self.spec.n_tasks  # when it was made, what it runs: also on its spec
 
     def __getitem__(self, name: str) -> Any:
         """``record["state"]``: the mapping form ``AwsStore.job`` returned before records

@@ -172,11 +172,12 @@ class LocalBackend(JobLifecycle[LocalStore]):
         self.store.set_job_state(job.job_id, JobState.CANCELLED, only_if=JobState.RUNNING)
         if self._orphaned(job):
             return False
-        # Its owner (another process) applies the cancel within CANCEL_POLL_SECONDS; wait
-        # for that, boundedly, so the caller sees the cancelled tasks.
+        # Its owner (another executor) applies the cancel within CANCEL_POLL_SECONDS; wait
+        # for that, boundedly, until the job's record has its summary (the owner writes it
+        # last), so the caller sees the cancelled tasks and the job's end.
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
         while time.monotonic() < deadline:
-            if len(self.store.results(job.job_id)) >= job.n_tasks:
+            if self.store.job(job.job_id).summary is not None:
                 return True
             time.sleep(0.05)
         return False  # its owner did not answer: record the cancellation here
