@@ -57,7 +57,14 @@ def task_key(index: int) -> str:
 
 
 class AwsStore:
-    """The :class:`~fanout.protocol.TaskStore` of the AWS backend (client and workers)."""
+    """The :class:`~fanout.protocol.TaskStore` and :class:`~fanout.backends.job_store.JobStore`
+    of the AWS backend (client and workers).
+
+    Why one class of this size: every method is one or two requests against the same
+    bucket and table, sharing their clients, the key scheme (``key``, ``task_key``) and the
+    bundle cache; a warm Lambda keeps this one object for its life. The logic above the
+    requests lives elsewhere (``fanout.backends.lifecycle``, ``fanout.summary``).
+    """
 
     max_record_value_bytes = MAX_RECORD_VALUE_BYTES
 

@@ -68,7 +68,15 @@ DEFAULT_STALL_SECONDS = 10.0
 
 
 class Supervisor:
-    """Runs dispatches on up to ``max_workers`` processes; see the module docstring."""
+    """Runs dispatches on up to ``max_workers`` processes; see the module docstring.
+
+    Why one class of this size: one thread owns all pool state (the queue, the workers, each
+    worker's in-flight dispatches, the runs), which is what keeps it free of locks. Assigning
+    work, accounting for a death and cancelling all read and change that same state, so
+    they stay methods of its one owner; what does not touch it has moved out
+    (``dispatch.py``, ``worker_process.py``, ``watchdog.py``, ``messages.py``, and the
+    records it writes, ``fanout.records``).
+    """
 
     def __init__(
         self,
