@@ -17,7 +17,7 @@ from typing import Any
 from ... import records
 from ...capture import StreamCapture
 from ...context import current_task
-from ...errors import WorkerLost
+from ...errors import ConfigurationError, WorkerLost
 from ...ids import new_job_id
 from ...protocol import (
     FAILED,
@@ -58,8 +58,8 @@ def store_from_env() -> AwsStore:
     try:
         key = (os.environ["FANOUT_BUCKET"], os.environ["FANOUT_TABLE"])
     except KeyError as exc:
-        raise RuntimeError(f"worker environment lacks {exc.args[0]}; deploy with template.yaml"
-                           ) from exc
+        raise ConfigurationError(f"worker environment lacks {exc.args[0]}; deploy with "
+                                 "template.yaml") from exc
     if key not in _stores:
         retention = int(os.environ.get("FANOUT_RESULT_RETENTION_DAYS") or RECORD_TTL_DAYS)
         concurrency = os.environ.get("FANOUT_MAX_CONCURRENCY")

@@ -27,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ...errors import InvalidArgument, JobNotFound, ScheduleNotFound
+from ...errors import InvalidArgument, JobNotFound, ScheduleNotFound, StoreError
 from ...ids import check_job_id
 from ...job_record import JobRecord, Owner
 from ...protocol import (
@@ -114,7 +114,7 @@ class AwsStore:
         """The chunk a reference from :meth:`put_chunks` points to (one ranged GET)."""
         key, offset, length = str(ref["key"]), int(ref["offset"]), int(ref["length"])
         if not key.startswith(f"{JOBS_PREFIX}{ref['job_id']}/") or ".." in key:
-            raise ValueError(f"chunk reference {key!r} points outside job {ref['job_id']}")
+            raise StoreError(f"chunk reference {key!r} points outside job {ref['job_id']}")
         response = self.s3.get_object(Bucket=self.bucket, Key=key,
                                       Range=f"bytes={offset}-{offset + length - 1}")
         data = bytes(response["Body"].read())
@@ -473,7 +473,7 @@ class AwsStore:
             raise ValueError(f"task {record.task_index} has no value")
         job_id, _, name = record.value_ref.partition("/")
         if job_id != record.job_id or ".." in name:
-            raise ValueError(f"value reference {record.value_ref!r} points outside its job")
+            raise StoreError(f"value reference {record.value_ref!r} points outside its job")
         return self.get_object(job_id, name)
 
     def delete_value_blob(self, ref: str) -> None:

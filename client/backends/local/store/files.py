@@ -105,7 +105,8 @@ class JobFiles(Database):
         job_id, _, rel = ref.partition("/")
         path = (self.job_dir(job_id) / rel).resolve()
         if not path.is_relative_to(self.job_dir(job_id).resolve()):
-            raise ValueError(f"value reference {ref!r} points outside its job")
+            raise StoreError(f"value reference {ref!r} points outside its job in the store at "
+                             f"{self.home}")
         return path
 
     def load_value(self, record: ResultRecord) -> bytes:
