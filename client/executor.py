@@ -26,6 +26,7 @@ from typing import Any
 from . import serialization
 from .backends import Backend, JobRequest, backend_name, create_backend, worker_options
 from .collector import JobRun
+from .dependencies import TaskInputs, dumps_call
 from .future import Future
 from .options import TaskOptions
 from .seeding import derive_seed, fresh_seed
@@ -241,9 +242,9 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         self._check_open()
         function, name = self._shared.function(fn)
-        payload = serialization.dumps_call(args, kwargs)
+        payload, inputs = dumps_call(args, kwargs, self.backend)
         seed = self._shared.next_seed("submit", self._options.seed)
-        return self.backend.submit(fn, function, name, payload, self._options, seed)
+        return self.backend.submit(fn, function, name, payload, self._options, seed, inputs)
 
     def map(
         self,
@@ -299,11 +300,12 @@ class Executor(concurrent.futures.Executor):
         if chunksize is not None:
             options = options.with_overrides(chunksize=chunksize)
         function, name = self._shared.function(fn)
-        payloads = (serialization.dumps_call(args, {}) for args in arg_tuples)
+        inputs = TaskInputs(self.backend)  # futures among the arguments, noted per task
+        payloads = inputs.payloads(arg_tuples)
         progress = _progress_bar(self._progress, name.rsplit(".", 1)[-1])
         request = JobRequest(kind, function, name, payloads, options,
                              self._shared.next_seed("job", options.seed), reducer, reducer_name,
-                             progress)
+                             progress, inputs)
         try:
             return self.backend.start_job(request)
         except BaseException:

@@ -185,6 +185,10 @@ class TaskStore(Protocol):
 
     def read_task(self, job_id: str, task: TaskRef) -> bytes: ...
 
+    def result(self, job_id: str, task_index: int) -> ResultRecord | None:
+        """One task's stored record: a task reads the results of the futures it was given."""
+        ...
+
     def put_result(self, record: ResultRecord) -> ResultRecord:
         """Conditionally store ``record``; return the record that is stored afterwards."""
         ...

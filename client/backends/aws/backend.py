@@ -16,14 +16,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ...collector import LIVE_RUNS, JobRun
+from ...dependencies import ready, record_cancelled
 from ...errors import ConfigurationError, WorkerLost
 from ...future import Future
 from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
@@ -69,6 +70,11 @@ class _Followed:
     execution_arn: str
     cursor: int = 0
     polls: int = 0
+    #: Chunks whose tasks take futures not yet done; each wave of newly ready ones gets an
+    #: execution of its own (see ``_release``).
+    held: list[Chunk] = field(default_factory=list)
+    waves: int = 0
+    executions: list[str] = field(default_factory=list)
 
 
 class AwsBackend(Backend):
@@ -203,10 +209,13 @@ class AwsBackend(Backend):
 
     def _upload(self, job_id: str, kind: str, function: bytes, function_name: str,
                 payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
-                job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
-                ) -> tuple[JobSpec, list[Chunk]]:
+                job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None,
+                alone: Collection[int] = ()) -> tuple[JobSpec, list[Chunk]]:
         return upload_job(self.store, job_id, kind, function, function_name, payloads, seeds,
-                          options, job_seed, reducer, reducer_name)
+                          options, job_seed, reducer, reducer_name, alone)
+
+    def store_location(self) -> tuple[str, ...]:
+        return ("aws", self.config.bucket, self.config.table, self.config.endpoint_url or "")
 
     def _execute(self, run: JobRun, manifest: str, name: str) -> None:
         """Start the job's execution over the tier manifests written as ``manifest``."""
@@ -217,39 +226,99 @@ class AwsBackend(Backend):
         self.store.update_job(run.job_id, execution_arn=arn, state=RUNNING)
         LIVE_RUNS[run.job_id] = run
         with self._lock:
-            self._followed[run.job_id] = _Followed(run, arn)
+            item = self._followed.get(run.job_id)
+            if item is None or item.run is not run:
+                item = self._followed[run.job_id] = _Followed(run, arn)
+            item.execution_arn = arn
+            item.executions.append(arn)
         self._ensure_poller()
+
+    def _begin(self, run: JobRun, manifest: list[Chunk]) -> None:
+        """Run a new job: in one execution, or in waves when some tasks wait for inputs.
+
+        A task that takes futures starts when its own inputs are done, never at a barrier:
+        the chunks whose inputs are done go now, the others are held here and each poll
+        that finds more of them ready starts one more execution ("wave") over just those.
+        The job record says ``waves``, so a wave's finalize step leaves the job running
+        until every task has a result. Workers read the inputs from the table and bucket.
+        """
+        held = [c for c in manifest if not ready(self._chunk_inputs(run, c))]
+        if not held:
+            self._execute(run, "manifest", run.job_id)
+            return
+        self.store.update_job(run.job_id, waves="1")
+        LIVE_RUNS[run.job_id] = run
+        item = _Followed(run, "", held=held)
+        with self._lock:
+            self._followed[run.job_id] = item
+        self._start_wave(item, [c for c in manifest if c not in held])
+        self._ensure_poller()
+
+    @staticmethod
+    def _chunk_inputs(run: JobRun, chunk: Chunk) -> list[Future]:
+        return [f for t in chunk.tasks for f in run.inputs.get(t.index, ())]
+
+    def _start_wave(self, item: _Followed, chunks: list[Chunk]) -> None:
+        if not chunks:
+            return
+        run = item.run
+        record_cancelled(self.store, [f for c in chunks for f in self._chunk_inputs(run, c)])
+        name = f"manifest-wave-{item.waves}"
+        put_manifests(self.store, run.job_id, name, chunks)
+        self._execute(run, name, f"{run.job_id}-wave-{item.waves}")
+        item.waves += 1
+
+    def _release(self, item: _Followed) -> bool:
+        """Start one wave over the held chunks whose inputs are now done; True if any."""
+        if not item.held:
+            return False
+        if item.polls % EXECUTION_CHECK_EVERY == 0 and \
+                self.store.job(item.run.job_id)["state"] == CANCELLED:  # by another process
+            item.held = []
+            return False
+        now_ready = [c for c in item.held if ready(self._chunk_inputs(item.run, c))]
+        if not now_ready:
+            return False
+        item.held = [c for c in item.held if c not in now_ready]
+        self._start_wave(item, now_ready)
+        return True
 
     def start_job(self, request: JobRequest) -> JobRun:
         self._check_open()
         self.check_stack()
         job_id = new_job_id()
-        spec, _ = self._upload(job_id, request.kind, request.function, request.function_name,
-                               request.payloads, None, request.options, request.seed,
-                               request.reducer, request.reducer_name)
+        inputs = request.inputs.by_task if request.inputs is not None else {}
+        spec, manifest = self._upload(job_id, request.kind, request.function,
+                                      request.function_name, request.payloads, None,
+                                      request.options, request.seed, request.reducer,
+                                      request.reducer_name, inputs)
         futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
         reduce_future = Future(job_id, REDUCE_INDEX, self) if request.reducer else None
         if request.progress is not None:
             request.progress.reset(total=spec.n_tasks)
         run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
-        self._execute(run, "manifest", job_id)
+        run.inputs = inputs
+        self._begin(run, manifest)
         return run
 
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
-               options: TaskOptions, seed: int) -> Future:
+               options: TaskOptions, seed: int, inputs: tuple[Future, ...] = ()) -> Future:
         self._check_open()
         self.check_stack()
-        future, _ = self._batches.add(fn_key, function, function_name, payload, options, seed)
+        future, _ = self._batches.add(fn_key, function, function_name, payload, options, seed,
+                                      inputs)
         self._ensure_poller()
         return future
 
     def _flush_submits(self, everything: bool) -> None:
         for batch in self._batches.take(everything):
-            spec, _ = self._upload(batch.job_id, "submit", batch.function, batch.function_name,
-                                   batch.payloads, batch.seeds, batch.options,
-                                   batch.options.seed or 0)
+            spec, manifest = self._upload(batch.job_id, "submit", batch.function,
+                                          batch.function_name, batch.payloads, batch.seeds,
+                                          batch.options, batch.options.seed or 0,
+                                          alone=batch.inputs)
             run = JobRun(spec, batch.futures, self.store.load_value)
-            self._execute(run, "manifest", batch.job_id)
+            run.inputs = batch.inputs
+            self._begin(run, manifest)
 
     # -- following jobs --------------------------------------------------------------------
 
@@ -272,6 +341,8 @@ class AwsBackend(Backend):
                     followed = list(self._followed.values())
                 for item in followed:
                     progressed |= self._poll(item)
+                for item in followed:  # after every poll: inputs just delivered count
+                    progressed |= self._release(item)
                 failing_since = None
             except Exception as exc:
                 # A network blip must not fail healthy jobs: back off and keep trying; only
@@ -312,11 +383,14 @@ class AwsBackend(Backend):
                 if reduced is not None:
                     run.deliver(reduced)
         settled = run.map_finished and (run.reduce_future is None or run.reduce_future.done())
+        if item.held and not settled:
+            return bool(records)  # tasks wait for inputs: no execution needs to be running
         if settled or item.polls % EXECUTION_CHECK_EVERY == 0:
             job = self.store.job(run.job_id)
+            item.executions = [a for a in item.executions if self._execution_running(a)]
             if job["state"] != RUNNING and settled:
                 self._forget(run)
-            elif job["state"] != RUNNING or not self._execution_running(item.execution_arn):
+            elif job["state"] != RUNNING or not item.executions:
                 if not settled:
                     self._abandon(run, f"its execution ended ({job['state']})")
                 self._forget(run)
@@ -346,6 +420,21 @@ class AwsBackend(Backend):
         if run.reduce_future is not None and not run.reduce_future.done():
             run.reduce_future.set_exception(WorkerLost(message))
 
+    def _cancel_held(self, item: _Followed) -> None:
+        """Record the held tasks as cancelled; finalize the job if no wave is left to."""
+        from .handlers import finalize
+
+        held, item.held = item.held, []
+        stamp = now()
+        for chunk in held:
+            for task in chunk.tasks:
+                if item.run.future(task.index).cancel():
+                    item.run.future(task.index).set_running_or_notify_cancel()
+                self.store.put_result(ResultRecord(item.run.job_id, task.index, CANCELLED, 1,
+                                                   "", stamp, stamp))
+        if not any(self._execution_running(a) for a in item.executions):
+            finalize({"job_id": item.run.job_id, "map_error": None}, self.store)
+
     def _forget(self, run: JobRun) -> None:
         with self._lock:
             self._followed.pop(run.job_id, None)
@@ -370,6 +459,10 @@ class AwsBackend(Backend):
                 for future in batch.futures:
                     if future.cancel():
                         future.set_running_or_notify_cancel()
+            with self._lock:
+                waiting = [item for item in self._followed.values() if item.held]
+            for item in waiting:
+                self._cancel_held(item)
         self._wake.set()
         poller = self._poller
         if wait and poller is not None:
@@ -420,6 +513,13 @@ class AwsBackend(Backend):
                 self.sfn.stop_execution(executionArn=job["execution_arn"],
                                         cause="cancelled by fanout")
         self.store.update_job(job_id, state=CANCELLED)
+        with self._lock:
+            item = self._followed.get(job_id)
+        if item is not None:  # held tasks never start; earlier waves stop too
+            item.held = []
+            for arn in item.executions[:-1]:
+                with contextlib.suppress(ClientError):
+                    self.sfn.stop_execution(executionArn=arn, cause="cancelled by fanout")
         have = {r.task_index for r in self.store.results(job_id) if r.status in FINAL}
         stamp = now()
         for index in range(job["spec"].n_tasks):
@@ -451,6 +551,8 @@ class AwsBackend(Backend):
                                              or reduce_record.status != SUCCEEDED)
         if not chunks and not needs_reduce:
             return self.counts(job_id)
+        if job.get("waves"):  # this execution covers every unfinished task: finalize as one
+            self.store.update_job(job_id, waves="0")
         retry_number = int(time.time())
         put_manifests(self.store, job_id, f"manifest-retry-{retry_number}", chunks)
         futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
@@ -567,8 +669,8 @@ class AwsBackend(Backend):
 
 def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, function_name: str,
                payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
-               job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
-               ) -> tuple[JobSpec, list[Chunk]]:
+               job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None,
+               alone: Collection[int] = ()) -> tuple[JobSpec, list[Chunk]]:
     """Write a job's objects (one payload object, the bundle, the manifests) and its record.
 
     Used by the client and by the plan step of scheduled runs, so a job looks the same
@@ -579,7 +681,7 @@ def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, functio
         payload.seek(0)
         store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
     spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
-                              reducer_name, has_reducer=reducer is not None)
+                              reducer_name, has_reducer=reducer is not None, alone=alone)
     store.put_bundle(spec, function, reducer)
     put_manifests(store, job_id, "manifest", manifest)
     store.put_job(spec, RUNNING, client_id())

@@ -200,6 +200,11 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
     map_error = event.get("map_error")
     if job["state"] == CANCELLED:
         state = CANCELLED
+    elif job.get("waves") and len(records) < spec.n_tasks:
+        # A job started in waves (its tasks take futures) is finished by the execution that
+        # lands its last result; an earlier wave's tasks may still be running or held.
+        logger.info("wave finished", extra={"job_id": job_id, "recorded": len(records)})
+        return {"job_id": job_id, "state": RUNNING, "summary": None}
     else:
         missing = [i for i in range(spec.n_tasks) if i not in records]
         for index in missing:

@@ -371,6 +371,8 @@ class AwsStore:
             "state": item["state"]["S"],
             "owner": item.get("owner", {}).get("S"),
             "execution_arn": item.get("execution_arn", {}).get("S"),
+            # started in waves (tasks that take futures): no one execution covers every task
+            "waves": item.get("waves", {}).get("S") == "1",
             "summary": json.loads(item["summary"]["S"]) if "summary" in item else None,
         }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
@@ -78,8 +78,13 @@ class LocalBackend(Backend):
     def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
                    payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
                    job_seed: int, reducer: bytes | None = None,
-                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
-        """Upload one job: function once, all arguments into one payload object, manifest."""
+                   reducer_name: str | None = None, alone: Collection[int] = ()
+                   ) -> tuple[JobSpec, list[Chunk]]:
+        """Upload one job: function once, all arguments into one payload object, manifest.
+
+        ``alone``: the tasks that take futures (each gets a chunk of its own); it may fill
+        in while ``payloads`` is consumed, which happens before the manifest is planned.
+        """
         self.store.write_object(job_id, "function.pkl", function)
         if reducer is not None:
             self.store.write_object(job_id, "reducer.pkl", reducer)
@@ -89,18 +94,19 @@ class LocalBackend(Backend):
             handle.flush()
             os.fsync(handle.fileno())
         spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
-                                  reducer_name, has_reducer=reducer is not None)
+                                  reducer_name, has_reducer=reducer is not None, alone=alone)
         self.store.create_job(spec, manifest, Owner.me())
         return spec, manifest
 
     def start_job(self, request: JobRequest) -> JobRun:
         self._check_open()
         job_id = new_job_id()
+        inputs = request.inputs.by_task if request.inputs is not None else {}
         try:
             spec, manifest = self._write_job(
                 job_id, request.kind, request.function, request.function_name,
                 request.payloads, None, request.options, request.seed, request.reducer,
-                request.reducer_name,
+                request.reducer_name, inputs,
             )
         except BaseException:
             # Nothing was recorded (the job row is written last): leave no files behind.
@@ -111,6 +117,7 @@ class LocalBackend(Backend):
         if request.progress is not None:
             request.progress.reset(total=spec.n_tasks)
         run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
+        run.inputs = inputs
         self._start(run, manifest)
         return run
 
@@ -119,10 +126,10 @@ class LocalBackend(Backend):
         self._pool().post("run", run, [Dispatch(run, chunk) for chunk in manifest])
 
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
-               options: TaskOptions, seed: int) -> Future:
+               options: TaskOptions, seed: int, inputs: tuple[Future, ...] = ()) -> Future:
         self._check_open()
         future, opened = self._batches.add(fn_key, function, function_name, payload, options,
-                                           seed)
+                                           seed, inputs)
         if opened:
             self._pool().wake()
         return future
@@ -138,6 +145,7 @@ class LocalBackend(Backend):
                 spec, manifest = self._write_job(
                     batch.job_id, "submit", batch.function, batch.function_name,
                     batch.payloads, batch.seeds, batch.options, batch.options.seed or 0,
+                    alone=batch.inputs,
                 )
             except Exception as exc:  # e.g. a full disk: these futures fail, others go on
                 self.store.remove_job_files(batch.job_id)
@@ -146,9 +154,13 @@ class LocalBackend(Backend):
                         future.set_exception(exc)
                 continue
             run = JobRun(spec, batch.futures, self.store.load_value)
+            run.inputs = batch.inputs
             LIVE_RUNS[run.job_id] = run
             dispatches.extend(Dispatch(run, chunk) for chunk in manifest)
         return dispatches
+
+    def store_location(self) -> tuple[str, ...]:
+        return ("local", os.path.realpath(self.store.home))
 
     def _check_open(self) -> None:
         if self._closed:
