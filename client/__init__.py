@@ -30,6 +30,7 @@ from .executor import Executor, MapIterator
 from .future import Future
 from .job import Job
 from .joblib_hook import install as _install_joblib_backend
+from .s3_inputs import S3Chunk, s3_chunks
 
 _install_joblib_backend()  # joblib.parallel_config(backend="fanout") once joblib is imported
 
@@ -48,6 +49,7 @@ __all__ = [
     "JobNotFound",
     "MapIterator",
     "RemoteError",
+    "S3Chunk",
     "ScheduleExists",
     "ScheduleNotFound",
     "SerializationError",
@@ -58,6 +60,7 @@ __all__ = [
     "checkpoint",
     "estimate",
     "restore",
+    "s3_chunks",
     "task_rng",
     "task_seed",
     "wait",
