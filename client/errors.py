@@ -77,6 +77,14 @@ class ScheduleExists(FanoutError, ValueError):
     """A schedule with that name exists already; also a ``ValueError``."""
 
 
+class InputChanged(FanoutError):
+    """An S3 object a task reads (``fanout.s3_chunks``) changed after it was listed.
+
+    Its chunks' byte ranges were planned on the listed version; reading them from another
+    version would split lines wrongly or mix versions. List the input again and rerun.
+    """
+
+
 class DependencyFailed(FanoutError):
     """A task's input was a future whose task failed or was cancelled; the dependent did not run.
 

@@ -17,6 +17,14 @@ split is on ``"\\n"``), and a last line without a newline is kept.
 The client lists with the default boto3 credentials and endpoint (``AWS_ENDPOINT_URL``);
 workers read with theirs: on the aws backend the worker role must be allowed
 ``s3:GetObject`` on the input bucket (see the README).
+
+S3's rules applied here: a GET takes one byte range, ``bytes=first-last`` with both ends
+inclusive, and S3 "doesn't support retrieving multiple ranges of data per GET request"
+(GetObject API reference, ``Range``; RFC 9110 section 14.2); ``ListObjectsV2`` returns at
+most 1,000 keys per page, so listing follows the continuation token (boto3's paginator).
+Every GET sends ``If-Match`` with the ETag seen when listing: an object replaced since then
+fails with 412 Precondition Failed (GetObject, ``IfMatch``), raised as
+:class:`~fanout.errors.InputChanged`, instead of chunks cut from two versions.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import InputChanged
 
 #: How far past a chunk's end the first GET reads, to finish its last line in one request.
 LINE_SLACK_BYTES = 64 * 1024
@@ -59,6 +69,7 @@ class S3Chunk:
     end: int
     size: int
     lines: bool = True
+    etag: str | None = None  # the version listed: a read of another version fails
 
     @property
     def uri(self) -> str:
@@ -107,8 +118,20 @@ class S3Chunk:
         """Bytes ``[first, stop)`` with one ranged GET (HTTP ranges are inclusive)."""
         if stop <= first:
             return b""
-        response = _client().get_object(Bucket=self.bucket, Key=self.key,
-                                        Range=f"bytes={first}-{stop - 1}")
+        from botocore.exceptions import ClientError
+
+        extra = {"IfMatch": self.etag} if self.etag else {}
+        try:
+            response = _client().get_object(Bucket=self.bucket, Key=self.key,
+                                            Range=f"bytes={first}-{stop - 1}", **extra)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412"):
+                raise InputChanged(
+                    f"{self.uri} changed after fanout.s3_chunks listed it (ETag {self.etag} "
+                    "then): its byte ranges belong to that version. List it again and rerun"
+                ) from exc
+            raise
         data: bytes = response["Body"].read()
         return data
 
@@ -116,21 +139,22 @@ class S3Chunk:
         return f"S3Chunk({self.uri!r}, bytes {self.start}-{self.end} of {self.size})"
 
 
-def list_objects(uri: str) -> list[tuple[str, str, int]]:
-    """(bucket, key, size) of the object ``uri`` names, or of every object under the prefix.
+def list_objects(uri: str) -> list[tuple[str, str, int, str | None]]:
+    """(bucket, key, size, ETag) of the object ``uri`` names, or of every one under it.
 
     A key that names an object exactly is that object alone; otherwise it is a prefix, in
     S3's (lexicographic) order. Folder markers (keys ending in ``/``) are skipped.
     """
     bucket, prefix = parse_uri(uri)
-    found: list[tuple[str, str, int]] = []
+    found: list[tuple[str, str, int, str | None]] = []
     paginator = _client().get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
+            entry = (bucket, obj["Key"], int(obj["Size"]), obj.get("ETag"))
             if obj["Key"] == prefix and prefix:
-                return [(bucket, prefix, int(obj["Size"]))]
+                return [entry]
             if not obj["Key"].endswith("/"):
-                found.append((bucket, obj["Key"], int(obj["Size"])))
+                found.append(entry)
     if not found:
         raise FileNotFoundError(f"no objects under {uri}: check the bucket and prefix (and "
                                 "that these credentials may list them)")
@@ -149,10 +173,11 @@ def s3_chunks(uri: str, chunk_bytes: int | None = None, *, lines: bool = True
                                     or not isinstance(chunk_bytes, int) or chunk_bytes <= 0):
         raise ValueError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
     chunks = []
-    for bucket, key, size in list_objects(uri):
+    for bucket, key, size, etag in list_objects(uri):
         step = chunk_bytes or max(size, 1)
         for start in range(0, max(size, 1), step):
-            chunks.append(S3Chunk(bucket, key, start, min(size, start + step), size, lines))
+            chunks.append(S3Chunk(bucket, key, start, min(size, start + step), size, lines,
+                                  etag))
     return chunks
 
 

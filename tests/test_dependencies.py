@@ -148,3 +148,15 @@ def test_executors_on_one_store_share_futures(home: Path, tmp_path: Path) -> Non
         assert inline.submit(total, [inline.submit(value_of, 2), upstream == upstream]) \
             .result() == 3
         assert inline.submit(value_of, second.submit(value_of, 9)).result() == 9
+
+
+def test_map_over_a_maps_futures_is_a_pipeline(ex: fanout.Executor, tmp_path: Path) -> None:
+    """Stage two's task 0 runs while stage one's task 1 is still running (and waits for it)."""
+    g0_ran = str(tmp_path / "g0-ran")
+    first = ex.map(step, ["f0", "f1"], [None, None], [None, g0_ran])
+    second = ex.map(step, ["g0", "g1"], first.futures, [None, None], [g0_ran, None])
+    g0, g1 = list(second)
+    f0, f1 = list(first)
+    assert f0["name"] == "f0"
+    assert g0["started"] < f1["ended"] and g0["inputs"]["name"] == "f0"
+    assert g1["started"] >= f1["ended"] and g1["inputs"]["name"] == "f1"

@@ -73,6 +73,15 @@ def test_binary_chunks_are_exact_byte_ranges(aws: EmulatedAws) -> None:
     assert b"".join(c.read() for c in chunks) == data
 
 
+def test_an_object_replaced_after_listing_is_refused(aws: EmulatedAws) -> None:
+    put(aws, "changing/log.txt", b"first version\n" * 10)
+    chunks = fanout.s3_chunks(f"s3://{BUCKET}/changing/", chunk_bytes=40)
+    assert chunks[0].read().startswith(b"first")
+    put(aws, "changing/log.txt", b"second version\n" * 10)
+    with pytest.raises(fanout.InputChanged, match="changed after"):
+        chunks[1].read()
+
+
 def test_bad_inputs_are_named(aws: EmulatedAws) -> None:
     with pytest.raises(FileNotFoundError, match="no objects under"):
         fanout.s3_chunks(f"s3://{BUCKET}/nothing-here/")
