@@ -148,6 +148,9 @@ def test_executors_on_one_store_share_futures(home: Path, tmp_path: Path) -> Non
         assert inline.submit(total, [inline.submit(value_of, 2), upstream == upstream]) \
             .result() == 3
         assert inline.submit(value_of, second.submit(value_of, 9)).result() == 9
+        # a future of an attached job (another process's, as far as it knows) is one too
+        attached = fanout.Job.attach(upstream.job_id).futures()[upstream.task_index]
+        assert second.submit(value_of, [attached]).result(timeout=60)[0]["name"] == "up"
 
 
 def test_map_over_a_maps_futures_is_a_pipeline(ex: fanout.Executor, tmp_path: Path) -> None:
