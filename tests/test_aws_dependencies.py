@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dependency_tasks import boom, value_of
+from dependency_tasks import boom, step, value_of
 from test_dependencies import check_diamond, run_diamond
 
 import fanout
 from fanout.testing import EmulatedAws, emulated_aws
+
+from conftest import eventually
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +58,26 @@ def test_dependency_failed_on_aws(ex: fanout.Executor, aws: EmulatedAws) -> None
     fanout_wait = job.records()
     assert sorted(r.status for r in fanout_wait) == ["failed", "succeeded"]
     assert job.info.state == "finished"
+
+
+def test_shutdown_cancels_tasks_waiting_for_inputs(aws: EmulatedAws, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ex = fanout.Executor(backend="aws", progress=False, **aws.backend_options)
+    upstream = ex.submit(step, "up", wait_for=str(gate))
+    eventually(lambda: upstream.running() or upstream.job_id in _jobs(ex), what="upload")
+    waiting = ex.submit(value_of, upstream)
+    eventually(lambda: waiting.job_id in _jobs(ex), what="the dependent's job")
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert waiting.cancelled()
+    gate.touch()
+    assert upstream.result(timeout=120)["name"] == "up"
+    job = fanout.Job.attach(waiting.job_id, backend="aws", **aws.backend_options)
+    assert [r.status for r in job.records()] == ["cancelled"]
+    info = job.info
+    assert info.state == "finished" and info.summary is not None
+    assert info.summary["cancelled"] == 1
+    ex.shutdown(wait=True)  # the upstream job is followed until it is finalized
+
+
+def _jobs(ex: fanout.Executor) -> set[str]:
+    return {info.job_id for info in ex.backend.list_jobs(50)}

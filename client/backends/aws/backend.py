@@ -99,6 +99,7 @@ class AwsBackend(Backend):
         self._poller: threading.Thread | None = None
         self._checked = False
         self._closed = False
+        self._cancelling = False  # shutdown(cancel_futures=True): held tasks never start
 
     # -- checks before anything is uploaded --------------------------------------------------
 
@@ -251,7 +252,10 @@ class AwsBackend(Backend):
         item = _Followed(run, "", held=held)
         with self._lock:
             self._followed[run.job_id] = item
+            cancelling = self._cancelling
         self._start_wave(item, [c for c in manifest if c not in held])
+        if cancelling:
+            self._cancel_held(item)
         self._ensure_poller()
 
     @staticmethod
@@ -460,6 +464,7 @@ class AwsBackend(Backend):
                     if future.cancel():
                         future.set_running_or_notify_cancel()
             with self._lock:
+                self._cancelling = True
                 waiting = [item for item in self._followed.values() if item.held]
             for item in waiting:
                 self._cancel_held(item)
