@@ -163,3 +163,17 @@ def test_map_over_a_maps_futures_is_a_pipeline(ex: fanout.Executor, tmp_path: Pa
     assert f0["name"] == "f0"
     assert g0["started"] < f1["ended"] and g0["inputs"]["name"] == "f0"
     assert g1["started"] >= f1["ended"] and g1["inputs"]["name"] == "f1"
+
+
+def test_shutdown_cancels_tasks_waiting_for_inputs(home: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ex = fanout.Executor(max_workers=1, progress=False)
+    upstream = ex.submit(step, "up", wait_for=str(gate))
+    waiting = [ex.submit(value_of, upstream) for _ in range(3)]
+    ex.shutdown(wait=False, cancel_futures=True)
+    gate.touch()
+    assert upstream.result(timeout=60)["name"] == "up"
+    ex.shutdown(wait=True)  # cancelled as the stdlib cancels: cancel(), no waiter woken
+    assert all(f.cancelled() for f in waiting)
+    statuses = {r.status for f in waiting for r in fanout.Job.attach(f.job_id).records()}
+    assert statuses == {"cancelled"}
