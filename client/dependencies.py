@@ -27,7 +27,7 @@ import cloudpickle
 
 from . import serialization
 from .collector import rebuild_exception
-from .errors import DependencyFailed, SerializationError
+from .errors import DependencyFailed, InvalidArgument, SerializationError
 from .future import Future
 from .protocol import CANCELLED, FAILED, SUCCEEDED, ResultRecord, now
 
@@ -55,7 +55,7 @@ def _checker(backend: object) -> Callable[[Future], None]:
         source = future._source
         if source is backend or _location(source) == here:
             return
-        raise ValueError(
+        raise InvalidArgument(
             f"task {future.task_index} of job {future.job_id} ran on {source!r}, whose results "
             f"this executor's workers ({backend!r}) cannot read: a future can be an argument "
             "only on the backend and store that run it. Pass future.result() instead.")
@@ -96,7 +96,7 @@ def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any], backend: object
     pickler = _ReferencePickler(out, _checker(backend))
     try:
         pickler.dump((tuple(args), dict(kwargs)))
-    except (SerializationError, ValueError):
+    except (SerializationError, InvalidArgument):
         raise
     except Exception as exc:
         raise SerializationError(serialization.call_failure(args, kwargs, exc)) from exc

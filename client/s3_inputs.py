@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputChanged
+from .errors import InputChanged, InvalidArgument
 
 #: How far past a chunk's end the first GET reads, to finish its last line in one request.
 LINE_SLACK_BYTES = 64 * 1024
@@ -52,10 +52,10 @@ def _client() -> Any:
 def parse_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key-or-prefix`` -> (bucket, key-or-prefix), with a specific error."""
     if not isinstance(uri, str) or not uri.startswith(S3_SCHEME):
-        raise ValueError(f"expected an S3 URI like 's3://bucket/prefix/', got {uri!r}")
+        raise InvalidArgument(f"expected an S3 URI like 's3://bucket/prefix/', got {uri!r}")
     bucket, _, key = uri[len(S3_SCHEME):].partition("/")
     if not bucket:
-        raise ValueError(f"the S3 URI {uri!r} names no bucket: use 's3://bucket/prefix/'")
+        raise InvalidArgument(f"the S3 URI {uri!r} names no bucket: use 's3://bucket/prefix/'")
     return bucket, key
 
 
@@ -171,7 +171,7 @@ def s3_chunks(uri: str, chunk_bytes: int | None = None, *, lines: bool = True
     """
     if chunk_bytes is not None and (isinstance(chunk_bytes, bool)
                                     or not isinstance(chunk_bytes, int) or chunk_bytes <= 0):
-        raise ValueError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+        raise InvalidArgument(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
     chunks = []
     for bucket, key, size, etag in list_objects(uri):
         step = chunk_bytes or max(size, 1)
