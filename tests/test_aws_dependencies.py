@@ -10,16 +10,14 @@ from dependency_tasks import boom, step, value_of
 from test_dependencies import check_diamond, run_diamond
 
 import fanout
-from fanout.testing import EmulatedAws, emulated_aws
+from fanout.testing import EmulatedAws
 
 from conftest import eventually
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
-    with pytest.MonkeyPatch.context() as patch, emulated_aws() as emulation:
-        patch.setenv("FANOUT_HOME", str(tmp_path_factory.mktemp("aws-home")))
-        yield emulation
+def aws(offline_aws: EmulatedAws) -> EmulatedAws:
+    return offline_aws
 
 
 @pytest.fixture

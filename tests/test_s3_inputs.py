@@ -7,7 +7,6 @@ the workers (local processes, or the emulated Lambdas) read their ranges with ra
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,15 @@ import pytest
 import s3_tasks
 
 import fanout
-from fanout.testing import EmulatedAws, emulated_aws
+from fanout.testing import EmulatedAws
 
 BUCKET = "research-data"
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
-    with pytest.MonkeyPatch.context() as patch, emulated_aws() as emulation:
-        patch.setenv("FANOUT_HOME", str(tmp_path_factory.mktemp("aws-home")))
-        emulation.client("s3").create_bucket(Bucket=BUCKET)
-        yield emulation
+def aws(offline_aws: EmulatedAws) -> EmulatedAws:
+    offline_aws.client("s3").create_bucket(Bucket=BUCKET)
+    return offline_aws
 
 
 def put(aws: EmulatedAws, key: str, data: bytes) -> None:
