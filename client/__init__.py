@@ -18,6 +18,7 @@ from .errors import (
     DependencyFailed,
     ExecutorClosed,
     FanoutError,
+    InputChanged,
     InvalidArgument,
     InvalidArgumentType,
     JobNotFound,
@@ -34,6 +35,7 @@ from .executor import Executor, MapIterator
 from .future import Future
 from .job import Job
 from .joblib_hook import install as _install_joblib_backend
+from .s3_inputs import S3Chunk, s3_chunks
 
 _install_joblib_backend()  # joblib.parallel_config(backend="fanout") once joblib is imported
 
@@ -49,6 +51,7 @@ __all__ = [
     "ExecutorClosed",
     "FanoutError",
     "Future",
+    "InputChanged",
     "InvalidArgument",
     "InvalidArgumentType",
     "Job",
@@ -56,6 +59,7 @@ __all__ = [
     "JobStillRunning",
     "MapIterator",
     "RemoteError",
+    "S3Chunk",
     "ScheduleExists",
     "ScheduleNotFound",
     "SerializationError",
@@ -66,6 +70,7 @@ __all__ = [
     "checkpoint",
     "estimate",
     "restore",
+    "s3_chunks",
     "task_rng",
     "task_seed",
     "wait",

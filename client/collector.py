@@ -45,7 +45,7 @@ def rebuild_exception(record: ResultRecord) -> BaseException:
     if exc is None:
         exc = RemoteError(record.exc_type or "Exception", record.exc_message or "",
                           record.traceback or "")
-    if record.traceback:
+    if record.traceback and exc.__cause__ is None:  # DependencyFailed brings its input's
         exc.__cause__ = RemoteTraceback(f'\n"""\n{record.traceback.rstrip()}\n"""')
     return exc
 
@@ -109,6 +109,8 @@ class JobRun:
         self.reduce_queued = False
         self.reduce_attempt = 1
         self.mean_seconds: float | None = None  # moving average of task durations
+        #: The futures each task takes as arguments: it is started only once they are done.
+        self.inputs: dict[int, tuple[Future, ...]] = {}
         if not self._open and reduce_future is None:
             self.done.set()
 

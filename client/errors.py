@@ -104,5 +104,43 @@ class InvalidArgumentType(FanoutError, TypeError):
     also a ``TypeError``, what Python raises for the same mistake."""
 
 
+class InputChanged(FanoutError):
+    """An S3 object a task reads (``fanout.s3_chunks``) changed after it was listed.
+
+    Its chunks' byte ranges were planned on the listed version; reading them from another
+    version would split lines wrongly or mix versions. List the input again and rerun.
+    """
+
+
 class DependencyFailed(FanoutError):
-    """A task's input was a future whose task failed; names the upstream job and task."""
+    """A task's input was a future whose task failed or was cancelled; the dependent did not run.
+
+    ``job_id``/``task_index`` name the upstream task, ``status`` its outcome ("failed",
+    "cancelled", or "missing" when it has no stored result), ``__cause__`` is the upstream
+    task's own exception where it could be rebuilt and ``upstream_traceback`` its remote
+    traceback: the remedy is upstream (fix it, then ``fanout retry`` both jobs in order).
+    """
+
+    def __init__(self, message: str, job_id: str = "", task_index: int = -1,
+                 status: str = "failed", cause: BaseException | None = None,
+                 upstream_traceback: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.task_index = task_index
+        self.status = status
+        self.upstream_traceback = upstream_traceback
+        if cause is not None:
+            self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickling an exception drops ``__cause__``; this one travels from the worker to the
+        # client inside the dependent's record, so its cause goes along as an argument.
+        cause = self.__cause__
+        try:
+            import cloudpickle  # a cause whose class lives in the user's script goes by value
+
+            pickle.loads(cloudpickle.dumps(cause))
+        except Exception:
+            cause = None
+        return (type(self), (str(self), self.job_id, self.task_index, self.status, cause,
+                             self.upstream_traceback))

@@ -23,9 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import serialization
+from . import s3_inputs, serialization
 from .backends import Backend, JobRequest, backend_name, create_backend, worker_options
 from .collector import JobRun
+from .dependencies import TaskInputs, dumps_call
 from .errors import ExecutorClosed, InvalidArgument, InvalidArgumentType
 from .future import Future
 from .options import TaskOptions
@@ -242,9 +243,9 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         self._check_open()
         function, name = self._shared.function(fn)
-        payload = serialization.dumps_call(args, kwargs)
+        payload, inputs = dumps_call(args, kwargs, self.backend)
         seed = self._shared.next_seed("submit", self._options.seed)
-        return self.backend.submit(fn, function, name, payload, self._options, seed)
+        return self.backend.submit(fn, function, name, payload, self._options, seed, inputs)
 
     def map(
         self,
@@ -253,7 +254,13 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int | None = None,
     ) -> MapIterator:
-        """One job: ``fn`` over the zipped iterables; results in order, as they are needed."""
+        """One job: ``fn`` over the zipped iterables; results in order, as they are needed.
+
+        An iterable given as ``"s3://bucket/prefix/"`` is one task per object under it, each
+        receiving a ``fanout.S3Chunk`` to ``read()`` on the worker (``fanout.s3_chunks``
+        splits large objects by size).
+        """
+        iterables = tuple(s3_inputs.expand(it) for it in iterables)
         return self._map("map", fn, zip(*iterables, strict=False), timeout, chunksize)
 
     def starmap(
@@ -274,8 +281,14 @@ class Executor(concurrent.futures.Executor):
         *,
         chunksize: int | None = None,
     ) -> Future:
-        """One job whose ``reduce_fn(results_in_task_order)`` runs on a worker."""
+        """One job whose ``reduce_fn(results_in_task_order)`` runs on a worker.
+
+        ``iterable`` may be ``"s3://bucket/prefix/"`` or ``fanout.s3_chunks(...)``, as for
+        ``map``: seed 002's regression sums X'X and X'y per chunk of a CSV and solves on a
+        worker.
+        """
         self._check_open()
+        iterable = s3_inputs.expand(iterable)
         reducer, reducer_name = self._shared.function(reduce_fn)
         run = self._start("map_reduce", map_fn, ((x,) for x in iterable), chunksize,
                           reducer, reducer_name)
@@ -300,11 +313,12 @@ class Executor(concurrent.futures.Executor):
         if chunksize is not None:
             options = options.with_overrides(chunksize=chunksize)
         function, name = self._shared.function(fn)
-        payloads = (serialization.dumps_call(args, {}) for args in arg_tuples)
+        inputs = TaskInputs(self.backend)  # futures among the arguments, noted per task
+        payloads = inputs.payloads(arg_tuples)
         progress = _progress_bar(self._progress, name.rsplit(".", 1)[-1])
         request = JobRequest(kind, function, name, payloads, options,
                              self._shared.next_seed("job", options.seed), reducer, reducer_name,
-                             progress)
+                             progress, inputs)
         try:
             return self.backend.start_job(request)
         except BaseException:

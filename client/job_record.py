@@ -70,6 +70,7 @@ class JobRecord:
     summary: dict[str, Any] | None
     owner: Owner | None  # the client that started (or last retried) it
     execution_arn: str | None = None  # aws: the Step Functions execution running it
+    waves: bool = False  # aws: started in waves (tasks that take futures), see dependencies
 
     @property
     def n_tasks(self) -> int:

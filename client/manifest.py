@@ -9,7 +9,7 @@ was made. Only where the bytes go differs (a local file, an S3 object).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from .options import TaskOptions, plan_tier
@@ -40,12 +40,31 @@ def write_payload(out: Writable, payloads: Iterable[bytes], job_seed: int,
 
 def plan_job(job_id: str, kind: str, function_name: str, refs: list[TaskRef],
              options: TaskOptions, job_seed: int, reducer_name: str | None = None,
-             has_reducer: bool = False) -> tuple[JobSpec, list[Chunk]]:
-    """The job's spec and its manifest: chunks of ``options.chunksize`` tasks with a tier."""
+             has_reducer: bool = False, alone: Collection[int] = ()
+             ) -> tuple[JobSpec, list[Chunk]]:
+    """The job's spec and its manifest: chunks of ``options.chunksize`` tasks with a tier.
+
+    A task in ``alone`` (one that takes futures as arguments) gets a chunk of its own: it
+    starts when its own inputs are done, not when those of its chunk's neighbours are.
+    """
     tier = plan_tier(options)
-    size = options.chunksize
-    manifest = [Chunk(job_id, number, tier, 1, tuple(refs[start:start + size]))
-                for number, start in enumerate(range(0, len(refs), size))]
+    groups: list[list[TaskRef]] = []
+    run: list[TaskRef] = []
+    for ref in refs:
+        if ref.index in alone:
+            if run:
+                groups.append(run)
+                run = []
+            groups.append([ref])
+            continue
+        run.append(ref)
+        if len(run) == options.chunksize:
+            groups.append(run)
+            run = []
+    if run:
+        groups.append(run)
+    manifest = [Chunk(job_id, number, tier, 1, tuple(group))
+                for number, group in enumerate(groups)]
     spec = JobSpec(
         job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
         options=options, python=python_version(), packages=package_versions(),

@@ -187,6 +187,10 @@ class TaskStore(Protocol):
 
     def read_task(self, job_id: str, task: TaskRef) -> bytes: ...
 
+    def result(self, job_id: str, task_index: int) -> ResultRecord | None:
+        """One task's stored record: a task reads the results of the futures it was given."""
+        ...
+
     def read_chunk(self, job_id: str, tasks: tuple[TaskRef, ...]) -> dict[int, bytes]:
         """Arguments of many tasks in one request, where that is cheaper (S3: one ranged
         GET); it may return fewer (none), and the runtime reads the rest with ``read_task``."""

@@ -27,6 +27,7 @@ import cloudpickle
 from . import serialization
 from .capture import Capture, StreamCapture
 from .context import TaskContext, running
+from .dependencies import loads_call
 from .errors import ConfigurationError, TaskTimeout
 from .protocol import (
     FAILED,
@@ -347,7 +348,9 @@ class WorkerRuntime:
     def _call(self, fn: Callable[..., Any], job_id: str, task: Any, data: bytes | None) -> Any:
         if data is None:
             data = self.store.read_task(job_id, task)
-        args, kwargs = serialization.loads(data)
+        # Futures among the arguments arrive as references: each becomes its input task's
+        # stored result here, or this task fails with DependencyFailed naming that input.
+        args, kwargs = loads_call(data, self.store)
         if (job_id, "function") not in self._shared:
             share_initializer_globals(fn, self.spec(job_id).options.initializer)
             self._shared.add((job_id, "function"))

@@ -184,10 +184,10 @@ def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
     try:
         return bytes(cloudpickle.dumps((tuple(args), dict(kwargs)), protocol=PROTOCOL))
     except Exception as exc:
-        raise SerializationError(_call_failure(args, kwargs, exc)) from exc
+        raise SerializationError(call_failure(args, kwargs, exc)) from exc
 
 
-def _call_failure(args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception) -> str:
+def call_failure(args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception) -> str:
     for position, value in enumerate(args):
         try:
             cloudpickle.dumps(value, protocol=PROTOCOL)

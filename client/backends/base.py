@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..collector import JobRun
 from ..errors import ScheduleNotFound
@@ -19,6 +19,9 @@ from ..options import TaskOptions
 from ..protocol import JobSpec, ResultRecord
 from ..schedules import ScheduleRequest, ScheduleSpec
 from .job_store import JobStore
+
+if TYPE_CHECKING:
+    from ..dependencies import TaskInputs
 
 
 @dataclass
@@ -34,6 +37,8 @@ class JobRequest:
     reducer: bytes | None = None
     reducer_name: str | None = None
     progress: Any = None  # a tqdm-like bar, or None
+    #: The futures each task takes as arguments (filled in as ``payloads`` is consumed).
+    inputs: TaskInputs | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,12 @@ class Backend(ABC, Generic[StoreT]):
 
     @abstractmethod
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
-               options: TaskOptions, seed: int) -> Future: ...
+               options: TaskOptions, seed: int, inputs: tuple[Future, ...] = ()) -> Future:
+        """Queue one call; ``inputs`` are the futures among its arguments (it waits for them)."""
+
+    def store_location(self) -> tuple[str, ...]:
+        """Which store this backend's workers read: futures from the same one can be inputs."""
+        return (self.name, str(id(self)))
 
     @abstractmethod
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...

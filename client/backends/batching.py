@@ -30,6 +30,7 @@ class SubmitBatch:
     payloads: list[bytes] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     futures: list[Future] = field(default_factory=list)
+    inputs: dict[int, tuple[Future, ...]] = field(default_factory=dict)  # by task index
 
 
 class SubmitBatches:
@@ -44,7 +45,8 @@ class SubmitBatches:
         self._open: dict[tuple[object, TaskOptions], SubmitBatch] = {}
 
     def add(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
-            options: TaskOptions, seed: int) -> tuple[Future, bool]:
+            options: TaskOptions, seed: int, inputs: tuple[Future, ...] = ()
+            ) -> tuple[Future, bool]:
         """Queue one call; returns its future and whether it opened a new batch."""
         with self._lock:
             key = (fn_key, options)
@@ -55,6 +57,8 @@ class SubmitBatches:
                                     time.monotonic())
                 self._open[key] = batch
             future = Future(batch.job_id, len(batch.futures), self._source)
+            if inputs:
+                batch.inputs[future.task_index] = inputs
             batch.futures.append(future)
             batch.payloads.append(payload)
             batch.seeds.append(seed)

@@ -23,7 +23,7 @@ Every record a job's tasks need when no worker writes one (a cancellation) comes
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from .. import records
@@ -52,9 +52,12 @@ class JobLifecycle(Backend[StoreT]):
     def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
                    payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
                    job_seed: int, reducer: bytes | None = None,
-                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
+                   reducer_name: str | None = None, alone: Collection[int] = ()
+                   ) -> tuple[JobSpec, list[Chunk]]:
         """Upload one job (function once, all arguments in one payload object, manifest)
-        and write its record last, so a job that has a record can run."""
+        and write its record last, so a job that has a record can run. ``alone``: the
+        tasks that take futures, each planned as a chunk of its own (it may fill in while
+        ``payloads`` is consumed, which happens before the manifest is planned)."""
 
     def _discard_job(self, job_id: str) -> None:
         """Remove what a ``_write_job`` that failed left behind (nothing by default)."""
@@ -97,11 +100,12 @@ class JobLifecycle(Backend[StoreT]):
         self._check_open()
         self._before_upload()
         job_id = new_job_id()
+        inputs = request.inputs.by_task if request.inputs is not None else {}
         try:
             spec, manifest = self._write_job(
                 job_id, request.kind, request.function, request.function_name,
                 request.payloads, None, request.options, request.seed, request.reducer,
-                request.reducer_name)
+                request.reducer_name, inputs)
         except BaseException:
             self._discard_job(job_id)  # nothing was recorded: leave nothing behind
             raise
@@ -111,6 +115,7 @@ class JobLifecycle(Backend[StoreT]):
         if request.progress is not None:
             request.progress.reset(total=spec.n_tasks)
         run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
+        run.inputs = inputs  # a task that takes futures starts once they are done
         self._launch(run, manifest, retry=False)
         return run
 
@@ -123,14 +128,17 @@ class JobLifecycle(Backend[StoreT]):
             try:
                 spec, manifest = self._write_job(
                     batch.job_id, "submit", batch.function, batch.function_name,
-                    batch.payloads, batch.seeds, batch.options, batch.options.seed or 0)
+                    batch.payloads, batch.seeds, batch.options, batch.options.seed or 0,
+                    alone=batch.inputs)
             except Exception as exc:  # e.g. a full disk, an S3 outage
                 self._discard_job(batch.job_id)
                 for future in batch.futures:
                     if future.set_running_or_notify_cancel():
                         future.set_exception(exc)
                 continue
-            written.append((JobRun(spec, batch.futures, self.store.load_value), manifest))
+            run = JobRun(spec, batch.futures, self.store.load_value)
+            run.inputs = batch.inputs
+            written.append((run, manifest))
         return written
 
     # -- reading jobs ----------------------------------------------------------------------

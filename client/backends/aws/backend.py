@@ -14,14 +14,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from ... import records
 from ...collector import LIVE_RUNS, JobRun
+from ...dependencies import ready, record_cancelled
 from ...errors import (
     InvalidArgument,
     WorkerLost,
@@ -31,9 +32,12 @@ from ...ids import new_job_id
 from ...job_record import JobRecord
 from ...options import TaskOptions
 from ...protocol import (
+    CANCELLED,
     REDUCE_INDEX,
     Chunk,
     JobSpec,
+    ResultRecord,
+    now,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec
 from ...states import JobState
@@ -62,6 +66,11 @@ class _Followed:
     execution_arn: str
     cursor: int = 0
     polls: int = 0
+    #: Chunks whose tasks take futures not yet done; each wave of newly ready ones gets an
+    #: execution of its own (see ``_release``).
+    held: list[Chunk] = field(default_factory=list)
+    waves: int = 0
+    executions: list[str] = field(default_factory=list)
 
 
 class AwsBackend(JobLifecycle[AwsStore]):
@@ -88,6 +97,7 @@ class AwsBackend(JobLifecycle[AwsStore]):
         self._stack_check = StackCheck(self.config, self.store, self.sfn, self.python_runtime)
         self.schedules = AwsSchedules(self.config, self.store, self.check_stack)
         self._closed = False
+        self._cancelling = False  # shutdown(cancel_futures=True): held tasks never start
 
     # -- checks before anything is uploaded (stack_check.py) ------------------------------
 
@@ -107,14 +117,20 @@ class AwsBackend(JobLifecycle[AwsStore]):
     def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
                    payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
                    job_seed: int, reducer: bytes | None = None,
-                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
+                   reducer_name: str | None = None, alone: Collection[int] = ()
+                   ) -> tuple[JobSpec, list[Chunk]]:
         return upload_job(self.store, job_id, kind, function, function_name, payloads, seeds,
-                          options, job_seed, reducer, reducer_name)
+                          options, job_seed, reducer, reducer_name, alone)
+
+    def store_location(self) -> tuple[str, ...]:
+        return ("aws", self.config.bucket, self.config.table, self.config.endpoint_url or "")
 
     def _launch(self, run: JobRun, chunks: list[Chunk], retry: bool) -> None:
         if not retry:  # upload_job wrote the manifests already
-            self._execute(run, "manifest", run.job_id)
+            self._begin(run, chunks)
             return
+        if self.store.job(run.job_id).waves:  # this execution covers every unfinished task
+            self.store.update_job(run.job_id, waves="0")
         retry_number = int(time.time())
         put_manifests(self.store, run.job_id, f"manifest-retry-{retry_number}", chunks)
         self._execute(run, f"manifest-retry-{retry_number}", f"{run.job_id}-retry-{retry_number}")
@@ -128,20 +144,78 @@ class AwsBackend(JobLifecycle[AwsStore]):
         self.store.update_job(run.job_id, execution_arn=arn, state=JobState.RUNNING)
         LIVE_RUNS[run.job_id] = run
         with self._lock:
-            self._followed[run.job_id] = _Followed(run, arn)
+            item = self._followed.get(run.job_id)
+            if item is None or item.run is not run:
+                item = self._followed[run.job_id] = _Followed(run, arn)
+            item.execution_arn = arn
+            item.executions.append(arn)
         self._ensure_poller()
 
+    def _begin(self, run: JobRun, manifest: list[Chunk]) -> None:
+        """Run a new job: in one execution, or in waves when some tasks wait for inputs.
+
+        A task that takes futures starts when its own inputs are done, never at a barrier:
+        the chunks whose inputs are done go now, the others are held here and each poll
+        that finds more of them ready starts one more execution ("wave") over just those.
+        The job record says ``waves``, so a wave's finalize step leaves the job running
+        until every task has a result. Workers read the inputs from the table and bucket.
+        """
+        held = [c for c in manifest if not ready(self._chunk_inputs(run, c))]
+        if not held:
+            self._execute(run, "manifest", run.job_id)
+            return
+        self.store.update_job(run.job_id, waves="1")
+        LIVE_RUNS[run.job_id] = run
+        item = _Followed(run, "", held=held)
+        with self._lock:
+            self._followed[run.job_id] = item
+            cancelling = self._cancelling
+        self._start_wave(item, [c for c in manifest if c not in held])
+        if cancelling:
+            self._cancel_held(item)
+        self._ensure_poller()
+
+    @staticmethod
+    def _chunk_inputs(run: JobRun, chunk: Chunk) -> list[Future]:
+        return [f for t in chunk.tasks for f in run.inputs.get(t.index, ())]
+
+    def _start_wave(self, item: _Followed, chunks: list[Chunk]) -> None:
+        if not chunks:
+            return
+        run = item.run
+        record_cancelled(self.store, [f for c in chunks for f in self._chunk_inputs(run, c)])
+        name = f"manifest-wave-{item.waves}"
+        put_manifests(self.store, run.job_id, name, chunks)
+        self._execute(run, name, f"{run.job_id}-wave-{item.waves}")
+        item.waves += 1
+
+    def _release(self, item: _Followed) -> bool:
+        """Start one wave over the held chunks whose inputs are now done; True if any."""
+        if not item.held:
+            return False
+        if item.polls % EXECUTION_CHECK_EVERY == 0 and \
+                self.store.job(item.run.job_id).state == JobState.CANCELLED:  # elsewhere
+            item.held = []
+            return False
+        now_ready = [c for c in item.held if ready(self._chunk_inputs(item.run, c))]
+        if not now_ready:
+            return False
+        item.held = [c for c in item.held if c not in now_ready]
+        self._start_wave(item, now_ready)
+        return True
+
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
-               options: TaskOptions, seed: int) -> Future:
+               options: TaskOptions, seed: int, inputs: tuple[Future, ...] = ()) -> Future:
         self._check_open()
         self.check_stack()
-        future, _ = self._batches.add(fn_key, function, function_name, payload, options, seed)
+        future, _ = self._batches.add(fn_key, function, function_name, payload, options, seed,
+                                      inputs)
         self._ensure_poller()
         return future
 
     def _flush_submits(self, everything: bool) -> None:
-        for run, _ in self._submitted_jobs(everything):
-            self._execute(run, "manifest", run.job_id)
+        for run, manifest in self._submitted_jobs(everything):
+            self._begin(run, manifest)
 
     # -- following jobs --------------------------------------------------------------------
 
@@ -164,6 +238,8 @@ class AwsBackend(JobLifecycle[AwsStore]):
                     followed = list(self._followed.values())
                 for item in followed:
                     progressed |= self._poll(item)
+                for item in followed:  # after every poll: inputs just delivered count
+                    progressed |= self._release(item)
                 failing_since = None
             except Exception as exc:
                 # A network blip must not fail healthy jobs: back off and keep trying; only
@@ -204,12 +280,14 @@ class AwsBackend(JobLifecycle[AwsStore]):
                 if reduced is not None:
                     run.deliver(reduced)
         settled = run.map_finished and (run.reduce_future is None or run.reduce_future.done())
+        if item.held and not settled:
+            return bool(records)  # tasks wait for inputs: no execution needs to be running
         if settled or item.polls % EXECUTION_CHECK_EVERY == 0:
             job = self.store.job(run.job_id)
+            item.executions = [a for a in item.executions if self._execution_running(a)]
             if job.state != JobState.RUNNING and settled:
                 self._forget(run)
-            elif (job.state != JobState.RUNNING
-                  or not self._execution_running(item.execution_arn)):
+            elif job.state != JobState.RUNNING or not item.executions:
                 if not settled:
                     self._abandon(run, f"its execution ended ({job.state})")
                 self._forget(run)
@@ -238,6 +316,21 @@ class AwsBackend(JobLifecycle[AwsStore]):
         if run.reduce_future is not None and not run.reduce_future.done():
             run.reduce_future.set_exception(WorkerLost(message))
 
+    def _cancel_held(self, item: _Followed) -> None:
+        """Record the held tasks as cancelled; finalize the job if no wave is left to."""
+        from .handlers import finalize
+
+        held, item.held = item.held, []
+        stamp = now()
+        for chunk in held:
+            for task in chunk.tasks:
+                if item.run.future(task.index).cancel():
+                    item.run.future(task.index).set_running_or_notify_cancel()
+                self.store.put_result(ResultRecord(item.run.job_id, task.index, CANCELLED, 1,
+                                                   "", stamp, stamp))
+        if not any(self._execution_running(a) for a in item.executions):
+            finalize({"job_id": item.run.job_id, "map_error": None}, self.store)
+
     def _forget(self, run: JobRun) -> None:
         with self._lock:
             self._followed.pop(run.job_id, None)
@@ -262,6 +355,11 @@ class AwsBackend(JobLifecycle[AwsStore]):
                 for future in batch.futures:
                     if future.cancel():
                         future.set_running_or_notify_cancel()
+            with self._lock:
+                self._cancelling = True
+                waiting = [item for item in self._followed.values() if item.held]
+            for item in waiting:
+                self._cancel_held(item)
         self._wake.set()
         poller = self._poller
         if wait and poller is not None:
@@ -291,6 +389,13 @@ class AwsBackend(JobLifecycle[AwsStore]):
         return None
 
     def _stop(self, job: JobRecord) -> bool:
+        with self._lock:
+            item = self._followed.get(job.job_id)
+        if item is not None:  # tasks held for their inputs never start; earlier waves stop
+            item.held = []
+            for arn in item.executions[:-1]:
+                with contextlib.suppress(ClientError):
+                    self.sfn.stop_execution(executionArn=arn, cause="cancelled by fanout")
         if job.execution_arn:
             with contextlib.suppress(ClientError):  # it may have ended already
                 self.sfn.stop_execution(executionArn=job.execution_arn,

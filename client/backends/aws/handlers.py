@@ -196,6 +196,11 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
     map_error = event.get("map_error")
     if job.state == JobState.CANCELLED:
         state = JobState.CANCELLED
+    elif job.waves and len(final) < spec.n_tasks:
+        # A job started in waves (its tasks take futures) is finished by the execution that
+        # lands its last result; an earlier wave's tasks may still be running or held.
+        logger.info("wave finished", extra={"job_id": job_id, "recorded": len(final)})
+        return {"job_id": job_id, "state": JobState.RUNNING, "summary": None}
     else:
         missing = [i for i in range(spec.n_tasks) if i not in final]
         for index in missing:

@@ -355,6 +355,8 @@ class AwsStore:
             summary=json.loads(item["summary"]["S"]) if "summary" in item else None,
             owner=Owner.from_json(item.get("owner", {}).get("S")),
             execution_arn=item.get("execution_arn", {}).get("S"),
+            # started in waves (tasks that take futures): no one execution covers every task
+            waves=item.get("waves", {}).get("S") == "1",
         )
 
     def jobs(self, limit: int = 50) -> list[JobRecord]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
@@ -21,19 +21,19 @@ from .store import AwsStore
 
 def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, function_name: str,
                payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
-               job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
-               ) -> tuple[JobSpec, list[Chunk]]:
+               job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None,
+               alone: Collection[int] = ()) -> tuple[JobSpec, list[Chunk]]:
     """Write a job's objects (one payload object, the bundle, the manifests) and its record.
 
     Used by the client and by the plan step of scheduled runs, so a job looks the same
-    whoever made it.
+    whoever made it. ``alone``: tasks that take futures, each planned as a chunk of its own.
     """
     with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
         refs = write_payload(payload, payloads, job_seed, seeds)
         payload.seek(0)
         store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
     spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
-                              reducer_name, has_reducer=reducer is not None)
+                              reducer_name, has_reducer=reducer is not None, alone=alone)
     store.put_bundle(spec, function, reducer)
     put_manifests(store, job_id, "manifest", manifest)
     store.put_job(spec, JobState.RUNNING, client_id())

@@ -9,6 +9,7 @@ still reaches the terminal and stdin is untouched, so ``breakpoint()`` in a task
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 
@@ -40,14 +41,17 @@ class InlineBackend(LocalBackend):
         self._runtime.interruptible = True
 
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
-               options: TaskOptions, seed: int) -> Future:
+               options: TaskOptions, seed: int, inputs: tuple[Future, ...] = ()) -> Future:
         """Write a one-task job and run it now; the future is done when ``submit`` returns."""
         self._check_open()
         job_id = new_job_id()
         spec, manifest = self._write_job(job_id, "submit", function, function_name, [payload],
                                          [seed], options, options.seed or 0)
         future = Future(job_id, 0, self)
-        self._start(JobRun(spec, [future], self.store.load_value), manifest)
+        run = JobRun(spec, [future], self.store.load_value)
+        if inputs:
+            run.inputs = {0: inputs}
+        self._start(run, manifest)
         return future
 
     def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
@@ -88,6 +92,9 @@ class InlineBackend(LocalBackend):
         run.close()
 
     def _run_chunk(self, run: JobRun, chunk: Chunk) -> None:
+        # An inline future is done when its call returns; a future from a local executor on
+        # the same store may still run: wait for it here, since waiting is all inline can do.
+        concurrent.futures.wait([f for t in chunk.tasks for f in run.inputs.get(t.index, ())])
         keep, dropped = [], []
         for task in chunk.tasks:
             if run.future(task.index).claim() == Claim.RUN:

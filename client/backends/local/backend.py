@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
@@ -82,7 +82,13 @@ class LocalBackend(JobLifecycle[LocalStore]):
     def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
                    payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
                    job_seed: int, reducer: bytes | None = None,
-                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
+                   reducer_name: str | None = None, alone: Collection[int] = ()
+                   ) -> tuple[JobSpec, list[Chunk]]:
+        """Upload one job: function once, all arguments into one payload object, manifest.
+
+        ``alone``: the tasks that take futures (each gets a chunk of its own); it may fill
+        in while ``payloads`` is consumed, which happens before the manifest is planned.
+        """
         self.store.write_object(job_id, "function.pkl", function)
         if reducer is not None:
             self.store.write_object(job_id, "reducer.pkl", reducer)
@@ -92,7 +98,7 @@ class LocalBackend(JobLifecycle[LocalStore]):
             handle.flush()
             os.fsync(handle.fileno())
         spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
-                                  reducer_name, has_reducer=reducer is not None)
+                                  reducer_name, has_reducer=reducer is not None, alone=alone)
         self.store.create_job(spec, manifest, Owner.me())
         return spec, manifest
 
@@ -109,10 +115,10 @@ class LocalBackend(JobLifecycle[LocalStore]):
         self._pool().post(StartRun(run, tuple(Dispatch(run, chunk) for chunk in manifest)))
 
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
-               options: TaskOptions, seed: int) -> Future:
+               options: TaskOptions, seed: int, inputs: tuple[Future, ...] = ()) -> Future:
         self._check_open()
         future, opened = self._batches.add(fn_key, function, function_name, payload, options,
-                                           seed)
+                                           seed, inputs)
         if opened:
             self._pool().wake()
         return future
@@ -127,6 +133,9 @@ class LocalBackend(JobLifecycle[LocalStore]):
             LIVE_RUNS[run.job_id] = run
             dispatches.extend(Dispatch(run, chunk) for chunk in manifest)
         return dispatches
+
+    def store_location(self) -> tuple[str, ...]:
+        return ("local", os.path.realpath(self.store.home))
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         with self._lock:

@@ -34,6 +34,7 @@ from typing import Any
 
 from ... import records
 from ...collector import JobRun
+from ...dependencies import record_cancelled
 from ...errors import ConfigurationError, StoreError, TaskTimeout, WorkerLost
 from ...future import Claim
 from ...protocol import REDUCE_INDEX, Chunk, ResultRecord
@@ -92,6 +93,9 @@ class Supervisor:
         self._pull_submits = pull_submits
         self._next_submit_deadline = next_submit_deadline
         self._queue: deque[Dispatch] = deque()
+        #: Chunks whose tasks take futures not yet done: each joins the queue the moment its
+        #: own inputs are done (a done-callback wakes the loop), never at a barrier.
+        self._held: list[Dispatch] = []
         self._workers: list[WorkerProcess] = []
         self._runs: dict[str, JobRun] = {}
         self._inbox: deque[ToSupervisor] = deque()
@@ -142,6 +146,7 @@ class Supervisor:
         try:
             while True:
                 self._read_inbox()
+                self._release_held()
                 self._poll_external_cancels()
                 idle = any(w.ready and not w.inflight for w in self._workers) or (
                     len(self._workers) < self.max_workers
@@ -149,7 +154,7 @@ class Supervisor:
                 for dispatch in self._pull_submits(idle or self._stopping):
                     self._add(dispatch)
                 if (self._stopping and not self._queue and not self._busy()
-                        and self._next_submit_deadline() is None):
+                        and not self._held and self._next_submit_deadline() is None):
                     break
                 self._spawn_workers()
                 self._assign()
@@ -201,7 +206,37 @@ class Supervisor:
             if not remaining:
                 return
             dispatch = Dispatch(dispatch.run, rechunk(dispatch.chunk, remaining))
+        if not self._inputs_ready(dispatch, watch=True):
+            self._held.append(dispatch)
+            return
         self._queue.append(dispatch)
+
+    def _inputs_ready(self, dispatch: Dispatch, watch: bool = False) -> bool:
+        """True when every future the chunk's tasks take is done; else (``watch``) have
+        each open one wake the loop when it settles."""
+        inputs = dispatch.run.inputs
+        if dispatch.is_reduce or not inputs:
+            return True
+        waiting = [f for t in dispatch.chunk.tasks for f in inputs.get(t.index, ())
+                   if not f.done()]
+        if watch:
+            for future in waiting:
+                future.add_done_callback(lambda _: self.wake())
+        return not waiting
+
+    def _release_held(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        for dispatch in held:
+            if self._inputs_ready(dispatch):
+                inputs = dispatch.run.inputs
+                with contextlib.suppress(StoreError):  # the dependent then says "missing"
+                    record_cancelled(self.store, [f for t in dispatch.chunk.tasks
+                                                  for f in inputs.get(t.index, ())])
+                self._queue.append(dispatch)
+            else:
+                self._held.append(dispatch)
 
     def _spawn_workers(self) -> None:
         wanted = min(self.max_workers, len(self._queue) + sum(1 for w in self._workers
@@ -223,6 +258,10 @@ class Supervisor:
         if not ready or not self._queue:
             return
         share = max(1, len(self._queue) // len(ready))
+        # While a worker is still starting, a busy one takes nothing more: the queued chunk
+        # would wait behind work of unknown length (a slow first-layer task) instead of
+        # going to the worker about to be ready (a dependent released by its inputs).
+        starting = any(not w.ready for w in self._workers)
         for worker in ready:
             limit = self._task_budget(worker)
             if limit is not None and (worker.inflight or limit <= 0):
@@ -232,7 +271,8 @@ class Supervisor:
             tasks = sum(d.size - d.done for d in worker.inflight)
             while self._queue:
                 if (worker.inflight or batch) and (
-                    load >= BATCH_SECONDS or tasks >= BATCH_MAX_TASKS or len(batch) >= share
+                    starting or load >= BATCH_SECONDS or tasks >= BATCH_MAX_TASKS
+                    or len(batch) >= share
                 ):
                     break
                 if limit is not None and batch:
@@ -591,7 +631,8 @@ class Supervisor:
         self._hand_over_before_cancel()
         self._cancel_futures = True
         queued, self._queue = self._queue, deque()
-        for dispatch in queued:
+        held, self._held = self._held, []
+        for dispatch in [*queued, *held]:
             self._add(dispatch)
 
     def _hand_over_before_cancel(self) -> None:
@@ -619,6 +660,7 @@ class Supervisor:
             return
         run.cancelled = True
         self._queue = deque(d for d in self._queue if d.run is not run)
+        self._held = [d for d in self._held if d.run is not run]
         for worker in list(self._workers):
             if any(d.run is run for d in worker.inflight):
                 others = [d for d in worker.inflight if d.run is not run]
@@ -670,6 +712,7 @@ class Supervisor:
             self._cancel_job(run.job_id)
 
     def _fail_everything(self, why: str, error: type[Exception] = WorkerLost) -> None:
+        self._held.clear()
         for run in list(self._runs.values()):
             futures = [run.future(i) for i in run.open_tasks()]
             if run.reduce_future is not None:
