@@ -137,7 +137,7 @@ TRANSITIONS_PER_CHUNK = 1
 PAGE_TASKS = 8
 FLUSH_SECONDS = 10.0
 PROPOSED_POLL_OVERLAP = 5.0
-PROPOSED_INLINE_LIMIT = 16 * 1024
+PROPOSED_INLINE_LIMIT = 16_000  # store.MAX_RECORD_VALUE_BYTES
 #: The proposed ramp: MaxConcurrency grows by 80% of Lambda's +1,000 per 10 s.
 RAMP_SHARE = 0.8
 #: Client CPU per polled record (override with --client-us), from bench/aws_ingest.py on
@@ -195,52 +195,46 @@ def sample_value(result_bytes: int) -> bytes:
     return serialization.dumps_value(b"x" * (result_bytes - 16))
 
 
-def today_item(result_bytes: int) -> dict[str, Any]:
-    """Today's task record exactly as ``AwsStore._item`` writes it."""
-    from fanout.backends.aws.store import AwsConfig, AwsStore
+def _page(tasks: int, result_bytes: int, inline_limit: int, shard: str) -> dict[str, Any]:
+    """A result page of ``tasks`` records exactly as ``AwsStore.put_results`` writes it
+    (``pages.encode`` for each entry, the page's key and stamps)."""
+    from fanout.backends.aws.pages import encode, field, page_item
     from fanout.backends.local.store import new_job_id
     from fanout.protocol import SUCCEEDED, ResultRecord
 
     value = sample_value(result_bytes)
-    record = ResultRecord(new_job_id(), 123_456, SUCCEEDED, 1, f"lambda/{uuid.uuid4()}",
-                          1795000000.123456, 1795000001.123789,
-                          value=value if len(value) <= TODAY_INLINE_LIMIT else None,
-                          value_ref=None if len(value) <= TODAY_INLINE_LIMIT
-                          else "job/values/123456.a1.0123abcd.pkl",
-                          extra={"checkpoint": False})
-    # A store that is never asked to reach AWS: boto3 clients are created, nothing is sent.
-    store = AwsStore(AwsConfig(bucket="b", table="t", state_machine_arn="arn", region="us-east-1"))
-    return store._item(record)
+    inline = len(value) <= inline_limit
+    job_id, worker = new_job_id(), f"lambda/{uuid.uuid4()}"
+    item: dict[str, Any] = {
+        "job_id": {"S": f"{job_id}#{shard}"}, "item": {"S": page_item(15_432)},
+        "first": {"N": "123456"}, "written": {"N": "1795000001123"},
+        "expires": {"N": "1802776001"}}
+    for offset in range(tasks):
+        record = ResultRecord(job_id, 123_456 + offset, SUCCEEDED, 1, worker,
+                              1795000000.123456, 1795000001.123789,
+                              value=value if inline else None,
+                              value_ref=None if inline
+                              else f"{job_id}/values/3f/{123_456 + offset}.a1.0123abcd.pkl",
+                              extra={"checkpoint": False})
+        item[field(offset)] = {"M": encode(record)}
+    return item
+
+
+def today_item(result_bytes: int) -> dict[str, Any]:
+    """The old design's task record: a page of one task under the job's one key
+    (``Layout(1, 1, 1)``), with the old inline limit."""
+    return _page(1, result_bytes, TODAY_INLINE_LIMIT, "00")
 
 
 def page_item(tasks: int, result_bytes: int) -> dict[str, Any]:
-    """A proposed result page holding ``tasks`` records (see docs/scale.md for the layout)."""
-    from fanout.backends.local.store import new_job_id
-
-    value = sample_value(result_bytes)
-    inline = len(value) <= PROPOSED_INLINE_LIMIT
-    records = {}
-    for offset in range(tasks):
-        record: dict[str, Any] = {"s": {"S": "succeeded"}, "a": {"N": "1"},
-                                  "w": {"N": "0"}, "b": {"N": "1795000000.123456"},
-                                  "e": {"N": "1795000001.123789"}}
-        if inline:
-            record["v"] = {"B": value}
-        else:
-            record["r"] = {"S": f"values/3f/{offset}.a1.0123abcd.pkl"}
-        records[str(offset)] = {"M": record}
-    return {
-        "job_id": {"S": f"{new_job_id()}#07"}, "item": {"S": "p#0001234#0005"},
-        "finished": {"N": "1795000001123"}, "expires": {"N": "1802776001"},
-        "workers": {"L": [{"S": f"lambda/{uuid.uuid4()}"}]},
-        "t": {"M": records},
-    }
+    """A result page holding ``tasks`` records (docs/scale.md has the layout)."""
+    return _page(tasks, result_bytes, PROPOSED_INLINE_LIMIT, "03")
 
 
 def index_key_item() -> dict[str, Any]:
-    """What a KEYS_ONLY index holds per page: table keys plus the index key."""
+    """What the KEYS_ONLY index holds per page: table keys plus the index key."""
     item = page_item(1, 8)
-    return {name: item[name] for name in ("job_id", "item", "finished")}
+    return {name: item[name] for name in ("job_id", "item", "written")}
 
 
 # -- scenario ----------------------------------------------------------------------------------

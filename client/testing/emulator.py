@@ -56,7 +56,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..backends.aws.layout import LIMIT_SCALE_ENV
 from . import limits
+from .throttling import Index, LimitTracker, throttled
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -93,6 +95,9 @@ class EmulatedAws:
     events: collections.Counter[str] = field(default_factory=collections.Counter)
     #: Seconds the emulated clock is ahead of the real one (``advance_clock``).
     clock_offset: float = 0.0
+    #: The scaled per-key/per-prefix limits (``emulated_aws(scale=...)``; throttling.py):
+    #: ``limits.throttles`` counts refusals by AWS's throttling reason. None: not applied.
+    limits: LimitTracker | None = None
 
     @property
     def backend_options(self) -> dict[str, Any]:
@@ -799,6 +804,7 @@ def emulated_aws(
     template: str | os.PathLike[str] | None = None,
     parameters: dict[str, str | int] | None = None,
     progress_every: float | None = 30.0,
+    scale: float | None = None,
 ) -> Iterator[EmulatedAws]:
     """Run the fanout stack offline for the duration of the ``with`` block.
 
@@ -809,7 +815,10 @@ def emulated_aws(
 
     ``parameters`` override the template's parameters (e.g. ``ResultRetentionDays``);
     ``lambda_concurrency`` is the account's Lambda quota (a new account's by default);
-    ``progress_every`` seconds, a line on stderr tells what the emulation has run (None: quiet).
+    ``progress_every`` seconds, a line on stderr tells what the emulation has run (None: quiet);
+    ``scale``: apply DynamoDB's per-key and S3's per-prefix request limits divided by this
+    factor (``throttling.py``), so a job ``scale`` times narrower meets the pressure of the
+    wide one; the factor is published to clients and workers through the environment.
     """
     from moto.awslambda.models import LambdaBackend, LambdaFunction
     from moto.batch.exceptions import ClientException as BatchClientException
@@ -844,6 +853,8 @@ def emulated_aws(
         "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_DEV": "false",
     }
+    if scale:
+        env_overrides[LIMIT_SCALE_ENV] = repr(float(scale))
     saved_env = {key: os.environ.get(key) for key in env_overrides}
     os.environ.update(env_overrides)
     requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
@@ -928,7 +939,9 @@ def emulated_aws(
             pass
 
     stop_reporting = threading.Event()
-    app = _counting(DomainDispatcherApplication(create_backend_app), requests)
+    tracker = LimitTracker(scale, _describe_table) if scale else None
+    app = _counting(throttled(DomainDispatcherApplication(create_backend_app), tracker),
+                    requests)
     server = make_server("127.0.0.1", port, app, True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="fanout-emulated-aws",
                               daemon=True)
@@ -969,7 +982,7 @@ def emulated_aws(
                 **{k: str(v) for k, v in (parameters or {}).items()}})
             outputs = create_stack(parsed)
             emulation = EmulatedAws(endpoint, outputs, dict(child_env), faults, requests,
-                                    events)
+                                    events, limits=tracker)
             requests.clear()
             if progress_every:
                 reporter = threading.Thread(target=_report_progress, daemon=True,
@@ -990,6 +1003,19 @@ def emulated_aws(
                 else:
                     os.environ[key] = value
             _active.release()
+
+
+def _describe_table(name: str) -> tuple[str, dict[str, Index]]:
+    """A moto table's hash key and global secondary indexes, for the throttle."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    table = dynamodb_backends[ACCOUNT][REGION].get_table(name)
+    indexes = {}
+    for index in table.global_indexes:
+        keys = {k["KeyType"]: k["AttributeName"] for k in index.schema}
+        indexes[index.name] = Index(keys["HASH"], keys.get("RANGE"),
+                                    (index.projection or {}).get("ProjectionType") == "KEYS_ONLY")
+    return table.hash_key_attr, indexes
 
 
 def _report_progress(events: collections.Counter[str], every: float,

@@ -48,6 +48,7 @@ from ..batching import SubmitBatches
 from ..local.store import new_job_id
 from .build_info import find_requirements, requirements_sha256
 from .config import load_config
+from .layout import Layout, plan_layout
 from .store import FINAL, AwsStore
 
 log = logging.getLogger("fanout.aws")
@@ -422,10 +423,8 @@ class AwsBackend(Backend):
         self.store.update_job(job_id, state=CANCELLED)
         have = {r.task_index for r in self.store.results(job_id) if r.status in FINAL}
         stamp = now()
-        for index in range(job["spec"].n_tasks):
-            if index not in have:
-                self.store.put_result(ResultRecord(job_id, index, CANCELLED, 1, "", stamp,
-                                                   stamp))
+        self.store.put_results([ResultRecord(job_id, index, CANCELLED, 1, "", stamp, stamp)
+                                for index in range(job["spec"].n_tasks) if index not in have])
         counts = self.counts(job_id)
         self.store.update_job(job_id, summary={k: v for k, v in counts.items()
                                                if k not in (PENDING, RUNNING)})
@@ -580,10 +579,21 @@ def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, functio
         store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
     spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
                               reducer_name, has_reducer=reducer is not None)
-    store.put_bundle(spec, function, reducer)
+    store.put_bundle(spec, function, reducer, upload_layout(store, manifest))
     put_manifests(store, job_id, "manifest", manifest)
     store.put_job(spec, RUNNING, client_id())
     return spec, manifest
+
+
+def upload_layout(store: AwsStore, manifest: list[Chunk]) -> Layout:
+    """The job's record layout: the configured one, else planned for the rate the job can
+    write at, its chunks running at once (at most the stack's MaxConcurrency) finishing a
+    task a second each (a task's duration is not known before it runs; shorter tasks write
+    no faster, as a worker writes a page per P tasks)."""
+    if store.config.layout is not None:
+        return store.config.layout
+    width = min(len(manifest), store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY)
+    return plan_layout(max(1, width))
 
 
 def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) -> None:
