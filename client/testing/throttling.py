@@ -112,6 +112,9 @@ class LimitTracker:
         self.throttles: collections.Counter[str] = collections.Counter()
         #: The most units any one key or prefix spent in a second, per kind of limit.
         self.peaks: dict[str, float] = collections.defaultdict(float)
+        #: Units spent in all, per kind ("table-write", "index-write", ...): what a bill
+        #: counts as write and read request units.
+        self.consumed: dict[str, float] = collections.defaultdict(float)
         self.lock = threading.Lock()
 
     def limit(self, units: int) -> float:
@@ -145,6 +148,7 @@ class LimitTracker:
             for kind, key, units, _limit, _reason, _resource in charges:
                 window = self.windows[(kind, *key)]
                 window.charge(now, units)
+                self.consumed[kind] += units
                 self.peaks[kind] = max(self.peaks[kind], window.total)
 
     # -- DynamoDB --------------------------------------------------------------------------
@@ -237,6 +241,7 @@ class LimitTracker:
                     if key[0] == kind and key[2] == index and \
                             key[3] == json.dumps(values[0], sort_keys=True):
                         window.charge(time.monotonic(), extra)
+                        self.consumed[kind] += extra
                         break
 
     # -- S3 --------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from ..batching import SubmitBatches
 from ..local.store import new_job_id
 from .build_info import find_requirements, requirements_sha256
 from .config import load_config
-from .layout import Layout, plan_layout
+from .layout import Layout, page_tasks_for, plan_layout
 from .store import FINAL, AwsStore
 
 log = logging.getLogger("fanout.aws")
@@ -593,7 +593,8 @@ def upload_layout(store: AwsStore, manifest: list[Chunk]) -> Layout:
     if store.config.layout is not None:
         return store.config.layout
     width = min(len(manifest), store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY)
-    return plan_layout(max(1, width))
+    chunksize = max((len(chunk.tasks) for chunk in manifest), default=1)
+    return plan_layout(max(1, width), page_tasks=page_tasks_for(chunksize))
 
 
 def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) -> None:

@@ -93,8 +93,16 @@ class Layout:
         return cls(**data) if data else cls()
 
 
+def page_tasks_for(chunksize: int) -> int:
+    """A chunk's results in as few pages as fit: the largest page size up to 16 that
+    divides the chunk size (a chunk of 10 is one page, of 200 is 25 pages of 8), so no page
+    is shared by two chunks; PAGE_TASKS when only a small divisor exists."""
+    best = max(d for d in range(1, 17) if chunksize % d == 0)
+    return best if best >= 4 or chunksize < 4 else PAGE_TASKS
+
+
 def plan_layout(concurrency: int, task_seconds: float = 1.0, page_tasks: int = PAGE_TASKS,
-                value_bytes: int = 0, inline_bytes: int = 12_000) -> Layout:
+                value_bytes: int = 0, inline_bytes: int = 16_000) -> Layout:
     """The layout that keeps each key at HEADROOM of its limit for ``concurrency`` running
     tasks of ``task_seconds`` each.
 

@@ -6,7 +6,8 @@ another task's entry. The protocol's rule (first success wins; a failure is repl
 by a later attempt; a ``running`` marker only by a final record or a later marker) holds per
 entry, as a condition on that entry.
 
-Entry fields: ``s`` status, ``a`` attempt, ``w`` worker, ``b``/``e`` started/ended; ``v``
+Entry fields: ``s`` status, ``a`` attempt, ``w`` worker (``@W<crc32>``: the page attribute
+``W<crc32>`` holds the worker id), ``b``/``e`` started/ended; ``v``
 value or ``r`` its S3 reference; ``xt``/``xm``/``tb``/``xp`` the exception; ``so``/``se``
 output tails; ``x`` extra (JSON). An entry larger than ENTRY_MAX_BYTES (long logs or a large
 exception) keeps ``s``/``a``/``w``/``b``/``e`` and ``R``, a reference to the whole record
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from typing import Any
 
 from ...protocol import RUNNING, SUCCEEDED, ResultRecord
@@ -78,8 +80,16 @@ def spilled(record: ResultRecord, ref: str) -> dict[str, Any]:
     return entry
 
 
-def decode(job_id: str, task_index: int, entry: dict[str, Any]) -> ResultRecord:
-    """A page entry as a record (a spilled entry's ``R`` is resolved by the store)."""
+def worker_ref(worker_id: str) -> str:
+    """The page attribute holding a worker id: an entry names it by this short key, so
+    eight entries of one worker do not repeat a 43-byte Lambda request id."""
+    return f"W{zlib.crc32(worker_id.encode()):08x}"
+
+
+def decode(job_id: str, task_index: int, entry: dict[str, Any],
+           page: dict[str, Any] | None = None) -> ResultRecord:
+    """A page entry as a record (a spilled entry's ``R`` is resolved by the store); an
+    entry's worker ``@W…`` is read from the page's attribute of that name."""
     def text(key: str) -> str | None:
         return entry[key]["S"] if key in entry else None
 
@@ -87,6 +97,8 @@ def decode(job_id: str, task_index: int, entry: dict[str, Any]) -> ResultRecord:
         return bytes(entry[key]["B"]) if key in entry else None
 
     worker = entry["w"]["S"]
+    if worker.startswith("@") and page is not None and worker[1:] in page:
+        worker = page[worker[1:]]["S"]
     return ResultRecord(
         job_id=job_id, task_index=task_index, status=entry["s"]["S"],
         attempt=int(entry["a"]["N"]), worker_id="" if worker == "-" else worker,

@@ -57,6 +57,7 @@ from .pages import (
     may_replace,
     page_item,
     spilled,
+    worker_ref,
 )
 
 #: A value above this goes to S3 (a hashed prefix) and its page entry keeps a reference: a
@@ -302,7 +303,7 @@ class AwsStore:
         out = []
         for name, value in item.items():
             if name[0] == "t" and name[1:].isdigit():
-                out.append(self._resolve(decode(job_id, first + int(name[1:]), value["M"]),
+                out.append(self._resolve(decode(job_id, first + int(name[1:]), value["M"], item),
                                          value["M"]))
         return out
 
@@ -366,14 +367,22 @@ class AwsStore:
         first = page * layout.page_tasks
         key = self._page_key(job_id, layout, page)
         entries = {pos: self._entry(rec, layout) for pos, rec in group}
+        for pos, record in group:
+            if record.worker_id:
+                entries[pos][0]["w"] = {"S": "@" + worker_ref(record.worker_id)}
         pending = list(group)
         out: dict[int, ResultRecord] = {}
         while pending:
             cond, names, values = condition([(r.task_index - first, r) for _, r in pending])
             sets = []
+            workers = {r.worker_id for _, r in pending if r.worker_id}
             for n, (pos, _record) in enumerate(pending):
                 values[f":r{n}"] = {"M": entries[pos][0]}
                 sets.append(f"#t{n} = :r{n}")
+            for n, worker in enumerate(sorted(workers)):
+                names[f"#w{n}"] = worker_ref(worker)
+                values[f":w{n}"] = {"S": worker}
+                sets.append(f"#w{n} = :w{n}")
             names.update({"#first": "first", "#written": "written", "#expires": "expires"})
             values.update({":first": {"N": str(first)},
                            ":now": {"N": str(int(time.time() * 1000))},
@@ -398,7 +407,8 @@ class AwsStore:
                         kept.append((pos, record))
                         continue
                     assert entry is not None
-                    out[pos] = self._resolve(decode(job_id, record.task_index, entry), entry)
+                    out[pos] = self._resolve(decode(job_id, record.task_index, entry, old),
+                                             entry)
                     ref = entries[pos][1]
                     if ref is not None:  # lost: its spilled record is nobody's
                         self.s3.delete_object(Bucket=self.bucket,
