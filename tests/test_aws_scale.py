@@ -27,6 +27,7 @@ from fanout.backends.aws.store import AwsConfig, AwsStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
 from fanout.testing import EmulatedAws, emulated_aws
+from fanout.testing.throttling import LimitTracker, Throttled
 
 SCALE = 100
 WORKERS = 100
@@ -160,3 +161,17 @@ def test_a_throttled_request_carries_aws_error_and_reason(aws: EmulatedAws,
     assert dynamo["ResponseMetadata"]["HTTPStatusCode"] == 400  # type: ignore[index]
     assert codes["s3"]["Error"]["Code"] == "SlowDown"  # type: ignore[index]
     assert codes["s3"]["ResponseMetadata"]["HTTPStatusCode"] == 503  # type: ignore[index]
+
+
+def test_lambda_scaling_rate_is_applied_scaled() -> None:
+    """1,000 new execution environments per 10 s per function, divided by the scale; a warm
+    environment is not a new one."""
+    tracker = LimitTracker(SCALE, lambda name: ("job_id", {}))
+    for _ in range(10):
+        tracker.lambda_start("arn:aws:lambda:us-east-1:1:function:worker", warm=False)
+    tracker.lambda_start("worker", warm=True)
+    with pytest.raises(Throttled) as refused:
+        tracker.lambda_start("worker", warm=False)
+    assert refused.value.reason == "TooManyRequestsException"
+    tracker.lambda_start("other", warm=False)  # per function
+    assert tracker.throttles == {"TooManyRequestsException": 1}

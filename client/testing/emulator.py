@@ -58,7 +58,7 @@ from typing import Any
 
 from ..backends.aws.layout import LIMIT_SCALE_ENV
 from . import limits
-from .throttling import Index, LimitTracker, throttled
+from .throttling import Index, LimitTracker, Throttled, throttled
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -928,6 +928,12 @@ def emulated_aws(
             raise TooLarge(str(exc)) from None
         try:
             bridge.throttle()
+            if tracker is not None:
+                name = function_name.split(":function:")[-1].split(":")[0]
+                try:
+                    tracker.lambda_start(name, warm=bool(bridge.idle.get(name)))
+                except Throttled:
+                    raise _TooManyRequests() from None
             with bridge.concurrency():
                 return original_invoke(self, function_name, qualifier, body, headers,
                                        response_headers)

@@ -13,6 +13,9 @@ error AWS returns, and botocore's own retries handle it as they would on AWS:
   throttling-key-range-limit-exceeded-mitigation.html, .../APIReference/
   API_ThrottlingReason.html). A write unit is 1 KB of item, a strongly consistent read
   unit 4 KB (8 KB eventually consistent); an index write costs the projected item's size.
+* Lambda: 1,000 new execution environments per 10 s per function; over it the invoke fails
+  with ``TooManyRequestsException`` (429; docs.aws.amazon.com/lambda/latest/dg/
+  scaling-behavior.html), which the state machine's ``Retry`` retries.
 * S3: 3,500 PUT/COPY/POST/DELETE and 5,500 GET/HEAD per second per prefix; over it
   ``503 SlowDown`` ("Please reduce your request rate"; docs.aws.amazon.com/AmazonS3/latest/
   userguide/optimizing-performance.html). The emulation takes a key's prefix to be
@@ -41,6 +44,8 @@ DYNAMODB_PARTITION_WCU = 1000
 DYNAMODB_PARTITION_RCU = 3000
 S3_PREFIX_PUT_PER_S = 3500
 S3_PREFIX_GET_PER_S = 5500
+LAMBDA_NEW_ENVIRONMENTS = 1000
+LAMBDA_SCALING_WINDOW = 10.0
 
 _KEY_CONDITION = re.compile(r"(#?\w+)\s*=\s*(:\w+)")
 
@@ -243,6 +248,26 @@ class LimitTracker:
                         window.charge(time.monotonic(), extra)
                         self.consumed[kind] += extra
                         break
+
+    # -- Lambda ----------------------------------------------------------------------------
+
+    def lambda_start(self, function: str, warm: bool) -> None:
+        """An invocation that needs a new execution environment: Lambda adds at most 1,000
+        per 10 s per function (docs.aws.amazon.com/lambda/latest/dg/scaling-behavior.html);
+        over it the invoke fails with ``TooManyRequestsException`` (429)."""
+        if warm:
+            return
+        name = function.split(":function:")[-1].split(":")[0]
+        now = time.monotonic()
+        with self.lock:
+            window = self.windows[("lambda-scaling", name)]
+            while window.spent and window.spent[0][0] <= now - LAMBDA_SCALING_WINDOW:
+                window.total -= window.spent.popleft()[1]
+            if window.total + 1 > self.limit(LAMBDA_NEW_ENVIRONMENTS):
+                self.throttles["TooManyRequestsException"] += 1
+                raise Throttled("TooManyRequestsException", name)
+            window.charge(now, 1)
+            self.consumed["lambda-scaling"] += 1
 
     # -- S3 --------------------------------------------------------------------------------
 

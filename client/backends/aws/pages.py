@@ -66,8 +66,11 @@ def encode(record: ResultRecord) -> dict[str, Any]:
         entry["so"] = {"S": record.stdout}
     if record.stderr:
         entry["se"] = {"S": record.stderr}
-    if record.extra:
-        entry["x"] = {"S": json.dumps(record.extra)}
+    # The runtime's "no checkpoint to clean up" flag is the worker's own business (settle()
+    # drops it after the write); leaving it out keeps a page of 10 small results in 1 KB.
+    extra = {k: v for k, v in record.extra.items() if not (k == "checkpoint" and v is False)}
+    if extra:
+        entry["x"] = {"S": json.dumps(extra, separators=(",", ":"))}
     return entry
 
 
