@@ -14,16 +14,16 @@ simulation of individual requests would add noise, not insight: the published li
 per-second budgets, and the model compares per-second loads with them. It predicts the
 *first* throttle of each kind, not how AWS degrades past it (that only a real account shows).
 
-The write and read paths are taken from the code, not retyped: item sizes come from
-``AwsStore._item`` (today's record) and from the proposed page layout built here, sized
-with DynamoDB's published item-size rules; the client's per-record CPU cost comes from
-``bench/aws_ingest.py`` (``--client-us``).
+The write and read paths are taken from the code, not retyped: item sizes come from the
+page entries ``client/backends/aws/pages.py`` encodes (a page of one task under the job's
+one key for the old design, ``Layout(1, 1, 1)``), sized with DynamoDB's published
+item-size rules; the client's per-record CPU cost comes from ``bench/aws_ingest.py``.
 
 Three designs are modelled (see ``docs/scale.md`` for the proposed one in full):
 
 ``today``
-    What ``template.yaml``, ``statemachine/`` and ``client/backends/aws`` do now: one item
-    per task under partition key ``job_id`` (sort key ``task#…``), its full copy in the
+    The design before result pages (the model's input for it; in the code it is
+    ``Layout(1, 1, 1)``): one item per task under partition key ``job_id``, its full copy in the
     ``by_finished`` GSI (hash ``job_id``, range ``finished``, projection ALL), a poll that
     re-reads 5 s of that index every cycle, spilled values under one prefix
     ``jobs/<id>/values/``, the user's chunk size (10 here) and ``MaxConcurrency`` 1,000.
@@ -31,10 +31,11 @@ Three designs are modelled (see ``docs/scale.md`` for the proposed one in full):
     Today's keys and items, but with the proposed chunk plan, so the job really reaches the
     requested concurrency: this isolates what the key design alone does at scale.
 ``proposed``
-    Per-page result items (up to ``PAGE_TASKS`` consecutive tasks of a chunk in one item,
+    Built: per-page result items (up to ``PAGE_TASKS`` consecutive tasks of a chunk in one item,
     written when full or ``FLUSH_SECONDS`` old), write-sharded partition keys
     ``<job_id>#<shard>``, a KEYS_ONLY polling index on ``(<job_id>#<shard>, finished)``,
-    hashed value prefixes and a chunk plan that follows the child start rate.
+    hashed value prefixes. Not built yet: a chunk plan that follows the child start rate
+    and the ``MaxConcurrency`` ramp.
 
 Limits are cited by the keys of ``/work/shared/aws-limits.md`` (its Sources list has the
 URLs); prices by URL and the date they were read.
@@ -133,7 +134,8 @@ ROUND_TRIP = 0.010
 #: counted 104 for 100 chunks on the emulation, docs/benchmarks.md).
 TRANSITIONS_PER_CHUNK = 1
 
-#: Proposed design parameters (docs/scale.md, "The proposed design").
+#: The design's parameters (docs/scale.md, "The design, as built"; the chunk plan and the
+#: ramp are not built yet).
 PAGE_TASKS = 8
 FLUSH_SECONDS = 10.0
 PROPOSED_POLL_OVERLAP = 5.0
@@ -145,10 +147,12 @@ RAMP_SHARE = 0.8
 #: (HTTP, botocore's parse, AwsStore._record, unpickle, resolve); offline 41.3 µs for a new
 #: record and 38.4 µs for a re-read one. Re-reads are charged at the full cost here.
 CLIENT_SECONDS_PER_RECORD = 45e-6
-#: The same per task of a proposed page (8 tasks per item; 26.5 µs measured with the
-#: prototype decoder) and per KEYS_ONLY index entry the proposed poll re-reads (6.9 µs).
-CLIENT_SECONDS_PER_PAGE_TASK = 27e-6
-CLIENT_SECONDS_PER_KEY = 7e-6
+#: The same per task of a result page, as built (8 tasks per item, 4 shards), from
+#: bench/aws_ingest.py on 2026-12-02: 45.1 µs of the client thread's CPU end to end against
+#: moto (index queries, BatchGetItem, botocore's parse, AwsStore._records_of, unpickle,
+#: resolve; offline 38.0 µs), and per KEYS_ONLY index entry the poll re-reads (12.2 µs).
+CLIENT_SECONDS_PER_PAGE_TASK = 45e-6
+CLIENT_SECONDS_PER_KEY = 12e-6
 
 
 # -- DynamoDB item sizes ([D1]; https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html)
