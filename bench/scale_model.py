@@ -203,7 +203,7 @@ def _page(tasks: int, result_bytes: int, inline_limit: int, shard: str) -> dict[
     """A result page of ``tasks`` records exactly as ``AwsStore.put_results`` writes it
     (``pages.encode`` for each entry, the page's key and stamps)."""
     from fanout.backends.aws.pages import encode, field, page_item
-    from fanout.backends.local.store import new_job_id
+    from fanout.ids import new_job_id
     from fanout.protocol import SUCCEEDED, ResultRecord
 
     value = sample_value(result_bytes)

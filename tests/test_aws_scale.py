@@ -21,9 +21,10 @@ import pytest
 
 from fanout import serialization
 from fanout.backends.aws import handlers
-from fanout.backends.aws.backend import upload_layout
+from fanout.backends.aws.config import AwsConfig
 from fanout.backends.aws.layout import Layout
-from fanout.backends.aws.store import AwsConfig, AwsStore
+from fanout.backends.aws.store import AwsStore
+from fanout.backends.aws.upload import upload_layout
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
 from fanout.testing import EmulatedAws, emulated_aws
@@ -149,13 +150,21 @@ def test_a_throttled_request_carries_aws_error_and_reason(aws: EmulatedAws,
         except ClientError as exc:
             codes["dynamodb"] = dict(exc.response)
             break
-    for n in range(200):  # 35 PUTs per second per prefix
-        try:
-            s3.put_object(Bucket=options["bucket"], Key=f"jobs/scale-hot/values/{n}",
-                          Body=b"x")
-        except ClientError as exc:
-            codes["s3"] = dict(exc.response)
-            break
+    def put(n: int) -> None:  # 35 PUTs per second per prefix, from 8 threads at once
+        for k in range(n, 400, 8):
+            if "s3" in codes:
+                return
+            try:
+                s3.put_object(Bucket=options["bucket"], Key=f"jobs/scale-hot/values/{k}",
+                              Body=b"x")
+            except ClientError as exc:
+                codes["s3"] = dict(exc.response)
+
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
     dynamo = codes["dynamodb"]
     assert dynamo["Error"]["Code"] == "ProvisionedThroughputExceededException"  # type: ignore[index]
     assert dynamo["ResponseMetadata"]["HTTPStatusCode"] == 400  # type: ignore[index]
