@@ -92,6 +92,9 @@ STATE_TRANSITIONS = 5_000.0
 
 #: The share of a limit a design may plan to use: headroom for skew, retries and bursts.
 PLAN_UTILISATION = 0.5
+#: The share of a partition key's write units the shard rule plans for
+#: (client/backends/aws/layout.py KEY_HEADROOM): a 4x burst stays under the limit.
+KEY_UTILISATION = 0.25
 
 # -- prices: us-east-1 public list prices (USD) ------------------------------------------------
 # The table of bench/aws_requests.py (read 2026-11-21), re-checked 2026-11-23 against stored
@@ -448,16 +451,16 @@ def page_writes(design: Design, task_seconds: float, result_bytes: int
 def shard_count(concurrency: float, task_seconds: float, result_bytes: int,
                 design: Design = PROPOSED) -> int:
     """The proposed shard rule: the power of two that keeps the hottest partition of the
-    table and of the polling index at or below half its write limit.
+    table and of the polling index at or below a quarter of its write limit.
 
-    ``S = 2 ** ceil(log2(max(1, table_wcu / 500, index_wcu / 500)))`` with the job's planned
+    ``S = 2 ** ceil(log2(max(1, table_wcu / 250, index_wcu / 250)))`` with the job's planned
     concurrency and, for the task duration, the planner's estimate (the mean of the
     function's previous runs, or 1 s when it has none).
     """
     rate = concurrency / task_seconds
     writes, units = page_writes(design, task_seconds, result_bytes)
-    need = max(1.0, rate * units / (PLAN_UTILISATION * PARTITION_WCU),
-               rate * writes / (PLAN_UTILISATION * PARTITION_WCU))
+    need = max(1.0, rate * units / (KEY_UTILISATION * PARTITION_WCU),
+               rate * writes / (KEY_UTILISATION * PARTITION_WCU))
     return 1 << math.ceil(math.log2(need))
 
 

@@ -10,9 +10,10 @@ DynamoDB serves at most 1,000 write units and 3,000 read units per second per pa
 ("KeyRangeThroughputExceeded", both capacity modes; docs.aws.amazon.com/amazondynamodb/
 latest/developerguide/throttling-key-range-limit-exceeded-mitigation.html); S3 at least
 3,500 PUT and 5,500 GET per second per partitioned prefix (docs.aws.amazon.com/AmazonS3/
-latest/userguide/optimizing-performance.html). The plan keeps the hottest key and prefix at
-half of those. ``Layout(shards=1, page_tasks=1, value_prefixes=1)`` is the design before
-pages: one item per task under the job's one key (the scale tests run it as the old design).
+latest/userguide/optimizing-performance.html). The plan keeps the hottest key at a quarter
+and the hottest prefix at half of those. ``Layout(shards=1, page_tasks=1,
+value_prefixes=1)`` is the design before pages: one item per task under the job's one key
+(the scale tests run it as the old design).
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ PARTITION_RCU = 3000
 #: Per-prefix S3 requests per second.
 PREFIX_PUT_PER_S = 3500
 PREFIX_GET_PER_S = 5500
-#: The share of a limit the plan allows itself, for skew and bursts.
+#: The share of a limit the plan allows itself, for skew and bursts: a quarter of a
+#: partition key's write units (a burst of 4x the average, e.g. chunks finishing together
+#: or a stalled worker catching up, stays under the limit), half of a prefix's requests.
+KEY_HEADROOM = 0.25
 HEADROOM = 0.5
 #: Tasks per result page. Eight small results fit one write unit (1 KB); eight entries of
 #: at most ENTRY_MAX_BYTES stay far below DynamoDB's 400 KB item limit.
@@ -103,7 +107,7 @@ def page_tasks_for(chunksize: int) -> int:
 
 def plan_layout(concurrency: int, task_seconds: float = 1.0, page_tasks: int = PAGE_TASKS,
                 value_bytes: int = 0, inline_bytes: int = 16_000) -> Layout:
-    """The layout that keeps each key at HEADROOM of its limit for ``concurrency`` running
+    """The layout that keeps each key at KEY_HEADROOM of its limit for ``concurrency`` running
     tasks of ``task_seconds`` each.
 
     Writes per second per key: results/s over S shards, 1/P page writes per task (and as
@@ -115,7 +119,7 @@ def plan_layout(concurrency: int, task_seconds: float = 1.0, page_tasks: int = P
     rate = max(1, concurrency) / max(task_seconds, 1e-3)  # results per second at the peak
     entry = min(value_bytes, inline_bytes) + 120
     page_units = math.ceil(entry * page_tasks / 1024)
-    key_budget = PARTITION_WCU / scale * HEADROOM
+    key_budget = PARTITION_WCU / scale * KEY_HEADROOM
     shards = _power_of_two(rate / page_tasks * page_units / key_budget)
     prefixes = MIN_VALUE_PREFIXES
     if value_bytes > inline_bytes:
