@@ -150,12 +150,12 @@ RAMP_SHARE = 0.8
 #: (HTTP, botocore's parse, AwsStore._record, unpickle, resolve); offline 41.3 µs for a new
 #: record and 38.4 µs for a re-read one. Re-reads are charged at the full cost here.
 CLIENT_SECONDS_PER_RECORD = 45e-6
-#: The same per task of a result page, as built (8 tasks per item, 4 shards), from
-#: bench/aws_ingest.py on 2026-12-02: 45.1 µs of the client thread's CPU end to end against
+#: The same per task of a result page, as built (8 tasks per item, 8 shards), from
+#: bench/aws_ingest.py on 2026-12-02: 50.0 µs of the client thread's CPU end to end against
 #: moto (index queries, BatchGetItem, botocore's parse, AwsStore._records_of, unpickle,
-#: resolve; offline 38.0 µs), and per KEYS_ONLY index entry the poll re-reads (12.2 µs).
-CLIENT_SECONDS_PER_PAGE_TASK = 45e-6
-CLIENT_SECONDS_PER_KEY = 12e-6
+#: resolve; offline 35.0 µs), and per KEYS_ONLY index entry the poll re-reads (8.7 µs).
+CLIENT_SECONDS_PER_PAGE_TASK = 50e-6
+CLIENT_SECONDS_PER_KEY = 9e-6
 
 
 # -- DynamoDB item sizes ([D1]; https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html)
