@@ -32,7 +32,7 @@ from .options import TaskOptions
 from .seeding import derive_seed, fresh_seed
 
 _FUNCTION_CACHE_SIZE = 256
-_live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
+_live_backends: weakref.WeakSet[Backend[Any]] = weakref.WeakSet()
 
 
 @atexit.register
@@ -55,7 +55,7 @@ def _weak_key(fn: Callable[..., Any]) -> tuple[object, Callable[[], object] | No
 class _Shared:
     """State shared by an executor and the views ``options()`` returns."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend[Any]) -> None:
         self.backend = backend
         self.lock = threading.Lock()
         self.shutdown = False
@@ -217,7 +217,7 @@ class Executor(concurrent.futures.Executor):
         weakref.finalize(self, backend_obj.shutdown, False)
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> Backend[Any]:
         return self._shared.backend
 
     @property
