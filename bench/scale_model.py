@@ -14,16 +14,16 @@ simulation of individual requests would add noise, not insight: the published li
 per-second budgets, and the model compares per-second loads with them. It predicts the
 *first* throttle of each kind, not how AWS degrades past it (that only a real account shows).
 
-The write and read paths are taken from the code, not retyped: item sizes come from
-``AwsStore._item`` (today's record) and from the proposed page layout built here, sized
-with DynamoDB's published item-size rules; the client's per-record CPU cost comes from
-``bench/aws_ingest.py`` (``--client-us``).
+The write and read paths are taken from the code, not retyped: item sizes come from the
+page entries ``client/backends/aws/pages.py`` encodes (a page of one task under the job's
+one key for the old design, ``Layout(1, 1, 1)``), sized with DynamoDB's published
+item-size rules; the client's per-record CPU cost comes from ``bench/aws_ingest.py``.
 
 Three designs are modelled (see ``docs/scale.md`` for the proposed one in full):
 
 ``today``
-    What ``template.yaml``, ``statemachine/`` and ``client/backends/aws`` do now: one item
-    per task under partition key ``job_id`` (sort key ``task#…``), its full copy in the
+    The design before result pages (the model's input for it; in the code it is
+    ``Layout(1, 1, 1)``): one item per task under partition key ``job_id``, its full copy in the
     ``by_finished`` GSI (hash ``job_id``, range ``finished``, projection ALL), a poll that
     re-reads 5 s of that index every cycle, spilled values under one prefix
     ``jobs/<id>/values/``, the user's chunk size (10 here) and ``MaxConcurrency`` 1,000.
@@ -31,10 +31,11 @@ Three designs are modelled (see ``docs/scale.md`` for the proposed one in full):
     Today's keys and items, but with the proposed chunk plan, so the job really reaches the
     requested concurrency: this isolates what the key design alone does at scale.
 ``proposed``
-    Per-page result items (up to ``PAGE_TASKS`` consecutive tasks of a chunk in one item,
+    Built: per-page result items (up to ``PAGE_TASKS`` consecutive tasks of a chunk in one item,
     written when full or ``FLUSH_SECONDS`` old), write-sharded partition keys
     ``<job_id>#<shard>``, a KEYS_ONLY polling index on ``(<job_id>#<shard>, finished)``,
-    hashed value prefixes and a chunk plan that follows the child start rate.
+    hashed value prefixes. Not built yet: a chunk plan that follows the child start rate
+    and the ``MaxConcurrency`` ramp.
 
 Limits are cited by the keys of ``/work/shared/aws-limits.md`` (its Sources list has the
 URLs); prices by URL and the date they were read.
@@ -91,6 +92,9 @@ STATE_TRANSITIONS = 5_000.0
 
 #: The share of a limit a design may plan to use: headroom for skew, retries and bursts.
 PLAN_UTILISATION = 0.5
+#: The share of a partition key's write units the shard rule plans for
+#: (client/backends/aws/layout.py KEY_HEADROOM): a 4x burst stays under the limit.
+KEY_UTILISATION = 0.25
 
 # -- prices: us-east-1 public list prices (USD) ------------------------------------------------
 # The table of bench/aws_requests.py (read 2026-11-21), re-checked 2026-11-23 against stored
@@ -133,11 +137,12 @@ ROUND_TRIP = 0.010
 #: counted 104 for 100 chunks on the emulation, docs/benchmarks.md).
 TRANSITIONS_PER_CHUNK = 1
 
-#: Proposed design parameters (docs/scale.md, "The proposed design").
+#: The design's parameters (docs/scale.md, "The design, as built"; the chunk plan and the
+#: ramp are not built yet).
 PAGE_TASKS = 8
 FLUSH_SECONDS = 10.0
 PROPOSED_POLL_OVERLAP = 5.0
-PROPOSED_INLINE_LIMIT = 16 * 1024
+PROPOSED_INLINE_LIMIT = 16_000  # store.MAX_RECORD_VALUE_BYTES
 #: The proposed ramp: MaxConcurrency grows by 80% of Lambda's +1,000 per 10 s.
 RAMP_SHARE = 0.8
 #: Client CPU per polled record (override with --client-us), from bench/aws_ingest.py on
@@ -145,10 +150,12 @@ RAMP_SHARE = 0.8
 #: (HTTP, botocore's parse, AwsStore._record, unpickle, resolve); offline 41.3 µs for a new
 #: record and 38.4 µs for a re-read one. Re-reads are charged at the full cost here.
 CLIENT_SECONDS_PER_RECORD = 45e-6
-#: The same per task of a proposed page (8 tasks per item; 26.5 µs measured with the
-#: prototype decoder) and per KEYS_ONLY index entry the proposed poll re-reads (6.9 µs).
-CLIENT_SECONDS_PER_PAGE_TASK = 27e-6
-CLIENT_SECONDS_PER_KEY = 7e-6
+#: The same per task of a result page, as built (8 tasks per item, 8 shards), from
+#: bench/aws_ingest.py on 2026-12-02: 50.0 µs of the client thread's CPU end to end against
+#: moto (index queries, BatchGetItem, botocore's parse, AwsStore._records_of, unpickle,
+#: resolve; offline 35.0 µs), and per KEYS_ONLY index entry the poll re-reads (8.7 µs).
+CLIENT_SECONDS_PER_PAGE_TASK = 50e-6
+CLIENT_SECONDS_PER_KEY = 9e-6
 
 
 # -- DynamoDB item sizes ([D1]; https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html)
@@ -195,53 +202,46 @@ def sample_value(result_bytes: int) -> bytes:
     return serialization.dumps_value(b"x" * (result_bytes - 16))
 
 
-def today_item(result_bytes: int) -> dict[str, Any]:
-    """Today's task record exactly as ``AwsStore._item`` writes it."""
-    from fanout.backends.aws.config import AwsConfig
-    from fanout.backends.aws.store import AwsStore
+def _page(tasks: int, result_bytes: int, inline_limit: int, shard: str) -> dict[str, Any]:
+    """A result page of ``tasks`` records exactly as ``AwsStore.put_results`` writes it
+    (``pages.encode`` for each entry, the page's key and stamps)."""
+    from fanout.backends.aws.pages import encode, field, page_item
     from fanout.ids import new_job_id
     from fanout.protocol import SUCCEEDED, ResultRecord
 
     value = sample_value(result_bytes)
-    record = ResultRecord(new_job_id(), 123_456, SUCCEEDED, 1, f"lambda/{uuid.uuid4()}",
-                          1795000000.123456, 1795000001.123789,
-                          value=value if len(value) <= TODAY_INLINE_LIMIT else None,
-                          value_ref=None if len(value) <= TODAY_INLINE_LIMIT
-                          else "job/values/123456.a1.0123abcd.pkl",
-                          extra={"checkpoint": False})
-    # A store that is never asked to reach AWS: boto3 clients are created, nothing is sent.
-    store = AwsStore(AwsConfig(bucket="b", table="t", state_machine_arn="arn", region="us-east-1"))
-    return store._item(record)
+    inline = len(value) <= inline_limit
+    job_id, worker = new_job_id(), f"lambda/{uuid.uuid4()}"
+    item: dict[str, Any] = {
+        "job_id": {"S": f"{job_id}#{shard}"}, "item": {"S": page_item(15_432)},
+        "first": {"N": "123456"}, "written": {"N": "1795000001123"},
+        "expires": {"N": "1802776001"}}
+    for offset in range(tasks):
+        record = ResultRecord(job_id, 123_456 + offset, SUCCEEDED, 1, worker,
+                              1795000000.123456, 1795000001.123789,
+                              value=value if inline else None,
+                              value_ref=None if inline
+                              else f"{job_id}/values/3f/{123_456 + offset}.a1.0123abcd.pkl",
+                              extra={"checkpoint": False})
+        item[field(offset)] = {"M": encode(record)}
+    return item
+
+
+def today_item(result_bytes: int) -> dict[str, Any]:
+    """The old design's task record: a page of one task under the job's one key
+    (``Layout(1, 1, 1)``), with the old inline limit."""
+    return _page(1, result_bytes, TODAY_INLINE_LIMIT, "00")
 
 
 def page_item(tasks: int, result_bytes: int) -> dict[str, Any]:
-    """A proposed result page holding ``tasks`` records (see docs/scale.md for the layout)."""
-    from fanout.ids import new_job_id
-
-    value = sample_value(result_bytes)
-    inline = len(value) <= PROPOSED_INLINE_LIMIT
-    records = {}
-    for offset in range(tasks):
-        record: dict[str, Any] = {"s": {"S": "succeeded"}, "a": {"N": "1"},
-                                  "w": {"N": "0"}, "b": {"N": "1795000000.123456"},
-                                  "e": {"N": "1795000001.123789"}}
-        if inline:
-            record["v"] = {"B": value}
-        else:
-            record["r"] = {"S": f"values/3f/{offset}.a1.0123abcd.pkl"}
-        records[str(offset)] = {"M": record}
-    return {
-        "job_id": {"S": f"{new_job_id()}#07"}, "item": {"S": "p#0001234#0005"},
-        "finished": {"N": "1795000001123"}, "expires": {"N": "1802776001"},
-        "workers": {"L": [{"S": f"lambda/{uuid.uuid4()}"}]},
-        "t": {"M": records},
-    }
+    """A result page holding ``tasks`` records (docs/scale.md has the layout)."""
+    return _page(tasks, result_bytes, PROPOSED_INLINE_LIMIT, "03")
 
 
 def index_key_item() -> dict[str, Any]:
-    """What a KEYS_ONLY index holds per page: table keys plus the index key."""
+    """What the KEYS_ONLY index holds per page: table keys plus the index key."""
     item = page_item(1, 8)
-    return {name: item[name] for name in ("job_id", "item", "finished")}
+    return {name: item[name] for name in ("job_id", "item", "written")}
 
 
 # -- scenario ----------------------------------------------------------------------------------
@@ -451,16 +451,16 @@ def page_writes(design: Design, task_seconds: float, result_bytes: int
 def shard_count(concurrency: float, task_seconds: float, result_bytes: int,
                 design: Design = PROPOSED) -> int:
     """The proposed shard rule: the power of two that keeps the hottest partition of the
-    table and of the polling index at or below half its write limit.
+    table and of the polling index at or below a quarter of its write limit.
 
-    ``S = 2 ** ceil(log2(max(1, table_wcu / 500, index_wcu / 500)))`` with the job's planned
+    ``S = 2 ** ceil(log2(max(1, table_wcu / 250, index_wcu / 250)))`` with the job's planned
     concurrency and, for the task duration, the planner's estimate (the mean of the
     function's previous runs, or 1 s when it has none).
     """
     rate = concurrency / task_seconds
     writes, units = page_writes(design, task_seconds, result_bytes)
-    need = max(1.0, rate * units / (PLAN_UTILISATION * PARTITION_WCU),
-               rate * writes / (PLAN_UTILISATION * PARTITION_WCU))
+    need = max(1.0, rate * units / (KEY_UTILISATION * PARTITION_WCU),
+               rate * writes / (KEY_UTILISATION * PARTITION_WCU))
     return 1 << math.ceil(math.log2(need))
 
 

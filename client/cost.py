@@ -176,7 +176,6 @@ def usage_of(backend: str, spec: JobSpec, records: Iterable[ResultRecord], *,
     chunksize = max(1, spec.options.chunksize)
     on_batch = [r for r in ran if r.worker_id.startswith("batch/")]
     on_lambda = [r for r in ran if not r.worker_id.startswith("batch/")]
-    attempts = sum(r.attempt for r in ran if r.task_index != REDUCE_INDEX)
     lambda_chunks = math.ceil(len(on_lambda) / chunksize)
     batch_chunks = len({r.worker_id for r in on_batch})
     usage.lambda_gb_seconds = sum(r.duration for r in on_lambda) * lambda_memory_mb / 1024
@@ -191,7 +190,14 @@ def usage_of(backend: str, spec: JobSpec, records: Iterable[ResultRecord], *,
     # A chunk reads its reference's byte range of the manifest, the function bundle and its
     # tasks' byte range of the payload: three ranged GETs (handlers.run_chunk).
     usage.s3_gets = S3_GETS_PER_CHUNK * (lambda_chunks + batch_chunks) + S3_GETS_PER_JOB + large
-    usage.dynamodb_writes = attempts + DYNAMODB_WRITES_PER_JOB
+    # A worker writes each result page it has tasks in once (backends/aws/flusher.py): one
+    # conditional write per page, worker and attempt, plus the reduce record's own.
+    from .backends.aws.layout import page_tasks_for
+
+    per_page = page_tasks_for(chunksize)
+    usage.dynamodb_writes = len({
+        (r.task_index // per_page if r.task_index != REDUCE_INDEX else -1, r.worker_id,
+         r.attempt) for r in ran}) + DYNAMODB_WRITES_PER_JOB
     # Reads depend on how often the client polls; count each result read back once, and
     # the conditional check before each write.
     usage.dynamodb_reads = len(ran) + spec.n_tasks

@@ -28,9 +28,13 @@ SCOPE: dict[str, set[str] | None] = {
     "backends/local/store/results.py": {"ResultTable._params", "ResultTable._record",
                                         "ResultTable.put_result", "ResultTable.put_results",
                                         "ResultTable.result", "ResultTable.results"},
-    "backends/aws/store.py": {"task_key", "AwsStore._item", "AwsStore._record",
-                              "AwsStore.put_result", "AwsStore.put_results",
-                              "AwsStore.result", "AwsStore.results", "AwsStore.finished_tasks"},
+    "backends/aws/store.py": {"task_key", "AwsStore._reduce_item", "AwsStore._reduce_record",
+                              "AwsStore._records_of", "AwsStore.put_result",
+                              "AwsStore.put_results", "AwsStore._put_page",
+                              "AwsStore._put_reduce", "AwsStore.result", "AwsStore.results",
+                              "AwsStore.finished_tasks"},
+    # a result page's entries and the per-entry rule
+    "backends/aws/pages.py": None,
     # the task protocol, including the retry plan
     "protocol.py": None,
     "collector.py": None,

@@ -23,7 +23,7 @@ import pytest
 import fanout
 from fanout import serialization
 from fanout.backends.aws.config import AwsConfig
-from fanout.backends.aws.store import AwsStore, task_key
+from fanout.backends.aws.store import AwsStore
 from fanout.backends.local.store import LocalStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
@@ -218,11 +218,14 @@ def test_a_rerun_skips_exactly_the_succeeded_tasks(aws: EmulatedAws, job_id: str
     """A Batch attempt after a Lambda one, or a retry, asks which tasks are done: at most
     100 keys per BatchGetItem request (DynamoDB's limit), so 201 keys take three."""
     store = aws_store(aws)
-    statuses = {i: (SUCCEEDED, FAILED, CANCELLED)[i % 3] for i in range(0, 230, 2)}
-    for index, status in statuses.items():
-        store.put_result(record(job_id, status, 1, f"t{index}", task=index))
-    asked = list(range(6, 207))  # 6 succeeded; odd ones have no record at all
-    expected = {i for i, status in statuses.items() if status == SUCCEEDED and 6 <= i < 207}
+    # Records live in pages of P tasks, one key per page: 201 pages take three requests.
+    pages = store.layout(job_id).page_tasks
+    statuses = {i: (SUCCEEDED, FAILED, CANCELLED)[i % 3] for i in range(0, 230 * pages, 2)}
+    store.put_results([record(job_id, status, 1, f"t{index}", task=index)
+                       for index, status in statuses.items()])
+    asked = list(range(6 * pages, 207 * pages))  # odd ones have no record at all
+    expected = {i for i, status in statuses.items()
+                if status == SUCCEEDED and 6 * pages <= i < 207 * pages}
     before = batch_gets(aws)
     assert store.finished_tasks(job_id, asked) == expected
     assert batch_gets(aws) - before == 3
@@ -267,7 +270,7 @@ def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,
     store = aws_store(aws)
     for index in range(6):
         store.put_result(record(job_id, SUCCEEDED, 1, f"t{index}", task=index))
-    cut: list[int] = []
+    cut: list[tuple[str, str]] = []
     asked: list[dict[str, Any]] = []
 
     def remember(params: dict[str, Any], **_: Any) -> None:
@@ -278,19 +281,20 @@ def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,
             return
         # The whole first answer is left unprocessed: DynamoDB then returns no entry for
         # the table under Responses at all.
-        cut.extend(int(item["task_index"]["N"]) for item in parsed["Responses"][store.table])
+        cut.extend((item["job_id"]["S"], item["item"]["S"])
+                   for item in parsed["Responses"][store.table])
         del parsed["Responses"][store.table]
         parsed["UnprocessedKeys"] = {store.table: {
-            **asked[0], "Keys": [{"job_id": {"S": job_id}, "item": {"S": task_key(i)}}
-                                 for i in cut]}}
+            **asked[0], "Keys": [{"job_id": {"S": key}, "item": {"S": item}}
+                                 for key, item in cut]}}
 
     store.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchGetItem",
                                         remember)
     store.dynamodb.meta.events.register("after-call.dynamodb.BatchGetItem", partial)
     before = batch_gets(aws)
     assert store.finished_tasks(job_id, list(range(6))) == set(range(6))
-    assert len(cut) == 6 and batch_gets(aws) - before == 2
-    assert sorted(int(k["item"]["S"][5:]) for k in asked[1]["Keys"]) == sorted(cut)
+    assert len(cut) == len(asked[0]["Keys"]) and batch_gets(aws) - before == 2
+    assert sorted((k["job_id"]["S"], k["item"]["S"]) for k in asked[1]["Keys"]) == sorted(cut)
 
 
 def test_a_winning_put_hands_back_the_callers_record(store: AnyStore, job_id: str) -> None:
@@ -320,7 +324,7 @@ def test_the_aws_store_reads_records_strongly_consistently(aws: EmulatedAws,
     store.result(job_id, 0)
     store.results(job_id)
     store.finished_tasks(job_id, [0, 1])
-    reads = {name: params for name, params in sent if name != "PutItem"}
+    reads = {name: params for name, params in sent if name not in ("PutItem", "UpdateItem")}
     assert set(reads) == {"GetItem", "Query", "BatchGetItem"}
     assert reads["GetItem"]["ConsistentRead"] is True
     assert reads["Query"]["ConsistentRead"] is True

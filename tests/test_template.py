@@ -504,16 +504,19 @@ def test_results_table_has_pitr_ttl_sse_and_the_contract_indexes(template: dict[
     assert props["SSESpecification"]["SSEEnabled"] is True
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert {(a["AttributeName"], a["AttributeType"]) for a in props["AttributeDefinitions"]} == {
-        ("job_id", "S"), ("item", "S"), ("finished", "N"), ("entity", "S"), ("created", "N")}
+        ("job_id", "S"), ("item", "S"), ("finished", "N"), ("written", "N"), ("entity", "S"),
+        ("created", "N")}
     assert props["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"},
                                   {"AttributeName": "item", "KeyType": "RANGE"}]
     indexes = {i["IndexName"]: i for i in props["GlobalSecondaryIndexes"]}
-    assert set(indexes) == {"by_finished", "jobs"}
-    for name, (hash_key, range_key) in {"by_finished": ("job_id", "finished"),
-                                        "jobs": ("entity", "created")}.items():
+    assert set(indexes) == {"by_written", "by_finished", "jobs"}
+    for name, (hash_key, range_key, projection) in {
+            "by_written": ("job_id", "written", "KEYS_ONLY"),
+            "by_finished": ("job_id", "finished", "ALL"),
+            "jobs": ("entity", "created", "ALL")}.items():
         assert indexes[name]["KeySchema"] == [{"AttributeName": hash_key, "KeyType": "HASH"},
                                               {"AttributeName": range_key, "KeyType": "RANGE"}]
-        assert indexes[name]["Projection"] == {"ProjectionType": "ALL"}
+        assert indexes[name]["Projection"] == {"ProjectionType": projection}
 
 
 def test_job_queue_prefers_fargate_spot(template: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ...errors import ConfigurationError
 from ...home import default_home
+from .layout import Layout
 
 #: The template's ResultRetentionDays default; the stack's value arrives through
 #: ``fanout configure`` (client) and FANOUT_RESULT_RETENTION_DAYS (workers).
@@ -63,6 +64,9 @@ class AwsConfig:
     retention_days: int = RECORD_TTL_DAYS
     worker_function_arn: str = ""
     max_concurrency: int | None = None
+    #: The record layout of jobs this client submits (None: planned per job by
+    #: ``layout.plan_layout``), and of records written without a job bundle.
+    layout: Layout | None = None
 
 
 def config_path(home: str | os.PathLike[str] | None = None) -> Path:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from ...runtime import WorkerRuntime
 from ...states import JobState, TaskState
 from ...summary import Timings, status_counts, summary_from
 from .config import RECORD_TTL_DAYS, AwsConfig
+from .flusher import PageFlusher, active_flusher
 from .store import AwsStore
 from .upload import execution_input, upload_job
 
@@ -84,15 +86,17 @@ def _flush_metrics() -> None:
         metrics.flush_metrics()
 
 
-_runtimes: dict[int, WorkerRuntime] = {}
+_runtimes: dict[tuple[int, int], WorkerRuntime] = {}
 
 
 def _warm_runtime(store: AwsStore, worker_id: str) -> WorkerRuntime:
-    """One runtime per store and process: a warm Lambda container keeps the job's spec and
-    unpickled function from its previous chunk instead of fetching them again."""
-    runtime = _runtimes.get(id(store))
+    """One runtime per store and thread: a warm Lambda container keeps the job's spec and
+    unpickled function from its previous chunk instead of fetching them again (a Lambda
+    has one thread; the scale tests run many workers as threads of one process)."""
+    key = (id(store), threading.get_ident())
+    runtime = _runtimes.get(key)
     if runtime is None or runtime.store is not store:
-        runtime = _runtimes[id(store)] = WorkerRuntime(store, worker_id, StreamCapture())
+        runtime = _runtimes[key] = WorkerRuntime(store, worker_id, StreamCapture())
     runtime.worker_id = worker_id
     runtime.sink = None
     runtime.enforce_timeouts = True  # no supervisor outside a Lambda or a Batch container
@@ -116,21 +120,27 @@ def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
         chunk = Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt, todo)
     counts = {"ran": 0, "failed": 0, "skipped": len(done)}
     runtime = _warm_runtime(store, worker_id)
-    if extra:
-        def carry(record: ResultRecord) -> None:
-            record.extra.update(extra.get(record.task_index, {}))
-            stored = store.put_result(record)
-            runtime.settle(record, stored)
-            tally(stored)
-        runtime.sink = carry
 
-    def tally(record: ResultRecord) -> None:
+    def tally(record: ResultRecord, stored: ResultRecord) -> None:
         counts["ran"] += 1
-        counts["failed"] += record.status == FAILED
-        _metric("TaskDuration", record.duration * 1000, "Milliseconds")
+        counts["failed"] += stored.status == FAILED
+        _metric("TaskDuration", stored.duration * 1000, "Milliseconds")
 
+    # Results are written a page at a time (flusher.py), not one item per task.
+    flusher = PageFlusher(store, runtime, chunk, tally)
+
+    def sink(record: ResultRecord) -> None:
+        if extra:
+            record.extra.update(extra.get(record.task_index, {}))
+        flusher(record)
+
+    runtime.sink = sink
     started = time.monotonic()
-    runtime.run_chunk(chunk, on_result=tally)
+    try:
+        runtime.run_chunk(chunk)
+    finally:
+        runtime.sink = None
+        flusher.close()
     _metric("TasksRun", counts["ran"])
     _metric("TaskFailures", counts["failed"])
     if chunk.attempt > 1 or done:
@@ -178,12 +188,10 @@ def chunk_failed(event: dict[str, Any], store: AwsStore | None = None) -> dict[s
     why = (f"chunk {chunk.index} of job {chunk.job_id} failed in the state machine: "
            f"{error.get('Error', 'unknown error')}: {str(error.get('Cause', ''))[:2000]}")
     have = {r.task_index for r in records.final(store.results(chunk.job_id))}
-    recorded = 0
-    for task in chunk.tasks:
-        if task.index not in have:
-            store.put_result(_lost(chunk.job_id, task.index, why))
-            recorded += 1
-    return {"recorded": recorded}
+    lost = [_lost(chunk.job_id, task.index, why) for task in chunk.tasks
+            if task.index not in have]
+    store.put_results(lost)  # one conditional write per result page
+    return {"recorded": len(lost)}
 
 
 def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, Any]:
@@ -203,10 +211,12 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
         return {"job_id": job_id, "state": JobState.RUNNING, "summary": None}
     else:
         missing = [i for i in range(spec.n_tasks) if i not in final]
-        for index in missing:
-            why = (f"task {index} of job {job_id} has no result after the map ended"
-                   + (f" ({map_error.get('Error')})" if isinstance(map_error, dict) else ""))
-            final[index] = store.put_result(_lost(job_id, index, why))
+        lost = [_lost(job_id, index, f"task {index} of job {job_id} has no result after the "
+                      "map ended" + (f" ({map_error.get('Error')})"
+                                     if isinstance(map_error, dict) else ""))
+                for index in missing]
+        for stored in store.put_results(lost):  # one conditional write per result page
+            final[stored.task_index] = stored
         state = JobState.FINISHED
     counts = status_counts(final.values())
     if spec.has_reducer and state == JobState.FINISHED and counts.get(SUCCEEDED, 0) == spec.n_tasks:
@@ -304,6 +314,9 @@ def batch_main() -> int:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         ctx = current_task()
+        flusher = active_flusher()
+        if flusher is not None:  # the chunk's finished results first: nothing is lost
+            flusher.close()
         # A job stop (cancel) ends its Batch jobs with SIGTERM too: no retry follows, and
         # the cancellation's record stands.
         if ctx is not None and store.job(ctx.job_id).state != JobState.CANCELLED:

@@ -1,20 +1,25 @@
 """The AWS store: payloads, functions, large values and checkpoints in S3; records in DynamoDB.
 
-Table layout (one table, on-demand):
+Table layout (one table, on-demand; ``layout.py`` plans a job's numbers S, P and H):
 
-=============  ==========================  ===============================================
-item           key (job_id, item)          what
-=============  ==========================  ===============================================
-job record     (job, "job")                spec, state, owner, summary; ``entity="job"`` +
-                                           ``created`` feed the ``jobs`` index for listing
-task result    (job, "task#000000012")     one ``ResultRecord``; ``finished`` (ms) feeds the
-                                           ``by_finished`` index, so polling reads only
-                                           records written since the last poll
-reduce result  (job, "reduce")             the reducer's record
-=============  ==========================  ===============================================
+=============  ===============================  ==========================================
+item           key (job_id, item)               what
+=============  ===============================  ==========================================
+job record     (job, "job")                     spec, state, owner, summary; ``entity`` +
+                                                ``created`` feed the ``jobs`` index
+result page    (job#<g mod S>, "p#000000012")   the records of tasks g*P .. g*P+P-1, one
+                                                map attribute ``t<o>`` each (``pages.py``);
+                                                ``written`` (ms) feeds the KEYS_ONLY
+                                                ``by_written`` index the client polls
+reduce result  (job, "reduce")                  the reducer's record (``entry``), same rule
+=============  ===============================  ==========================================
 
-The conditional put is the protocol's rule as a condition expression: write if there is no
-record, or if the stored one did not succeed and comes from an earlier attempt.
+A worker writes the finished tasks of a page with one conditional ``UpdateItem``: the
+protocol's rule as a condition on each task's entry, so a page write from a retried
+attempt never replaces a succeeded task's result. S partition keys spread a wide job's
+writes below DynamoDB's per-key limit; spilled values and checkpoints live under H hashed
+prefixes ``jobs/<id>/values/<h>/`` for S3's per-prefix limit. ``docs/scale.md`` has the
+numbers.
 """
 
 from __future__ import annotations
@@ -41,11 +46,29 @@ from ...protocol import (
 )
 from ...summary import Timings, status_counts
 from .config import AwsConfig
+from .layout import Layout
+from .pages import (
+    ENTRY_MAX_BYTES,
+    PAGE_PREFIX,
+    condition,
+    decode,
+    encode,
+    entry_size,
+    field,
+    may_replace,
+    page_item,
+    spilled,
+    worker_ref,
+)
 
-#: Records must fit DynamoDB's 400 KB item limit with their logs (two 64 KiB tails).
-MAX_RECORD_VALUE_BYTES = 200_000
+#: A value above this goes to S3 (a hashed prefix) and its page entry keeps a reference: a
+#: page of up to 16 entries must fit DynamoDB's 400 KB item limit.
+MAX_RECORD_VALUE_BYTES = 16_000
 #: How far back each poll looks again, for records the eventually consistent index shows late.
 POLL_OVERLAP_MS = 5_000
+#: The sparse, KEYS_ONLY polling index (HASH job_id, RANGE written): only result pages and
+#: the reduce record carry ``written``.
+POLL_INDEX = "by_written"
 #: Objects under this prefix expire (the bucket's lifecycle rule, PayloadRetentionDays).
 JOBS_PREFIX = "jobs/"
 #: Long-lived objects (schedule definitions) live here, outside the expiring prefix.
@@ -79,6 +102,8 @@ class AwsStore:
         self.bucket = config.bucket
         self.table = config.table
         self._bundles: dict[str, dict[str, Any]] = {}
+        self._layouts: dict[str, Layout] = {}
+        self._polled: dict[str, dict[tuple[str, str], int]] = {}
 
     # -- S3 objects ------------------------------------------------------------------------
 
@@ -122,9 +147,14 @@ class AwsStore:
             raise OSError(f"chunk {ref['index']} of job {ref['job_id']} is truncated in {key}")
         return Chunk.from_json(json.loads(data))
 
-    def put_bundle(self, spec: JobSpec, function: bytes, reducer: bytes | None) -> None:
-        """The spec and the pickled functions as one object: one GET per cold worker."""
-        bundle = {"spec": spec.to_json(), "function": function, "reducer": reducer}
+    def put_bundle(self, spec: JobSpec, function: bytes, reducer: bytes | None,
+                   layout: Layout | None = None) -> None:
+        """The spec, the pickled functions and the record layout as one object: one GET per
+        cold worker."""
+        layout = layout or self.config.layout or Layout()
+        bundle = {"spec": spec.to_json(), "function": function, "reducer": reducer,
+                  "layout": layout.to_json()}
+        self.remember_layout(spec.job_id, layout)
         self.put_object(spec.job_id, "bundle.pkl", pickle.dumps(bundle, protocol=5))
 
     def _bundle(self, job_id: str) -> dict[str, Any]:
@@ -182,22 +212,35 @@ class AwsStore:
         """The TTL attribute of a record written now (ResultRetentionDays ahead)."""
         return {"N": str(int(time.time()) + self.config.retention_days * 86400)}
 
-    def _item(self, record: ResultRecord) -> dict[str, Any]:
-        finished_ms = int(time.time() * 1000)
+    def layout(self, job_id: str) -> Layout:
+        """The job's layout: from its bundle (planned at submit), else the configured one
+        (a store that only writes records, as the guarantee tests do, has no bundle)."""
+        layout = self._layouts.get(job_id)
+        if layout is None:
+            try:
+                layout = Layout.from_json(self._bundle(job_id).get("layout"))
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in ("NoSuchKey", "404"):
+                    raise
+                layout = self.config.layout or Layout()
+            self.remember_layout(job_id, layout)
+        return layout
+
+    def remember_layout(self, job_id: str, layout: Layout) -> None:
+        self._layouts[job_id] = layout
+        while len(self._layouts) > 64:
+            self._layouts.pop(next(iter(self._layouts)))
+
+    def _reduce_item(self, record: ResultRecord) -> dict[str, Any]:
+        """The reduce record: an item of its own, flat (its layout predates pages)."""
+        stamp = {"N": str(int(time.time() * 1000))}
         item: dict[str, Any] = {
-            "job_id": {"S": record.job_id},
-            "item": {"S": task_key(record.task_index)},
-            "task_index": {"N": str(record.task_index)},
-            "status": {"S": record.status},
-            "attempt": {"N": str(record.attempt)},
-            "worker_id": {"S": record.worker_id or "-"},
-            "started": {"N": repr(record.started)},
-            "ended": {"N": repr(record.ended)},
-            "finished": {"N": str(finished_ms)},
-            "stdout": {"S": record.stdout},
-            "stderr": {"S": record.stderr},
-            "extra": {"S": json.dumps(record.extra)},
-            "expires": self.expires(),
+            "job_id": {"S": record.job_id}, "item": {"S": task_key(REDUCE_INDEX)},
+            "task_index": {"N": str(record.task_index)}, "status": {"S": record.status},
+            "attempt": {"N": str(record.attempt)}, "worker_id": {"S": record.worker_id or "-"},
+            "started": {"N": repr(record.started)}, "ended": {"N": repr(record.ended)},
+            "written": stamp, "stdout": {"S": record.stdout}, "stderr": {"S": record.stderr},
+            "extra": {"S": json.dumps(record.extra)}, "expires": self.expires(),
         }
         for name in ("value", "exc_pickle"):
             value = getattr(record, name)
@@ -210,7 +253,7 @@ class AwsStore:
         return item
 
     @staticmethod
-    def _record(item: dict[str, Any]) -> ResultRecord:
+    def _reduce_record(item: dict[str, Any]) -> ResultRecord:
         def text(name: str) -> str | None:
             return item[name]["S"] if name in item else None
 
@@ -219,32 +262,145 @@ class AwsStore:
 
         worker = item["worker_id"]["S"]
         return ResultRecord(
-            job_id=item["job_id"]["S"],
-            task_index=int(item["task_index"]["N"]),
-            status=item["status"]["S"],
-            attempt=int(item["attempt"]["N"]),
-            worker_id="" if worker == "-" else worker,
-            started=float(item["started"]["N"]),
-            ended=float(item["ended"]["N"]),
-            value=blob("value"),
-            value_ref=text("value_ref"),
-            exc_type=text("exc_type"),
-            exc_message=text("exc_message"),
-            traceback=text("traceback"),
-            exc_pickle=blob("exc_pickle"),
-            stdout=item.get("stdout", {}).get("S", ""),
-            stderr=item.get("stderr", {}).get("S", ""),
-            extra=json.loads(item.get("extra", {}).get("S", "{}")),
-        )
+            job_id=item["job_id"]["S"], task_index=int(item["task_index"]["N"]),
+            status=item["status"]["S"], attempt=int(item["attempt"]["N"]),
+            worker_id="" if worker == "-" else worker, started=float(item["started"]["N"]),
+            ended=float(item["ended"]["N"]), value=blob("value"), value_ref=text("value_ref"),
+            exc_type=text("exc_type"), exc_message=text("exc_message"),
+            traceback=text("traceback"), exc_pickle=blob("exc_pickle"),
+            stdout=item.get("stdout", {}).get("S", ""), stderr=item.get("stderr", {}).get("S", ""),
+            extra=json.loads(item.get("extra", {}).get("S", "{}")))
+
+    def _page_key(self, job_id: str, layout: Layout, page: int) -> dict[str, Any]:
+        return {"job_id": {"S": layout.partition(job_id, page)}, "item": {"S": page_item(page)}}
+
+    def _records_of(self, job_id: str, item: dict[str, Any]) -> list[ResultRecord]:
+        """Every task record an item holds (a page: its entries; the reduce item: one)."""
+        if item["item"]["S"] == task_key(REDUCE_INDEX):
+            return [self._reduce_record(item)]
+        first = int(item["first"]["N"])
+        out = []
+        for name, value in item.items():
+            if name[0] == "t" and name[1:].isdigit():
+                out.append(self._resolve(decode(job_id, first + int(name[1:]), value["M"], item),
+                                         value["M"]))
+        return out
+
+    def _resolve(self, record: ResultRecord, entry: dict[str, Any]) -> ResultRecord:
+        """A spilled entry's whole record, from S3."""
+        if "R" not in entry:
+            return record
+        whole: ResultRecord = pickle.loads(self._get_ref(record.job_id, entry["R"]["S"]))
+        return whole
+
+    def _get_ref(self, job_id: str, ref: str) -> bytes:
+        owner, _, name = ref.partition("/")
+        if owner != job_id or ".." in name:
+            raise ValueError(f"reference {ref!r} points outside job {job_id}")
+        return self.get_object(job_id, name)
+
+    def _entry(self, record: ResultRecord, layout: Layout) -> tuple[dict[str, Any], str | None]:
+        """The record's page entry, spilling the whole record to S3 when it is too large."""
+        entry = encode(record)
+        if entry_size(entry) <= ENTRY_MAX_BYTES:
+            return entry, None
+        name = (f"records/{layout.prefix(record.task_index)}/{record.task_index}"
+                f".a{record.attempt}.{secrets.token_hex(4)}.pkl")
+        self.put_object(record.job_id, name, pickle.dumps(record, protocol=5))
+        ref = f"{record.job_id}/{name}"
+        return spilled(record, ref), ref
 
     def put_result(self, record: ResultRecord) -> ResultRecord:
-        """The conditional put: first success wins, a later attempt replaces a failure.
+        """The conditional write: first success wins, a later attempt replaces a failure.
 
         A ``running`` record (a Batch attempt interrupted by SIGTERM, waiting for Batch's
         retry) is not a result: it never replaces a stored record but an older ``running``
         one, and any final record replaces it, so neither a cancellation nor the retry's
         own result can be hidden behind an interruption.
         """
+        return self.put_results([record])[0]
+
+    def put_results(self, records: list[ResultRecord]) -> list[ResultRecord]:
+        """Write ``records`` with one conditional ``UpdateItem`` per page they fall in;
+        return, for each, the record that is stored (``record`` itself when it won)."""
+        stored: dict[int, ResultRecord] = {}
+        groups: dict[tuple[str, int], list[tuple[int, ResultRecord]]] = {}
+        for position, record in enumerate(records):
+            if record.task_index == REDUCE_INDEX:
+                stored[position] = self._put_reduce(record)
+                continue
+            page = self.layout(record.job_id).page(record.task_index)
+            group = groups.setdefault((record.job_id, page), [])
+            if any(r.task_index == record.task_index for _, r in group):
+                stored.update(self._put_page(record.job_id, page, group))
+                group.clear()
+            group.append((position, record))
+        for (job_id, page), group in groups.items():
+            if group:
+                stored.update(self._put_page(job_id, page, group))
+        return [stored[n] for n in range(len(records))]
+
+    def _put_page(self, job_id: str, page: int, group: list[tuple[int, ResultRecord]]
+                  ) -> dict[int, ResultRecord]:
+        layout = self.layout(job_id)
+        first = page * layout.page_tasks
+        key = self._page_key(job_id, layout, page)
+        entries = {pos: self._entry(rec, layout) for pos, rec in group}
+        for pos, record in group:
+            if record.worker_id:
+                entries[pos][0]["w"] = {"S": "@" + worker_ref(record.worker_id)}
+        pending = list(group)
+        out: dict[int, ResultRecord] = {}
+        while pending:
+            cond, names, values = condition([(r.task_index - first, r) for _, r in pending])
+            sets = []
+            workers = {r.worker_id for _, r in pending if r.worker_id}
+            for n, (pos, _record) in enumerate(pending):
+                values[f":r{n}"] = {"M": entries[pos][0]}
+                sets.append(f"#t{n} = :r{n}")
+            for n, worker in enumerate(sorted(workers)):
+                names[f"#w{n}"] = worker_ref(worker)
+                values[f":w{n}"] = {"S": worker}
+                sets.append(f"#w{n} = :w{n}")
+            names.update({"#first": "first", "#written": "written", "#expires": "expires"})
+            values.update({":first": {"N": str(first)},
+                           ":now": {"N": str(int(time.time() * 1000))},
+                           ":expires": self.expires()})
+            try:
+                self.dynamodb.update_item(
+                    TableName=self.table, Key=key,
+                    UpdateExpression="SET " + ", ".join(sets)
+                    + ", #first = :first, #written = :now, #expires = :expires",
+                    ConditionExpression=cond, ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD")
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                old = exc.response.get("Item") or self.dynamodb.get_item(
+                    TableName=self.table, Key=key, ConsistentRead=True).get("Item") or {}
+                kept = []
+                for pos, record in pending:
+                    entry = old.get(field(record.task_index - first), {}).get("M")
+                    if may_replace(entry, record):
+                        kept.append((pos, record))
+                        continue
+                    assert entry is not None
+                    out[pos] = self._resolve(decode(job_id, record.task_index, entry, old),
+                                             entry)
+                    ref = entries[pos][1]
+                    if ref is not None:  # lost: its spilled record is nobody's
+                        self.s3.delete_object(Bucket=self.bucket,
+                                              Key=self.key(*ref.split("/", 1)))
+                pending = kept
+                continue
+            for pos, record in pending:
+                out[pos] = record
+            pending = []
+        return out
+
+    def _put_reduce(self, record: ResultRecord) -> ResultRecord:
+        """The reduce record's conditional put: the protocol's rule on the whole item."""
         if record.status == RUNNING:
             condition = ("attribute_not_exists(job_id) "
                          "OR (#status = :running AND attempt < :attempt)")
@@ -255,29 +411,31 @@ class AwsStore:
             values = {":running": {"S": RUNNING}, ":succeeded": {"S": SUCCEEDED}}
         try:
             self.dynamodb.put_item(
-                TableName=self.table,
-                Item=self._item(record),
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={**values, ":attempt": {"N": str(record.attempt)}},
-            )
+                TableName=self.table, Item=self._reduce_item(record),
+                ConditionExpression=condition, ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={**values, ":attempt": {"N": str(record.attempt)}})
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-            stored = self.result(record.job_id, record.task_index)
+            stored = self.result(record.job_id, REDUCE_INDEX)
             assert stored is not None
             return stored
         return record
 
-    def put_results(self, records: list[ResultRecord]) -> list[ResultRecord]:
-        return [self.put_result(r) for r in records]
-
     def result(self, job_id: str, task_index: int) -> ResultRecord | None:
-        response = self.dynamodb.get_item(
-            TableName=self.table, ConsistentRead=True,
-            Key={"job_id": {"S": job_id}, "item": {"S": task_key(task_index)}})
-        item = response.get("Item")
-        return None if item is None else self._record(item)
+        if task_index == REDUCE_INDEX:
+            key = {"job_id": {"S": job_id}, "item": {"S": task_key(REDUCE_INDEX)}}
+        else:
+            layout = self.layout(job_id)
+            key = self._page_key(job_id, layout, layout.page(task_index))
+        item = self.dynamodb.get_item(TableName=self.table, ConsistentRead=True,
+                                      Key=key).get("Item")
+        if item is None:
+            return None
+        for record in self._records_of(job_id, item):
+            if record.task_index == task_index:
+                return record
+        return None
 
     def _query(self, **kwargs: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -288,44 +446,88 @@ class AwsStore:
 
     def results(self, job_id: str) -> list[ResultRecord]:
         """Every map-task record of a job, in task order (strongly consistent)."""
-        items = self._query(
-            KeyConditionExpression="job_id = :j AND begins_with(#item, :task)",
-            ExpressionAttributeNames={"#item": "item"},
-            ExpressionAttributeValues={":j": {"S": job_id}, ":task": {"S": "task#"}},
-            ConsistentRead=True,
-        )
-        return [self._record(item) for item in items]
+        out: list[ResultRecord] = []
+        for partition in self.layout(job_id).partitions(job_id):
+            for item in self._query(
+                    KeyConditionExpression="job_id = :j AND begins_with(#item, :page)",
+                    ExpressionAttributeNames={"#item": "item"},
+                    ExpressionAttributeValues={":j": {"S": partition},
+                                               ":page": {"S": PAGE_PREFIX}},
+                    ConsistentRead=True):
+                out.extend(self._records_of(job_id, item))
+        out.sort(key=lambda r: r.task_index)
+        return out
+
+    def _batch_get(self, keys: list[dict[str, Any]], **extra: Any
+                   ) -> list[dict[str, Any]]:
+        """BatchGetItem, strongly consistent, at most 100 keys a request (DynamoDB's limit,
+        API_BatchGetItem.html), asking again for what comes back unprocessed."""
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {self.table: {
+                "Keys": keys[start:start + 100], "ConsistentRead": True, **extra}}
+            while request:
+                response = self.dynamodb.batch_get_item(RequestItems=request)
+                items.extend(response["Responses"].get(self.table, []))
+                request = response.get("UnprocessedKeys") or {}
+        return items
 
     def finished_tasks(self, job_id: str, indexes: list[int]) -> set[int]:
         """Which of ``indexes`` already have a successful record (a re-run skips them)."""
-        done: set[int] = set()
-        for start in range(0, len(indexes), 100):
-            keys = [{"job_id": {"S": job_id}, "item": {"S": task_key(i)}}
-                    for i in indexes[start:start + 100]]
-            request: dict[str, Any] = {self.table: {
-                "Keys": keys, "ConsistentRead": True,
-                "ProjectionExpression": "task_index, #status",
-                "ExpressionAttributeNames": {"#status": "status"}}}
-            while request:
-                response = self.dynamodb.batch_get_item(RequestItems=request)
-                for item in response["Responses"].get(self.table, []):
-                    if item["status"]["S"] == SUCCEEDED:
-                        done.add(int(item["task_index"]["N"]))
-                request = response.get("UnprocessedKeys") or {}
+        layout = self.layout(job_id)
+        pages = sorted({layout.page(i) for i in indexes})
+        offsets = range(layout.page_tasks)
+        names = {"#key": "job_id", "#item": "item", "#first": "first", "#s": "s",
+                 **{f"#t{o}": field(o) for o in offsets}}
+        items = self._batch_get(
+            [self._page_key(job_id, layout, g) for g in pages],
+            ProjectionExpression=", ".join(["#key", "#item", "#first",
+                                            *(f"#t{o}.#s" for o in offsets)]),
+            ExpressionAttributeNames=names)
+        asked, done = set(indexes), set()
+        for item in items:
+            first = int(item["first"]["N"])
+            for o in offsets:
+                entry = item.get(field(o))
+                if entry and entry["M"]["s"]["S"] == SUCCEEDED and first + o in asked:
+                    done.add(first + o)
         return done
 
     def results_since(self, job_id: str, cursor: int) -> tuple[list[ResultRecord], int]:
-        """Records finished after ``cursor`` (ms), re-reading a short overlap; O(new)."""
-        items = self._query(
-            IndexName="by_finished",
-            KeyConditionExpression="job_id = :j AND finished > :since",
-            ExpressionAttributeValues={":j": {"S": job_id},
-                                       ":since": {"N": str(max(0, cursor - POLL_OVERLAP_MS))}},
-        )
-        if not items:
+        """Records written after ``cursor`` (ms); O(new pages).
+
+        Queries the KEYS_ONLY ``by_written`` index on each of the job's partitions, looking
+        a short overlap back (the index is eventually consistent and ``written`` is the
+        writer's clock), skips page versions already read, and reads the new ones from the
+        table, strongly consistently. A cursor of 0 starts over.
+        """
+        seen = self._polled.setdefault(job_id, {})
+        if cursor == 0:
+            seen.clear()
+        since = max(0, cursor - POLL_OVERLAP_MS)
+        fresh: dict[tuple[str, str], int] = {}
+        for partition in [job_id, *self.layout(job_id).partitions(job_id)]:
+            for key in self._query(
+                    IndexName=POLL_INDEX,
+                    KeyConditionExpression="job_id = :j AND written > :since",
+                    ExpressionAttributeValues={":j": {"S": partition},
+                                               ":since": {"N": str(since)}}):
+                name = (key["job_id"]["S"], key["item"]["S"])
+                written = int(key["written"]["N"])
+                if seen.get(name, -1) < written and fresh.get(name, -1) < written:
+                    fresh[name] = written
+        if not fresh:
             return [], cursor
-        newest = max(int(item["finished"]["N"]) for item in items)
-        return [self._record(item) for item in items], max(cursor, newest)
+        records: list[ResultRecord] = []
+        for item in self._batch_get([{"job_id": {"S": p}, "item": {"S": i}} for p, i in fresh]):
+            written = int(item["written"]["N"])
+            name = (item["job_id"]["S"], item["item"]["S"])
+            seen[name] = max(written, fresh[name])
+            records.extend(self._records_of(job_id, item))
+        newest = max(fresh.values())
+        for name in [n for n, w in seen.items() if w < newest - 2 * POLL_OVERLAP_MS]:
+            del seen[name]
+        return records, max(cursor, newest)
 
     # -- job records -----------------------------------------------------------------------
 
@@ -464,7 +666,8 @@ class AwsStore:
     # -- values and checkpoints ------------------------------------------------------------
 
     def put_value_blob(self, job_id: str, task_index: int, attempt: int, data: bytes) -> str:
-        name = f"values/{task_index}.a{attempt}.{secrets.token_hex(4)}.pkl"
+        prefix = self.layout(job_id).prefix(task_index)
+        name = f"values/{prefix}/{task_index}.a{attempt}.{secrets.token_hex(4)}.pkl"
         self.put_object(job_id, name, data)
         return f"{job_id}/{name}"
 
@@ -478,21 +681,24 @@ class AwsStore:
             raise StoreError(f"value reference {record.value_ref!r} points outside its job")
         return self.get_object(job_id, name)
 
+    def _checkpoint(self, job_id: str, task_index: int) -> str:
+        return f"checkpoints/{self.layout(job_id).prefix(task_index)}/{task_index}.pkl"
+
     def delete_value_blob(self, ref: str) -> None:
         job_id, _, name = ref.partition("/")
         self.s3.delete_object(Bucket=self.bucket, Key=self.key(job_id, name))
 
     def get_checkpoint(self, job_id: str, task_index: int) -> bytes | None:
         try:
-            return self.get_object(job_id, f"checkpoints/{task_index}.pkl")
+            return self.get_object(job_id, self._checkpoint(job_id, task_index))
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
             raise
 
     def put_checkpoint(self, job_id: str, task_index: int, data: bytes) -> None:
-        self.put_object(job_id, f"checkpoints/{task_index}.pkl", data)
+        self.put_object(job_id, self._checkpoint(job_id, task_index), data)
 
     def delete_checkpoint(self, job_id: str, task_index: int) -> None:
         self.s3.delete_object(Bucket=self.bucket,
-                              Key=self.key(job_id, f"checkpoints/{task_index}.pkl"))
+                              Key=self.key(job_id, self._checkpoint(job_id, task_index)))

@@ -16,6 +16,7 @@ from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from ...options import TaskOptions
 from ...protocol import Chunk, JobSpec, client_id
 from ...states import JobState
+from .layout import Layout, page_tasks_for, plan_layout
 from .store import AwsStore
 
 
@@ -34,10 +35,22 @@ def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, functio
         store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
     spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
                               reducer_name, has_reducer=reducer is not None, alone=alone)
-    store.put_bundle(spec, function, reducer)
+    store.put_bundle(spec, function, reducer, upload_layout(store, manifest))
     put_manifests(store, job_id, "manifest", manifest)
     store.put_job(spec, JobState.RUNNING, client_id())
     return spec, manifest
+
+
+def upload_layout(store: AwsStore, manifest: list[Chunk]) -> Layout:
+    """The job's record layout: the configured one, else planned for the rate the job can
+    write at, its chunks running at once (at most the stack's MaxConcurrency) finishing a
+    task a second each (a task's duration is not known before it runs; shorter tasks write
+    no faster, as a worker writes a page per P tasks)."""
+    if store.config.layout is not None:
+        return store.config.layout
+    width = min(len(manifest), store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY)
+    chunksize = max((len(chunk.tasks) for chunk in manifest), default=1)
+    return plan_layout(max(1, width), page_tasks=page_tasks_for(chunksize))
 
 
 def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) -> None:

@@ -39,9 +39,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ...backends.aws.layout import LIMIT_SCALE_ENV
 from .. import limits
+from ..throttling import Index, LimitTracker, throttled
 from .bridge import Bridge
-from .emulation import REGION, EmulatedAws
+from .emulation import ACCOUNT, REGION, EmulatedAws
 from .faults import Faults
 from .patches import install_patches
 from .server import counting, free_port, report_progress
@@ -64,6 +66,7 @@ def emulated_aws(
     template: str | os.PathLike[str] | None = None,
     parameters: dict[str, str | int] | None = None,
     progress_every: float | None = 30.0,
+    scale: float | None = None,
 ) -> Iterator[EmulatedAws]:
     """Run the fanout stack offline for the duration of the ``with`` block.
 
@@ -74,7 +77,10 @@ def emulated_aws(
 
     ``parameters`` override the template's parameters (e.g. ``ResultRetentionDays``);
     ``lambda_concurrency`` is the account's Lambda quota (a new account's by default);
-    ``progress_every`` seconds, a line on stderr tells what the emulation has run (None: quiet).
+    ``progress_every`` seconds, a line on stderr tells what the emulation has run (None: quiet);
+    ``scale``: apply DynamoDB's per-key, S3's per-prefix and Lambda's scaling limits divided
+    by this factor (``throttling.py``), so a job ``scale`` times narrower meets the pressure
+    of the wide one; the factor is published to clients and workers through the environment.
     """
     from moto.moto_api._internal.models import moto_api_backend
     from moto.moto_server.werkzeug_app import (
@@ -100,6 +106,8 @@ def emulated_aws(
         "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_DEV": "false",
     }
+    if scale:
+        env_overrides[LIMIT_SCALE_ENV] = repr(float(scale))
     saved_env = {key: os.environ.get(key) for key in env_overrides}
     os.environ.update(env_overrides)
     requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
@@ -113,13 +121,15 @@ def emulated_aws(
             pass
 
     stop_reporting = threading.Event()
-    app = counting(DomainDispatcherApplication(create_backend_app), requests)
+    tracker = LimitTracker(scale, _describe_table) if scale else None
+    app = counting(throttled(DomainDispatcherApplication(create_backend_app), tracker),
+                   requests)
     server = make_server("127.0.0.1", port, app, True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="fanout-emulated-aws",
                               daemon=True)
     with contextlib.ExitStack() as stack:
         try:
-            install_patches(stack, bridge)
+            install_patches(stack, bridge, tracker)
             moto_api_backend.reset()
             moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True},
                                          "batch": {"use_docker": True},
@@ -130,7 +140,7 @@ def emulated_aws(
                 **{k: str(v) for k, v in (parameters or {}).items()}})
             outputs = create_stack(parsed)
             emulation = EmulatedAws(endpoint, outputs, dict(child_env), faults, requests,
-                                    events)
+                                    events, limits=tracker)
             requests.clear()
             if progress_every:
                 reporter = threading.Thread(target=report_progress, daemon=True,
@@ -151,6 +161,19 @@ def emulated_aws(
                 else:
                     os.environ[key] = value
             _active.release()
+
+
+def _describe_table(name: str) -> tuple[str, dict[str, Index]]:
+    """A moto table's hash key and global secondary indexes, for the throttle."""
+    from moto.dynamodb.models import dynamodb_backends
+
+    table = dynamodb_backends[ACCOUNT][REGION].get_table(name)
+    indexes = {}
+    for index in table.global_indexes:
+        keys = {k["KeyType"]: k["AttributeName"] for k in index.schema}
+        indexes[index.name] = Index(keys["HASH"], keys.get("RANGE"),
+                                    (index.projection or {}).get("ProjectionType") == "KEYS_ONLY")
+    return table.hash_key_attr, indexes
 
 
 __all__ = ["EmulatedAws", "Faults", "Template", "create_stack", "emulated_aws", "project_root"]

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..throttling import LimitTracker
 from .faults import Faults
 
 REGION = "us-east-1"
@@ -27,6 +28,9 @@ class EmulatedAws:
     events: collections.Counter[str] = field(default_factory=collections.Counter)
     #: Seconds the emulated clock is ahead of the real one (``advance_clock``).
     clock_offset: float = 0.0
+    #: The scaled per-key/per-prefix limits (``emulated_aws(scale=...)``; throttling.py):
+    #: ``limits.throttles`` counts refusals by AWS's throttling reason. None: not applied.
+    limits: LimitTracker | None = None
 
     @property
     def backend_options(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import limits
+from ..throttling import LimitTracker, Throttled
 from .bridge import Bridge, TooManyRequestsError
 from .moto_gaps import (
     client_modules,
@@ -32,8 +33,10 @@ def patched(target: Any, name: str, value: Any) -> Iterator[None]:
         setattr(target, name, original)
 
 
-def install_patches(stack: contextlib.ExitStack, bridge: Bridge) -> None:
-    """Patch moto for the life of ``stack``; every original comes back when it closes."""
+def install_patches(stack: contextlib.ExitStack, bridge: Bridge,
+                    tracker: LimitTracker | None = None) -> None:
+    """Patch moto for the life of ``stack``; every original comes back when it closes.
+    ``tracker``: the scaled limits (``emulated_aws(scale=...)``), here Lambda's scaling."""
     from moto.awslambda.models import LambdaBackend, LambdaFunction
     from moto.batch.exceptions import ClientException as BatchClientException
     from moto.batch.models import BatchBackend, Job
@@ -109,6 +112,12 @@ def install_patches(stack: contextlib.ExitStack, bridge: Bridge) -> None:
             raise TooLarge(str(exc)) from None
         try:
             bridge.throttle()
+            if tracker is not None:
+                name = function_name.split(":function:")[-1].split(":")[0]
+                try:
+                    tracker.lambda_start(name, warm=bool(bridge.idle.get(name)))
+                except Throttled:
+                    raise TooManyRequestsError() from None
             with bridge.concurrency():
                 return original_invoke(self, function_name, qualifier, body, headers,
                                        response_headers)
