@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fanout import serialization
+from fanout import context, serialization
 from fanout.backends.aws import handlers
 from fanout.backends.aws.config import AwsConfig
 from fanout.backends.aws.layout import Layout
@@ -40,6 +40,15 @@ TASK_SECONDS = 1.0
 def one_second(x: int) -> int:
     time.sleep(TASK_SECONDS)
     return x * 3
+
+
+@pytest.fixture(autouse=True)
+def one_current_task_after() -> Iterator[None]:
+    """The workers here are threads of one process (on AWS: one process each), and the
+    runtime's current task is per process: put back what was there before."""
+    before = context._current
+    yield
+    context._current = before
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +104,9 @@ def run_wide_job(aws: EmulatedAws, job_id: str, layout: Layout | None
                 seen[record.task_index] = serialization.loads(store.load_value(record))
             break
         time.sleep(0.25)  # the poll interval, not a synchronisation
-    for thread in threads:
-        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    for thread in threads:  # throttled writes end after botocore's bounded retries
+        thread.join(timeout=max(1.0, deadline - time.monotonic()) + 60)
+    assert not any(thread.is_alive() for thread in threads), "a worker thread hangs"
     return seen, errors, store
 
 
