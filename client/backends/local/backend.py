@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import CancelledError
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
 from ...errors import ConfigurationError
 from ...future import Future
-from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
+from ...manifest import PAYLOAD_OBJECT, payload_object, plan_chunks, plan_job, write_payload
 from ...options import TaskOptions
 from ...protocol import (
     CANCELLED,
@@ -19,6 +21,7 @@ from ...protocol import (
     Chunk,
     JobSpec,
     ResultRecord,
+    TaskRef,
     now,
     retry_plan,
 )
@@ -41,6 +44,7 @@ class LocalBackend(Backend):
 
     name = "local"
     store: LocalStore
+    supports_streaming = True
 
     def __init__(self, max_workers: int | None = None, home: str | None = None,
                  stall_seconds: float | None = None,
@@ -57,6 +61,8 @@ class LocalBackend(Backend):
         self._batches = SubmitBatches(new_job_id, self)
         self._supervisor: Supervisor | None = None
         self._closed = False
+        #: Open (streaming) jobs: the next payload segment and chunk number of each.
+        self._segments: dict[str, tuple[int, int]] = {}
 
     # -- running work ----------------------------------------------------------------------
 
@@ -75,6 +81,16 @@ class LocalBackend(Backend):
     def worker_pids(self) -> list[int]:
         return [] if self._supervisor is None else self._supervisor.worker_pids()
 
+    def _write_payload(self, job_id: str, name: str, payloads: Iterable[bytes],
+                       seeds: Iterable[int] | None, job_seed: int, first: int = 0
+                       ) -> list[TaskRef]:
+        with (self.store.writing_file(self.store.job_dir(job_id) / name),
+              self.store.open_payload(job_id, name) as handle):
+            refs = write_payload(handle, payloads, job_seed, seeds, first, name)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return refs
+
     def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
                    payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
                    job_seed: int, reducer: bytes | None = None,
@@ -83,11 +99,7 @@ class LocalBackend(Backend):
         self.store.write_object(job_id, "function.pkl", function)
         if reducer is not None:
             self.store.write_object(job_id, "reducer.pkl", reducer)
-        with (self.store.writing_file(self.store.job_dir(job_id) / PAYLOAD_OBJECT),
-              self.store.open_payload(job_id, PAYLOAD_OBJECT) as handle):
-            refs = write_payload(handle, payloads, job_seed, seeds)
-            handle.flush()
-            os.fsync(handle.fileno())
+        refs = self._write_payload(job_id, PAYLOAD_OBJECT, payloads, seeds, job_seed)
         spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
                                   reducer_name, has_reducer=reducer is not None)
         self.store.create_job(spec, manifest, Owner.me())
@@ -109,10 +121,50 @@ class LocalBackend(Backend):
         futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
         reduce_future = Future(job_id, -1, self) if request.reducer is not None else None
         if request.progress is not None:
-            request.progress.reset(total=spec.n_tasks)
-        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
+            request.progress.reset(total=request.expected_tasks if request.streaming
+                                   else spec.n_tasks)
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress,
+                     streaming=request.streaming)
+        if request.streaming:
+            self._segments[job_id] = (1, len(manifest))
         self._start(run, manifest)
         return run
+
+    def extend_job(self, run: JobRun, payloads: list[bytes]) -> list[Future]:
+        """Append one segment: its own payload object and manifest row, then dispatch it.
+
+        The segment is durable (payload fsynced, manifest and task count committed in one
+        transaction) before any of its tasks is dispatched, as a job's first tasks are.
+        """
+        job_id = run.job_id
+        self._check_open()
+        if run.cancelled:
+            raise CancelledError(f"job {job_id} was cancelled; the rest of the map's input "
+                                 "is not submitted")
+        if run.sealed or job_id not in self._segments:
+            raise RuntimeError(f"job {job_id} takes no more tasks: its map was closed")
+        if not payloads:
+            return []
+        segment, first_chunk = self._segments[job_id]
+        spec = run.spec
+        refs = self._write_payload(job_id, payload_object(segment), payloads, None, spec.seed,
+                                   first=spec.n_tasks)
+        chunks = plan_chunks(job_id, refs, spec.options, first_chunk)
+        spec = dataclasses.replace(spec, n_tasks=spec.n_tasks + len(refs))
+        self.store.append_tasks(spec, segment, chunks)
+        self._segments[job_id] = (segment + 1, first_chunk + len(chunks))
+        run.spec = spec
+        futures = [Future(job_id, ref.index, self) for ref in refs]
+        run.add(futures)
+        self._pool().post("run", run, [Dispatch(run, chunk) for chunk in chunks])
+        return futures
+
+    def seal_job(self, run: JobRun) -> None:
+        self._segments.pop(run.job_id, None)
+        run.seal()
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor.alive:
+            supervisor.post("seal", run)
 
     def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
         LIVE_RUNS[run.job_id] = run

@@ -339,9 +339,16 @@ class Supervisor:
             if kind == "run":
                 run, dispatches = message[1], message[2]
                 self._runs[run.job_id] = run
-                for dispatch in dispatches:
-                    self._add(dispatch)
+                if run.cancelled:  # tasks appended to a job cancelled meanwhile
+                    self._cancel_tasks(run, [t.index for d in dispatches if not d.is_reduce
+                                             for t in d.chunk.tasks], 1, only_pending=False)
+                else:
+                    for dispatch in dispatches:
+                        self._add(dispatch)
                 self._maybe_finish(run)
+            elif kind == "seal":
+                if message[1].job_id in self._runs:
+                    self._maybe_finish(message[1])
             elif kind == "cancel":
                 self._cancel_job(message[1])
             elif kind == "shutdown":
@@ -801,6 +808,7 @@ class Supervisor:
         if run is None or run.cancelled:
             return
         run.cancelled = True
+        run.seal()  # a streaming map appends nothing more to a cancelled job
         self._queue = deque(d for d in self._queue if d.run is not run)
         for worker in list(self._workers):
             if any(d.run is run for d in worker.inflight):

@@ -48,7 +48,7 @@ from ...protocol import (
 )
 
 APPLICATION_ID = 0x66616E6F  # "fano": marks an SQLite file as a fanout store
-SCHEMA_VERSION = 2  # 2: schedules and their runs
+SCHEMA_VERSION = 3  # 2: schedules and their runs; 3: tasks appended to an open job
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE TABLE IF NOT EXISTS job_segments (
+    job_id TEXT NOT NULL,
+    segment INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (job_id, segment)
+);
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT NOT NULL,
     task_index INTEGER NOT NULL,
@@ -414,10 +420,27 @@ class LocalStore:
         return [self._job_row(r) for r in rows]
 
     def manifest(self, job_id: str) -> list[Chunk]:
+        """Every chunk of the job: those it was created with, then each appended segment."""
         rows = self._query("SELECT manifest FROM jobs WHERE job_id = ?", (job_id,))
         if not rows:
             raise KeyError(job_id)
-        return [Chunk.from_json(c) for c in json.loads(rows[0][0])]
+        texts = [rows[0][0], *(r[0] for r in self._query(
+            "SELECT manifest FROM job_segments WHERE job_id = ? ORDER BY segment", (job_id,)))]
+        return [Chunk.from_json(c) for text in texts for c in json.loads(text)]
+
+    def append_tasks(self, spec: JobSpec, segment: int, chunks: list[Chunk]) -> None:
+        """Add ``chunks`` to an open job whose new spec (task count) is ``spec``, atomically.
+
+        Each segment is its own row, so appending costs the new tasks only, never a rewrite
+        of the job's earlier manifest. Tasks exist from this commit on: a retry, ``fanout
+        status`` and ``Job.attach`` see them together with their new ``n_tasks``.
+        """
+        manifest_json = json.dumps([c.to_json() for c in chunks], separators=(",", ":"))
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO job_segments (job_id, segment, manifest) VALUES (?, ?, ?)",
+                         (spec.job_id, segment, manifest_json))
+            conn.execute("UPDATE jobs SET n_tasks = ?, spec = ?, updated = ? WHERE job_id = ?",
+                         (spec.n_tasks, spec.to_json(), time.time(), spec.job_id))
 
     def set_job_state(
         self, job_id: str, state: str, *, summary: dict[str, Any] | None = None,
