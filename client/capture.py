@@ -62,6 +62,12 @@ class FdCapture:
             os.dup2(handle.fileno(), fd)
             self.files.append(handle)
         self.paths = [f.name for f in self.files]
+        self._ours = [self._identity(f.fileno()) for f in self.files]
+
+    @staticmethod
+    def _identity(fd: int) -> tuple[int, int]:
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
 
     def close(self) -> None:
         for path in self.paths:
@@ -80,11 +86,9 @@ class FdCapture:
         Reads go through the files' own descriptors, so ``os.close(1)`` in a task costs
         that task nothing and the next one starts with its output captured as usual.
         """
-        for fd, handle in zip((1, 2), self.files, strict=True):
-            ours = os.fstat(handle.fileno())
+        for fd, handle, ours in zip((1, 2), self.files, self._ours, strict=True):
             try:
-                theirs = os.fstat(fd)
-                if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                if self._identity(fd) == ours:
                     continue
             except OSError:
                 pass

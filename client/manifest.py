@@ -14,7 +14,7 @@ from typing import Protocol
 
 from .options import TaskOptions, plan_tier
 from .protocol import Chunk, JobSpec, TaskRef, client_id
-from .seeding import derive_seed
+from .seeding import task_seeds
 from .serialization import package_versions, python_version
 
 PAYLOAD_OBJECT = "payload-0.bin"
@@ -39,12 +39,11 @@ def write_payload(out: Writable, payloads: Iterable[bytes], job_seed: int,
     exactly the tasks, with exactly the seeds, of the same job written at once.
     """
     refs: list[TaskRef] = []
-    seed_iter = iter(seeds) if seeds is not None else None
+    seed_iter = iter(seeds) if seeds is not None else task_seeds(job_seed, first)
     offset = 0
     for index, blob in enumerate(payloads, first):
         out.write(blob)
-        seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
-        refs.append(TaskRef(index, name, offset, len(blob), seed))
+        refs.append(TaskRef(index, name, offset, len(blob), next(seed_iter)))
         offset += len(blob)
     return refs
 
