@@ -207,3 +207,13 @@ def test_executor_shutdown_ends_an_unfinished_stream(home: Path) -> None:
         for _ in results:
             pass
     assert os.path.isdir(home)
+
+
+def test_inline_backend_reads_the_whole_input(home: Path) -> None:
+    """``inline`` runs each task as it is submitted: no window, no worker processes."""
+    source = CountingInput(30)
+    with fanout.Executor(backend="inline", progress=False) as ex:
+        results = ex.map(square, source, buffersize=4)
+        assert source.read == 30
+        assert list(results) == [x * x for x in range(30)]
+        assert ex.backend.worker_pids() == []
