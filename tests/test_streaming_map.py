@@ -19,6 +19,7 @@ import pytest
 
 import fanout
 import fanout.streaming
+from fanout.backends.inline.backend import InlineBackend
 
 from conftest import eventually
 from tasks import fail_unless, randomness, square
@@ -216,4 +217,6 @@ def test_inline_backend_reads_the_whole_input(home: Path) -> None:
         results = ex.map(square, source, buffersize=4)
         assert source.read == 30
         assert list(results) == [x * x for x in range(30)]
-        assert ex.backend.worker_pids() == []
+        backend = ex.backend
+        assert isinstance(backend, InlineBackend)
+        assert backend.worker_pids() == []
