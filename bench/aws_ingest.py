@@ -53,10 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.run import write_section
 from fanout import serialization
-from fanout.backends.aws.store import AwsConfig, AwsStore
-from fanout.backends.local.store import new_job_id
+from fanout.backends.aws.config import AwsConfig
+from fanout.backends.aws.store import AwsStore
 from fanout.collector import JobRun
 from fanout.future import Future
+from fanout.ids import new_job_id
 from fanout.options import TaskOptions
 from fanout.protocol import SUCCEEDED, JobSpec, ResultRecord
 

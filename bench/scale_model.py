@@ -197,8 +197,9 @@ def sample_value(result_bytes: int) -> bytes:
 
 def today_item(result_bytes: int) -> dict[str, Any]:
     """Today's task record exactly as ``AwsStore._item`` writes it."""
-    from fanout.backends.aws.store import AwsConfig, AwsStore
-    from fanout.backends.local.store import new_job_id
+    from fanout.backends.aws.config import AwsConfig
+    from fanout.backends.aws.store import AwsStore
+    from fanout.ids import new_job_id
     from fanout.protocol import SUCCEEDED, ResultRecord
 
     value = sample_value(result_bytes)
@@ -215,7 +216,7 @@ def today_item(result_bytes: int) -> dict[str, Any]:
 
 def page_item(tasks: int, result_bytes: int) -> dict[str, Any]:
     """A proposed result page holding ``tasks`` records (see docs/scale.md for the layout)."""
-    from fanout.backends.local.store import new_job_id
+    from fanout.ids import new_job_id
 
     value = sample_value(result_bytes)
     inline = len(value) <= PROPOSED_INLINE_LIMIT

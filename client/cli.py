@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from .backends import create_backend
-from .errors import ConfigurationError, FanoutError
+from .errors import ConfigurationError, FanoutError, InvalidArgument
 from .job import Job
 from .protocol import FAILED, SUCCEEDED, TASK_STATES, ResultRecord
 
@@ -253,13 +253,23 @@ def _load(reference: str) -> Any:
 
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"expected MODULE:FUNCTION, got {reference!r}")
+        raise InvalidArgument(f"expected MODULE:FUNCTION, got {reference!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load {reference!r}: {exc}") from exc
+        raise InvalidArgument(f"cannot load {reference!r}: {exc}") from exc
+
+
+def _items_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read --items-json {path}: {exc.strerror or exc}"
+                              ) from exc
+    except ValueError as exc:
+        raise InvalidArgument(f"--items-json {path} is not JSON: {exc}") from exc
 
 
 def _schedule_backend(args: argparse.Namespace) -> Any:
@@ -281,17 +291,17 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     action = args.action
     if action not in ("list", "serve") and not args.name:
-        raise ValueError(f"`fanout schedule {action}` needs a schedule name")
+        raise InvalidArgument(f"`fanout schedule {action}` needs a schedule name")
     if action == "add":
         if args.items_json:
-            items: Any = json.loads(Path(args.items_json).read_text())
+            items: Any = _items_json(args.items_json)
         elif args.items_s3:
             items = args.items_s3
         elif args.items_function:
             items = _load(args.items_function)
         else:
-            raise ValueError("give the items: --items-json FILE, --items-s3 s3://bucket/prefix/"
-                             " or --items-function MODULE:FUNCTION")
+            raise InvalidArgument("give the items: --items-json FILE, --items-s3 "
+                                  "s3://bucket/prefix/ or --items-function MODULE:FUNCTION")
         with Executor(backend=args.backend, progress=False, **_backend_options(args)) as ex:
             spec = ex.schedule(args.name, _load(args.function), items, cron=args.cron,
                                rate=args.rate, timezone=args.timezone,
@@ -326,13 +336,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             from .backends.local.scheduler import ScheduleRunner
 
             if not isinstance(backend, LocalBackend):
-                raise ValueError("`fanout schedule serve` runs local schedules; on AWS, "
-                                 "EventBridge Scheduler fires them")
+                raise InvalidArgument("`fanout schedule serve` runs local schedules; on "
+                                      "AWS, EventBridge Scheduler fires them")
             print(f"serving schedules from {backend.store.home}; Ctrl-C to stop")
             ScheduleRunner(backend).serve()
-    except KeyError as exc:
-        raise KeyError(f"no schedule {exc.args[0]!r}; `fanout schedule list` shows them"
-                       ) from None
     finally:
         backend.shutdown(wait=True)
     return 0
@@ -497,10 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))
-    except KeyError as exc:  # unknown job id: the message says where we looked
-        print(f"fanout: {exc.args[0]}", file=sys.stderr)
-        return 2
-    except (ConfigurationError, FanoutError, RuntimeError, ValueError, TypeError) as exc:
+    except FanoutError as exc:  # what was wrong and what to do; anything else is a bug
         print(f"fanout: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fanout results JOB | head`: the reader has all it wants

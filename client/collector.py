@@ -112,7 +112,7 @@ class JobRun:
         self._open = set(self._by_index)
         self.done = threading.Event()  # every future is settled
         self.stored = threading.Event()  # ...and the job's final state is in the store
-        self.counts = {SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
+        self.counts: dict[str, int] = {SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
         self.first_failure: ResultRecord | None = None
         self.cancelled = False
         self.reduce_queued = False

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .errors import InvalidArgument, InvalidArgumentType
 from .protocol import CANCELLED, REDUCE_INDEX, JobSpec, ResultRecord
 
 #: Defaults of the deployed stack (template.yaml: WorkerMemorySize, BatchVcpu, BatchMemory).
@@ -116,11 +117,11 @@ DEFAULT_REGION = US_EAST_1.region
 def register_prices(prices: Prices) -> None:
     """Use ``prices`` for its region from now on (your negotiated or current rates)."""
     if not isinstance(prices, Prices):
-        raise TypeError(f"register_prices takes a fanout.cost.Prices, not {prices!r}")
+        raise InvalidArgumentType(f"register_prices takes a fanout.cost.Prices, not {prices!r}")
     for item in fields(prices):
         value = getattr(prices, item.name)
         if isinstance(value, float) and (not math.isfinite(value) or value < 0):
-            raise ValueError(f"price {item.name} must be a finite number >= 0, got {value!r}")
+            raise InvalidArgument(f"price {item.name} must be a finite number >= 0, got {value!r}")
     _TABLES[prices.region] = prices
 
 
@@ -129,8 +130,8 @@ def prices_for(region: str | None = None, **overrides: Any) -> Prices:
     table = _TABLES.get(region or DEFAULT_REGION, _TABLES[DEFAULT_REGION])
     unknown = set(overrides) - {f.name for f in fields(Prices)} - {"region", "as_of"}
     if unknown:
-        raise TypeError(f"unknown price(s) {sorted(unknown)}; known: "
-                        f"{[f.name for f in fields(Prices)][2:-1]}")
+        raise InvalidArgumentType(f"unknown price(s) {sorted(unknown)}; known: "
+                                  f"{[f.name for f in fields(Prices)][2:-1]}")
     return replace(table, **overrides) if overrides else table
 
 
@@ -271,9 +272,9 @@ def estimate(fn: Callable[..., Any], items: Iterable[Any], *, sample: int = 10,
 
     everything = list(items)
     if not everything:
-        raise ValueError("estimate needs at least one item")
+        raise InvalidArgument("estimate needs at least one item")
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
-        raise ValueError(f"sample must be an integer >= 1, got {sample!r}")
+        raise InvalidArgument(f"sample must be an integer >= 1, got {sample!r}")
     step = max(1, len(everything) // sample)
     chosen = everything[::step][:sample]
     executor_options.setdefault("progress", False)

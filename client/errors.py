@@ -2,7 +2,12 @@
 
 Each one names a different remedy: fix the code (``RemoteError``), give the task more time
 (``TaskTimeout``), look at the machine (``WorkerLost``), change what is sent
-(``SerializationError``) or change the set-up (``ConfigurationError``).
+(``SerializationError``), change the set-up (``ConfigurationError``), change the call
+(``InvalidArgument``), or look again at the name (``JobNotFound``, ``ScheduleNotFound``).
+Those that replace a built-in exception of earlier releases also derive from it
+(``JobNotFound`` is a ``KeyError``, ``InvalidArgument`` a ``ValueError``), so callers keep
+working; the CLI and the dashboard API report every ``FanoutError`` as a message and let
+anything else surface as the bug it is.
 """
 
 from __future__ import annotations
@@ -75,6 +80,28 @@ class ScheduleNotFound(FanoutError, KeyError):
 
 class ScheduleExists(FanoutError, ValueError):
     """A schedule with that name exists already; also a ``ValueError``."""
+
+
+class JobStillRunning(FanoutError, RuntimeError):
+    """The job is still running, so it cannot be retried yet: wait for it or cancel it.
+
+    Also a ``RuntimeError``, what earlier releases raised.
+    """
+
+
+class ExecutorClosed(FanoutError, RuntimeError):
+    """Work was submitted after ``shutdown()``; also a ``RuntimeError``, as the stdlib's
+    executors raise."""
+
+
+class InvalidArgument(FanoutError, ValueError):
+    """A value given to fanout (an option, a schedule expression, a command-line argument)
+    is not one it accepts; the message says which values are. Also a ``ValueError``."""
+
+
+class InvalidArgumentType(FanoutError, TypeError):
+    """An argument of the wrong kind (not callable, not a number, an unknown option name);
+    also a ``TypeError``, what Python raises for the same mistake."""
 
 
 class DependencyFailed(FanoutError):

@@ -26,6 +26,7 @@ from typing import Any
 from . import serialization
 from .backends import Backend, JobRequest, backend_name, create_backend, worker_options
 from .collector import JobRun
+from .errors import ExecutorClosed, InvalidArgument, InvalidArgumentType
 from .future import Future
 from .options import TaskOptions
 from .seeding import derive_seed, fresh_seed
@@ -212,17 +213,17 @@ class Executor(concurrent.futures.Executor):
         **backend_options: Any,
     ) -> None:
         if isinstance(max_workers, str):
-            raise TypeError(
+            raise InvalidArgumentType(
                 f"max_workers must be an integer, got {max_workers!r}: the first parameter is "
                 f"the stdlib's max_workers; name the backend: Executor(backend={max_workers!r})")
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int)
         ):
-            raise TypeError(f"max_workers must be an integer, got {max_workers!r}")
+            raise InvalidArgumentType(f"max_workers must be an integer, got {max_workers!r}")
         if max_workers is not None and max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
+            raise InvalidArgument("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+            raise InvalidArgumentType("initializer must be a callable")
         chosen = backend_name(backend)
         pool_options = worker_options(chosen, mp_context, max_tasks_per_child)
         self._options = TaskOptions(timeout, memory_mb, retries, tier, chunksize, seed,
@@ -255,7 +256,7 @@ class Executor(concurrent.futures.Executor):
 
     def _check_open(self) -> None:
         if self._shared.shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise ExecutorClosed("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         self._check_open()
@@ -316,7 +317,7 @@ class Executor(concurrent.futures.Executor):
              timeout: float | None, chunksize: int | None,
              buffersize: int | str | None = None, expected: int | None = None) -> MapIterator:
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
-            raise ValueError(f"map timeout must be a non-negative number, got {timeout!r}")
+            raise InvalidArgument(f"map timeout must be a non-negative number, got {timeout!r}")
         self._check_open()
         started = time.monotonic()
         size = (self._options if chunksize is None

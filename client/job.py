@@ -11,6 +11,7 @@ from .collector import LIVE_RUNS, JobRun
 from .errors import WorkerLost
 from .future import Future
 from .protocol import REDUCE_INDEX, ResultRecord
+from .states import JobState
 
 POLL_MIN_SECONDS = 0.02
 POLL_MAX_SECONDS = 1.0
@@ -41,7 +42,7 @@ class _Watcher(threading.Thread):
                 delay = POLL_MIN_SECONDS
             else:
                 info = self.backend.job_info(run.job_id)
-                if info.orphaned or info.state != "running":
+                if info.orphaned or info.state != JobState.RUNNING:
                     records, seq = self.backend.records_since(run.job_id, seq)
                     for record in records:
                         run.deliver(record)

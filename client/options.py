@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .errors import InvalidArgument, InvalidArgumentType
+
 TIERS = ("auto", "lambda", "batch")
 LAMBDA_MEMORY_MB = (128, 10_240)
 BATCH_MEMORY_MB = (512, 122_880)
@@ -38,7 +40,7 @@ class TaskOptions:
     def with_overrides(self, **overrides: Any) -> TaskOptions:
         unknown = set(overrides) - set(asdict(self))
         if unknown:
-            raise TypeError(
+            raise InvalidArgumentType(
                 f"unknown task option(s) {sorted(unknown)}; known: {sorted(asdict(self))}"
             )
         return replace(self, **overrides)
@@ -56,37 +58,39 @@ def validate(options: TaskOptions) -> None:
     t = options.timeout
     if t is not None:
         if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise TypeError(f"timeout must be a number of seconds or None, not {t!r}")
+            raise InvalidArgumentType(f"timeout must be a number of seconds or None, not {t!r}")
         if not math.isfinite(t) or t <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {t!r}")
+            raise InvalidArgument(f"timeout must be a positive number of seconds, got {t!r}")
     m = options.memory_mb
     if m is not None:
         if isinstance(m, bool) or not isinstance(m, int):
-            raise TypeError(f"memory_mb must be an integer number of MB or None, not {m!r}")
+            raise InvalidArgumentType(
+                f"memory_mb must be an integer number of MB or None, not {m!r}")
         low, high = LAMBDA_MEMORY_MB[0], BATCH_MEMORY_MB[1]
         if not low <= m <= high:
-            raise ValueError(f"memory_mb must be between {low} and {high} MB, got {m}")
+            raise InvalidArgument(f"memory_mb must be between {low} and {high} MB, got {m}")
     r = options.retries
     if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise ValueError(f"retries must be an integer >= 0, got {r!r}")
+        raise InvalidArgument(f"retries must be an integer >= 0, got {r!r}")
     if options.tier not in TIERS:
-        raise ValueError(f"tier must be one of {', '.join(TIERS)}; got {options.tier!r}")
+        raise InvalidArgument(f"tier must be one of {', '.join(TIERS)}; got {options.tier!r}")
     c = options.chunksize
     if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise ValueError(f"chunksize must be an integer >= 1, got {c!r}")
+        raise InvalidArgument(f"chunksize must be an integer >= 1, got {c!r}")
     s = options.seed
     if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {s!r}")
+        raise InvalidArgument(f"seed must be a non-negative integer or None, got {s!r}")
     if options.initializer is not None and not isinstance(options.initializer, str):
-        raise TypeError("initializer is set through Executor(initializer=..., initargs=...)")
+        raise InvalidArgumentType(
+            "initializer is set through Executor(initializer=..., initargs=...)")
     if options.tier == "lambda":
         if t is not None and t > LAMBDA_MAX_SECONDS:
-            raise ValueError(
+            raise InvalidArgument(
                 f"tier='lambda' allows at most {LAMBDA_MAX_SECONDS} s per task, got timeout={t}; "
                 "use tier='batch' or tier='auto'"
             )
         if m is not None and m > LAMBDA_MEMORY_MB[1]:
-            raise ValueError(
+            raise InvalidArgument(
                 f"tier='lambda' allows at most {LAMBDA_MEMORY_MB[1]} MB, got memory_mb={m}; "
                 "use tier='batch' or tier='auto'"
             )

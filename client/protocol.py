@@ -21,13 +21,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .options import TaskOptions
+from .states import TaskState
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-PENDING = "pending"
-RUNNING = "running"
-TASK_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+# Task states by their short names (the protocol's vocabulary since the first release).
+SUCCEEDED = TaskState.SUCCEEDED
+FAILED = TaskState.FAILED
+CANCELLED = TaskState.CANCELLED
+PENDING = TaskState.PENDING
+RUNNING = TaskState.RUNNING
+TASK_STATES = tuple(TaskState)
 
 #: ``task_index`` of a job's reduce step (``map_reduce``); map tasks are 0..n_tasks-1.
 REDUCE_INDEX = -1

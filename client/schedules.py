@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .errors import InvalidArgument, InvalidArgumentType
 from .options import TaskOptions
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -35,8 +36,8 @@ OVERLAP_POLICIES = ("skip",)
 
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ValueError(f"schedule name {name!r} is invalid: 1-64 letters, digits, '.', '_' "
-                         "or '-', starting with a letter or digit")
+        raise InvalidArgument(f"schedule name {name!r} is invalid: 1-64 letters, digits, '.', '_' "
+                              "or '-', starting with a letter or digit")
     return name
 
 
@@ -44,14 +45,14 @@ def validate_timezone(timezone: str) -> ZoneInfo:
     try:
         return ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ValueError(f"unknown timezone {timezone!r}: use an IANA name such as 'UTC', "
-                         "'Europe/Zurich' or 'America/New_York'") from None
+        raise InvalidArgument(f"unknown timezone {timezone!r}: use an IANA name such as 'UTC', "
+                              "'Europe/Zurich' or 'America/New_York'") from None
 
 
 def expression(cron: str | None = None, rate: str | None = None) -> str:
     """The schedule expression from exactly one of ``cron=``/``rate=``, validated."""
     if (cron is None) == (rate is None):
-        raise ValueError(f"give exactly one of cron= or rate=; accepted forms: {FORMS}")
+        raise InvalidArgument(f"give exactly one of cron= or rate=; accepted forms: {FORMS}")
     text = (cron if cron is not None else rate or "").strip()
     if rate is not None and not text.startswith("rate("):
         text = f"rate({text})"
@@ -68,28 +69,28 @@ def parse(text: str) -> tuple[str, Any]:
         value, unit = int(match.group(1)), match.group(2)
         singular = unit.rstrip("s")
         if value < 1 or (value == 1) != (unit == singular):
-            raise ValueError(f"malformed rate expression {text!r}: use 'rate(1 {singular})' "
-                             f"or 'rate(N {singular}s)' with N > 1; accepted forms: {FORMS}")
+            raise InvalidArgument(f"malformed rate expression {text!r}: use 'rate(1 {singular})' "
+                                  f"or 'rate(N {singular}s)' with N > 1; accepted forms: {FORMS}")
         return "rate", value * _UNIT_SECONDS[singular]
     match = _CRON.match(text)
     if not match:
-        raise ValueError(f"malformed schedule expression {text!r}; accepted forms: {FORMS}")
+        raise InvalidArgument(f"malformed schedule expression {text!r}; accepted forms: {FORMS}")
     fields = match.group(1).split()
     if len(fields) != 6:
-        raise ValueError(f"malformed cron expression {text!r}: it needs 6 fields, got "
-                         f"{len(fields)}; accepted forms: {FORMS}")
+        raise InvalidArgument(f"malformed cron expression {text!r}: it needs 6 fields, got "
+                              f"{len(fields)}; accepted forms: {FORMS}")
     minute, hour, dom, month, dow, year = fields
     if (dom == "?") == (dow == "?"):
-        raise ValueError(f"malformed cron expression {text!r}: exactly one of day-of-month "
-                         f"and day-of-week must be '?'; accepted forms: {FORMS}")
+        raise InvalidArgument(f"malformed cron expression {text!r}: exactly one of day-of-month "
+                              f"and day-of-week must be '?'; accepted forms: {FORMS}")
     if year not in ("*", "?") and not re.fullmatch(r"\d{4}(-\d{4})?(,\d{4})*", year):
-        raise ValueError(f"malformed cron expression {text!r}: bad year field {year!r}")
+        raise InvalidArgument(f"malformed cron expression {text!r}: bad year field {year!r}")
     five = " ".join([minute, hour, "*" if dom == "?" else dom, month,
                      "*" if dow == "?" else _to_cron_dow(dow, text)])
     from croniter import croniter
 
     if not croniter.is_valid(five):
-        raise ValueError(f"malformed cron expression {text!r}; accepted forms: {FORMS}")
+        raise InvalidArgument(f"malformed cron expression {text!r}; accepted forms: {FORMS}")
     return "cron", (five, year)
 
 
@@ -102,8 +103,8 @@ def _to_cron_dow(field: str, text: str) -> str:
             return str(int(token) - 1)
         if token == "*":
             return token
-        raise ValueError(f"malformed cron expression {text!r}: bad day of week {token!r} "
-                         "(1-7 or SUN-SAT)")
+        raise InvalidArgument(f"malformed cron expression {text!r}: bad day of week {token!r} "
+                              "(1-7 or SUN-SAT)")
     parts = []
     for item in field.split(","):
         step = ""
@@ -128,7 +129,7 @@ def next_fire(text: str, timezone: str, after: dt.datetime) -> dt.datetime:
         candidate: dt.datetime = local.get_next(dt.datetime)
         if year in ("*", "?") or _year_ok(candidate.year, year):
             return candidate.astimezone(dt.UTC)
-    raise ValueError(f"cron expression {text!r} never fires again")
+    raise InvalidArgument(f"cron expression {text!r} never fires again")
 
 
 def _year_ok(value: int, field: str) -> bool:
@@ -191,17 +192,17 @@ def describe_items(items: Any) -> tuple[str, str]:
     """How a schedule gets its items: a list, a function called at run time, or S3 keys."""
     if isinstance(items, str):
         if not items.startswith("s3://") or len(items) <= len("s3://"):
-            raise ValueError(f"items as a string must be an S3 prefix like "
-                             f"'s3://bucket/prefix/', not {items!r}")
+            raise InvalidArgument(f"items as a string must be an S3 prefix like "
+                                  f"'s3://bucket/prefix/', not {items!r}")
         return "s3", items
     if callable(items):
         return "function", getattr(items, "__qualname__", repr(items))
     try:
         count = len(items)
     except TypeError:
-        raise TypeError("items must be a list (or other sized collection), a function that "
-                        "returns the items at run time, or an 's3://bucket/prefix/' string"
-                        ) from None
+        raise InvalidArgumentType(
+            "items must be a list (or other sized collection), a function that returns the "
+            "items at run time, or an 's3://bucket/prefix/' string") from None
     return "list", f"{count} items"
 
 

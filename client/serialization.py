@@ -19,7 +19,7 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import SerializationError
+from .errors import InvalidArgumentType, SerializationError
 
 PROTOCOL = 5
 _INSTALLED_ROOTS = tuple(
@@ -118,7 +118,7 @@ def function_name(fn: Callable[..., Any]) -> str:
 def dumps_function(fn: Callable[..., Any]) -> bytes:
     """Pickle a task function once for a job; raise SerializationError naming what failed."""
     if not callable(fn):
-        raise TypeError(f"expected a callable to run as a task, got {_describe(fn)}")
+        raise InvalidArgumentType(f"expected a callable to run as a task, got {_describe(fn)}")
     _register_by_value(fn)
     try:
         return bytes(cloudpickle.dumps(fn, protocol=PROTOCOL))
@@ -163,7 +163,7 @@ def dumps_initializer(initializer: Callable[..., object] | None,
     if initializer is None:
         return None
     if not isinstance(initargs, (tuple, list)):
-        raise TypeError(f"initargs must be a tuple, got {_describe(initargs)}")
+        raise InvalidArgumentType(f"initargs must be a tuple, got {_describe(initargs)}")
     dumps_function(initializer)  # registers by-value modules; names what cannot be pickled
     try:
         blob = cloudpickle.dumps((initializer, tuple(initargs)), protocol=PROTOCOL)

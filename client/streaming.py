@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .errors import InvalidArgument, InvalidArgumentType
 from .future import Future
 
 if TYPE_CHECKING:
@@ -40,9 +41,9 @@ def window_tasks(buffersize: int | str | None, chunksize: int, workers: int) -> 
     if buffersize == AUTO:
         return max(AUTO_WINDOW_TASKS, 4 * workers * chunksize)
     if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-        raise TypeError(f"buffersize must be an integer or None, got {buffersize!r}")
+        raise InvalidArgumentType(f"buffersize must be an integer or None, got {buffersize!r}")
     if buffersize < 1:
-        raise ValueError(f"buffersize must be None or > 0, got {buffersize!r}")
+        raise InvalidArgument(f"buffersize must be None or > 0, got {buffersize!r}")
     return buffersize * chunksize
 
 

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: module (under client/) -> the functions mutated in it; ``None`` means all of them.
 SCOPE: dict[str, set[str] | None] = {
     # the conditional put and what it reads and writes
-    "backends/local/store.py": {"LocalStore._params", "LocalStore._record",
-                                "LocalStore.put_result", "LocalStore.put_results",
-                                "LocalStore.result", "LocalStore.results"},
+    "backends/local/store/results.py": {"ResultTable._params", "ResultTable._record",
+                                        "ResultTable.put_result", "ResultTable.put_results",
+                                        "ResultTable.result", "ResultTable.results"},
     "backends/aws/store.py": {"task_key", "AwsStore._item", "AwsStore._record",
                               "AwsStore.put_result", "AwsStore.put_results",
                               "AwsStore.result", "AwsStore.results", "AwsStore.finished_tasks"},
@@ -79,7 +79,7 @@ EQUIVALENT: dict[str, str] = {
         "'or'/'and' for 'OR'/'AND' in the condition expression: DynamoDB's expression "
         "keywords are not case sensitive",
     **dict.fromkeys(
-        [f"fanout.backends.local.store.xǁLocalStoreǁresults__mutmut_{n}" for n in (7, 8)],
+        [f"fanout.backends.local.store.results.xǁResultTableǁresults__mutmut_{n}" for n in (7, 8)],
         "ORDER BY in lower or upper case: SQL keywords and column names are not case "
         "sensitive in SQLite"),
     **dict.fromkeys(
@@ -87,7 +87,7 @@ EQUIVALENT: dict[str, str] = {
          for n in (90, 92, 94, 96, 101, 103, 105, 107, 109, 114, 117, 119, 121, 123, 128)],
         "the default for a missing stdout, stderr or extra attribute: the only writer of "
         "task items, AwsStore._item, always sets all three"),
-    "fanout.backends.local.store.xǁLocalStoreǁ_record__mutmut_2":
+    "fanout.backends.local.store.results.xǁResultTableǁ_record__mutmut_2":
         "row[:17] for row[:16]: the rows it is given have 16 columns",
 }
 

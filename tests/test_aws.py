@@ -416,7 +416,7 @@ def test_a_schedule_stored_by_an_older_release_keeps_firing(aws: EmulatedAws) ->
 
 def test_a_worker_built_from_other_requirements_is_refused_before_upload(
         aws: EmulatedAws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fanout.backends.aws import backend as aws_backend
+    from fanout.backends.aws import stack_check as aws_backend
 
     other = tmp_path / "worker-requirements.txt"
     other.write_text("numpy>=1.26\nscipy>=1.11\n")

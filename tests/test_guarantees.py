@@ -22,7 +22,8 @@ import pytest
 
 import fanout
 from fanout import serialization
-from fanout.backends.aws.store import AwsConfig, AwsStore, task_key
+from fanout.backends.aws.config import AwsConfig
+from fanout.backends.aws.store import AwsStore, task_key
 from fanout.backends.local.store import LocalStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions

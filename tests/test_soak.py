@@ -24,8 +24,8 @@ import pytest
 
 import fanout
 from fanout import serialization
-from fanout.backends.local.pool import STARTUP_GRACE_SECONDS
 from fanout.backends.local.store import LocalStore
+from fanout.backends.local.watchdog import STARTUP_GRACE_SECONDS
 from fanout.protocol import SUCCEEDED
 
 from conftest import tmpfs

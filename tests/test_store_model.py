@@ -26,7 +26,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fanout.backends.aws.store import AwsConfig, AwsStore
+from fanout.backends.aws.config import AwsConfig
+from fanout.backends.aws.store import AwsStore
 from fanout.backends.local.store import LocalStore
 from fanout.protocol import (
     CANCELLED,

@@ -712,7 +712,7 @@ def test_max_concurrency_leaves_a_new_accounts_quota_room_for_plan_and_finalize(
     maps = [s for _, s in limits._states(definition) if s.get("Type") == "Map"]
     assert len(maps) == 2
     assert all(m.get("MaxConcurrencyPath") == "$.max_concurrency" for m in maps)
-    from fanout.backends.aws.backend import DEFAULT_MAX_CONCURRENCY
+    from fanout.backends.aws.upload import DEFAULT_MAX_CONCURRENCY
 
     assert DEFAULT_MAX_CONCURRENCY <= limits.LAMBDA_DEFAULT_CONCURRENCY
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, InvalidArgument, InvalidArgumentType
 from .base import Backend, JobInfo, JobRequest
 
 BACKENDS = ("local", "aws", "inline")
@@ -30,9 +30,10 @@ def worker_options(chosen: str, mp_context: Any, max_tasks_per_child: int | None
     if max_tasks_per_child is not None and (
         isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int)
     ):
-        raise TypeError(f"max_tasks_per_child must be an integer, got {max_tasks_per_child!r}")
+        raise InvalidArgumentType(
+            f"max_tasks_per_child must be an integer, got {max_tasks_per_child!r}")
     if max_tasks_per_child is not None and max_tasks_per_child <= 0:
-        raise ValueError("max_tasks_per_child must be >= 1")
+        raise InvalidArgument("max_tasks_per_child must be >= 1")
     if mp_context is not None:
         if chosen != "local":
             raise ConfigurationError(

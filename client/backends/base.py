@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..collector import JobRun
+from ..errors import ScheduleNotFound
 from ..future import Future
 from ..options import TaskOptions
 from ..protocol import JobSpec, ResultRecord
@@ -129,20 +130,24 @@ class Backend(ABC):
     def put_schedule(self, request: ScheduleRequest) -> ScheduleSpec:
         raise self._no_schedules()
 
+    def _no_schedule(self, name: str) -> ScheduleNotFound:
+        return ScheduleNotFound(f"no schedule {name!r}: backend {self.name!r} has no "
+                                "schedules")
+
     def get_schedule(self, name: str) -> ScheduleSpec:
-        raise KeyError(name)
+        raise self._no_schedule(name)
 
     def list_schedules(self) -> list[ScheduleSpec]:
         return []
 
     def set_schedule_enabled(self, name: str, enabled: bool) -> ScheduleSpec:
-        raise KeyError(name)
+        raise self._no_schedule(name)
 
     def delete_schedule(self, name: str) -> None:
-        raise KeyError(name)
+        raise self._no_schedule(name)
 
     def schedule_runs(self, name: str) -> list[dict[str, Any]]:
-        raise KeyError(name)
+        raise self._no_schedule(name)
 
     def logs(self, job_id: str, task_index: int, stream: str = "both") -> str:
         record = self.record(job_id, task_index)

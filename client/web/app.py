@@ -24,7 +24,16 @@ from typing import Any
 from chalice.app import Chalice, Response
 
 from ..backends import Backend, create_backend
-from ..errors import StoreError
+from ..errors import (
+    FanoutError,
+    InvalidArgument,
+    InvalidArgumentType,
+    JobNotFound,
+    JobStillRunning,
+    ScheduleExists,
+    ScheduleNotFound,
+    StoreError,
+)
 from .service import ApiError, JobsService
 
 #: The header a state-changing request must carry (any value): not CORS-safelisted.
@@ -40,6 +49,20 @@ ROUTES = (
     ("GET", "/api/schedules"),
     ("GET", "/api/schedules/{name}/runs"),
 )
+
+
+#: The HTTP status of each error a request may meet: a missing name is 404, a conflict with
+#: what exists 409, a bad value 400, an unreachable store 503. Any other ``FanoutError`` is
+#: the server's set-up (500 with its message); an exception that is not a ``FanoutError``
+#: is a bug and reaches Chalice as one.
+STATUSES: tuple[tuple[type[FanoutError], int], ...] = (
+    (JobNotFound, 404), (ScheduleNotFound, 404), (ScheduleExists, 409), (JobStillRunning, 409),
+    (InvalidArgument, 400), (InvalidArgumentType, 400), (StoreError, 503),
+)
+
+
+def status_for(error: FanoutError) -> int:
+    return next((status for kind, status in STATUSES if isinstance(error, kind)), 500)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -103,8 +126,8 @@ def create_app(backend_factory: Callable[[], Backend] | None = None, *,
                 return handler(*args, **kwargs)
             except ApiError as exc:
                 return _json({"error": exc.message}, exc.status)
-            except StoreError as exc:
-                return _json({"error": str(exc)}, 503)
+            except FanoutError as exc:  # anything else is a bug: Chalice answers 500
+                return _json({"error": str(exc)}, status_for(exc))
         wrapped.__name__ = handler.__name__
         return wrapped
 

@@ -15,7 +15,9 @@ import re
 from typing import Any
 
 from ..backends import Backend
+from ..errors import JobNotFound, ScheduleNotFound
 from ..protocol import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, TASK_STATES, ResultRecord
+from ..states import JobState
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_PAGE = 500
@@ -84,13 +86,13 @@ class JobsService:
         _check_id(job_id, "job id")
         try:
             return self.backend.job_info(job_id)
-        except KeyError:
+        except JobNotFound:
             raise ApiError(404, f"no job {job_id!r}") from None
 
     def _job_json(self, info: Any, counts: dict[str, int] | None = None) -> dict[str, Any]:
         spec = info.spec
         if counts is None:
-            if info.state != "running" and info.summary:
+            if info.state != JobState.RUNNING and info.summary:
                 counts = {state: int(info.summary.get(state, 0)) for state in TASK_STATES}
             else:
                 counts = self.backend.counts(info.job_id)
@@ -129,7 +131,7 @@ class JobsService:
         records = {r.task_index: r for r in self.backend.records(job_id)}
         rows: list[dict[str, Any]] = []
         if status in (None, PENDING, RUNNING):
-            waiting = PENDING if info.state == "running" else CANCELLED
+            waiting = PENDING if info.state == JobState.RUNNING else CANCELLED
             rows += [{"task_index": i, "status": waiting} for i in range(info.spec.n_tasks)
                      if i not in records]
         rows = [r for r in rows if status is None or r["status"] == status]
@@ -171,6 +173,6 @@ class JobsService:
         _check_id(name, "schedule name")
         try:
             runs = self.backend.schedule_runs(name)
-        except KeyError:
+        except ScheduleNotFound:
             raise ApiError(404, f"no schedule {name!r}") from None
         return {"schedule": name, "runs": runs}

@@ -12,21 +12,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import ClientError
 
 from ...collector import LIVE_RUNS, JobRun
-from ...errors import ConfigurationError, WorkerLost
+from ...errors import (
+    ExecutorClosed,
+    InvalidArgument,
+    JobStillRunning,
+    WorkerLost,
+)
 from ...future import Future
-from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
+from ...ids import new_job_id
 from ...options import TaskOptions
 from ...protocol import (
     CANCELLED,
@@ -38,17 +40,18 @@ from ...protocol import (
     Chunk,
     JobSpec,
     ResultRecord,
-    client_id,
     now,
     retry_plan,
 )
-from ...schedules import ScheduleRequest, ScheduleSpec, next_fire, request_json
+from ...schedules import ScheduleRequest, ScheduleSpec
+from ...states import FINAL_STATES, JobState
 from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
-from ..local.store import new_job_id
-from .build_info import find_requirements, requirements_sha256
 from .config import load_config
-from .store import FINAL, AwsStore
+from .schedules import AwsSchedules
+from .stack_check import StackCheck
+from .store import AwsStore
+from .upload import execution_input, put_manifests, upload_job
 
 log = logging.getLogger("fanout.aws")
 POLL_MIN_SECONDS = 0.2
@@ -59,8 +62,6 @@ EXECUTION_CHECK_EVERY = 10
 FINALIZE_WAIT_SECONDS = 300
 #: How long polling may fail in a row before the futures are told (the jobs go on).
 POLL_GIVE_UP_SECONDS = 600.0
-#: What each worker function reported it was built with (asked once per process).
-_WORKER_BUILDS: dict[str, dict[str, Any]] = {}
 
 
 @dataclass
@@ -81,7 +82,8 @@ class AwsBackend(Backend):
     def __init__(self, max_workers: int | None = None, home: str | None = None,
                  **options: Any) -> None:
         if max_workers is not None and max_workers <= 0:
-            raise ValueError(f"max_workers must be an integer greater than 0, got {max_workers!r}")
+            raise InvalidArgument(
+                f"max_workers must be an integer greater than 0, got {max_workers!r}")
         self.config, self.python_runtime = load_config(options, home)
         self.store = AwsStore(self.config)
         kwargs = {"endpoint_url": self.config.endpoint_url} if self.config.endpoint_url else {}
@@ -91,115 +93,25 @@ class AwsBackend(Backend):
         self._followed: dict[str, _Followed] = {}
         self._wake = threading.Event()
         self._poller: threading.Thread | None = None
-        self._checked = False
+        self._stack_check = StackCheck(self.config, self.store, self.sfn, self.python_runtime)
+        self.schedules = AwsSchedules(self.config, self.store, self.check_stack)
         self._closed = False
 
-    # -- checks before anything is uploaded --------------------------------------------------
+    # -- checks before anything is uploaded (stack_check.py) ------------------------------
 
     def check_stack(self) -> None:
         """Fail with a specific message if the stack cannot take a job; upload nothing."""
-        if self._checked:
-            return
-        client = "{}.{}".format(*sys.version_info[:2])
-        if self.python_runtime and self.python_runtime != f"python{client}":
-            raise ConfigurationError(
-                f"this client runs Python {client} but the stack's workers run "
-                f"{self.python_runtime}; cloudpickle needs the same minor version. Redeploy "
-                f"with PythonRuntime=python{client} (and a Batch image built FROM "
-                f"python:{client}), or run the client with {self.python_runtime}.")
-        probes: list[tuple[str, str, Callable[[], object]]] = [
-            ("payload bucket", self.config.bucket,
-             lambda: self.store.s3.head_bucket(Bucket=self.config.bucket)),
-            ("results table", self.config.table,
-             lambda: self.store.dynamodb.describe_table(TableName=self.config.table)),
-            ("state machine", self.config.state_machine_arn,
-             lambda: self.sfn.describe_state_machine(
-                 stateMachineArn=self.config.state_machine_arn)),
-        ]
-        for what, name, probe in probes:
-            try:
-                probe()
-            except NoCredentialsError as exc:
-                raise ConfigurationError(
-                    "no AWS credentials found: configure a profile or role (aws configure) "
-                    "before using backend='aws'") from exc
-            except ClientError as exc:
-                code = exc.response["Error"]["Code"]
-                if code in ("AccessDenied", "AccessDeniedException", "403", "Forbidden"):
-                    raise ConfigurationError(
-                        f"not allowed to read the {what} {name!r} ({code}); the client needs "
-                        "s3:ListBucket/GetObject/PutObject on the bucket, dynamodb:DescribeTable"
-                        "/Query/GetItem/PutItem on the table and states:StartExecution/"
-                        "DescribeStateMachine on the state machine") from exc
-                raise ConfigurationError(
-                    f"the {what} {name!r} does not exist ({code}): is the stack deployed in "
-                    "this account and region? Run `fanout configure --stack NAME` again.") from exc
-            except BotoCoreError as exc:
-                raise ConfigurationError(f"cannot reach AWS for the {what} {name!r}: {exc}. "
-                                         "Check the network, the region and AWS_ENDPOINT_URL."
-                                         ) from exc
-        self.check_worker_build()
-        self._checked = True
+        self._stack_check.check_stack()
 
     def check_worker_build(self) -> None:
-        """Compare what the worker artifact was built with to this client; upload nothing.
-
-        The worker answers ``{"action": "build_info"}`` from its ``fanout_build.json`` (once
-        per process and function). Older stacks without the WorkerFunctionArn output skip it.
-        """
-        arn = self.config.worker_function_arn
-        if not arn:
-            return
-        worker = _WORKER_BUILDS.get(arn)
-        if worker is None:
-            worker = self._ask_worker_build(arn)
-            _WORKER_BUILDS[arn] = worker
-        from ... import __version__  # not at import time: fanout/__init__ may be loading
-
-        client = {"python": "{}.{}".format(*sys.version_info[:2]), "fanout": __version__}
-        requirements = find_requirements()
-        fix = ("rebuild and redeploy the stack from the same checkout as this client "
-               "(`sam build && sam deploy`, and the Batch image: `docker build` with "
-               f"PYTHON_VERSION={client['python']})")
-        for what, mine, theirs in (
-                ("Python", client["python"], worker.get("runtime_python")),
-                ("Python (the artifact was built for)", client["python"], worker.get("python")),
-                ("fanout", client["fanout"], worker.get("fanout"))):
-            if theirs and mine != theirs:
-                raise ConfigurationError(
-                    f"the stack's workers have {what} {theirs} but this client has {mine}; "
-                    f"cloudpickled tasks need both sides to agree. Either {fix}, or run the "
-                    f"client with {what} {theirs}.")
-        theirs = worker.get("requirements_sha256")
-        if requirements is not None and theirs:
-            mine = requirements_sha256(requirements)
-            if mine != theirs:
-                raise ConfigurationError(
-                    f"the stack's workers were built from a worker-requirements.txt with hash "
-                    f"{theirs}, but {requirements} here hashes to {mine}: tasks would import "
-                    f"libraries the workers lack. {fix[0].upper()}{fix[1:]}.")
-
-    def _ask_worker_build(self, arn: str) -> dict[str, Any]:
-        kwargs = {"endpoint_url": self.config.endpoint_url} if self.config.endpoint_url else {}
-        lam = self.store.session.client("lambda", **kwargs)
-        try:
-            response = lam.invoke(FunctionName=arn, Payload=b'{"action": "build_info"}')
-            answer = json.loads(response["Payload"].read() or b"{}")
-        except (ClientError, BotoCoreError, ValueError) as exc:
-            raise ConfigurationError(
-                f"cannot ask the worker function {arn} what it was built with ({exc}); the "
-                "client needs lambda:InvokeFunction on it (the stack's ClientPolicyArn "
-                "output grants it)") from exc
-        if response.get("FunctionError") or not isinstance(answer, dict):
-            raise ConfigurationError(f"the worker function {arn} failed to report its build: "
-                                     f"{answer}; redeploy the stack (`sam build && sam deploy`)")
-        return answer
+        """Compare what the worker artifact was built with to this client; upload nothing."""
+        self._stack_check.check_worker_build()
 
     # -- submitting ------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise ExecutorClosed("cannot schedule new futures after shutdown")
 
     def _upload(self, job_id: str, kind: str, function: bytes, function_name: str,
                 payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
@@ -214,7 +126,7 @@ class AwsBackend(Backend):
             stateMachineArn=self.config.state_machine_arn, name=name,
             input=json.dumps(execution_input(self.store, run.job_id, manifest)))
         arn = response["executionArn"]
-        self.store.update_job(run.job_id, execution_arn=arn, state=RUNNING)
+        self.store.update_job(run.job_id, execution_arn=arn, state=JobState.RUNNING)
         LIVE_RUNS[run.job_id] = run
         with self._lock:
             self._followed[run.job_id] = _Followed(run, arn)
@@ -300,7 +212,7 @@ class AwsBackend(Backend):
     def _poll(self, item: _Followed) -> bool:
         run = item.run
         records, item.cursor = self.store.results_since(run.job_id, item.cursor)
-        records = [r for r in records if r.status in FINAL]  # not an interrupted attempt
+        records = [r for r in records if r.status in FINAL_STATES]  # not an interrupted attempt
         for record in records:
             run.deliver(record)
         item.polls += 1
@@ -314,9 +226,10 @@ class AwsBackend(Backend):
         settled = run.map_finished and (run.reduce_future is None or run.reduce_future.done())
         if settled or item.polls % EXECUTION_CHECK_EVERY == 0:
             job = self.store.job(run.job_id)
-            if job["state"] != RUNNING and settled:
+            if job["state"] != JobState.RUNNING and settled:
                 self._forget(run)
-            elif job["state"] != RUNNING or not self._execution_running(item.execution_arn):
+            elif (job["state"] != JobState.RUNNING
+                  or not self._execution_running(item.execution_arn)):
                 if not settled:
                     self._abandon(run, f"its execution ended ({job['state']})")
                 self._forget(run)
@@ -335,7 +248,7 @@ class AwsBackend(Backend):
 
     def _abandon(self, run: JobRun, why: str) -> None:
         for record in self.store.results(run.job_id):
-            if record.status in FINAL:
+            if record.status in FINAL_STATES:
                 run.deliver(record)
         message = (f"job {run.job_id} ended without a result for this task: {why}. "
                    f"`fanout retry {run.job_id}` runs the unfinished tasks.")
@@ -378,15 +291,11 @@ class AwsBackend(Backend):
     # -- jobs ------------------------------------------------------------------------------
 
     def _job(self, job_id: str) -> dict[str, Any]:
-        try:
-            return self.store.job(job_id)
-        except KeyError:
-            raise KeyError(f"no job {job_id!r} in the results table {self.config.table!r}; "
-                           "`fanout --backend aws jobs` lists the jobs there") from None
+        return self.store.job(job_id)
 
     def _info(self, job: dict[str, Any]) -> JobInfo:
         orphaned = False
-        if job["state"] == RUNNING and job.get("execution_arn") and job["job_id"] not in \
+        if job["state"] == JobState.RUNNING and job.get("execution_arn") and job["job_id"] not in \
                 self._followed:
             orphaned = not self._execution_running(job["execution_arn"])
         return JobInfo(job["job_id"], job["spec"], job["state"], job["summary"],
@@ -403,24 +312,24 @@ class AwsBackend(Backend):
 
     def counts(self, job_id: str) -> dict[str, int]:
         job = self._job(job_id)
-        counts = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
+        counts: dict[str, int] = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
         for record in self.store.results(job_id):
             counts[record.status] += 1
-        counts[PENDING] = job["spec"].n_tasks - sum(counts[s] for s in FINAL) \
+        counts[PENDING] = job["spec"].n_tasks - sum(counts[s] for s in FINAL_STATES) \
             - counts[RUNNING]
         return counts
 
 
     def cancel_job(self, job_id: str) -> None:
         job = self._job(job_id)
-        if job["state"] != RUNNING:
+        if job["state"] != JobState.RUNNING:
             return
         if job.get("execution_arn"):
             with contextlib.suppress(ClientError):  # it may have ended already
                 self.sfn.stop_execution(executionArn=job["execution_arn"],
                                         cause="cancelled by fanout")
-        self.store.update_job(job_id, state=CANCELLED)
-        have = {r.task_index for r in self.store.results(job_id) if r.status in FINAL}
+        self.store.update_job(job_id, state=JobState.CANCELLED)
+        have = {r.task_index for r in self.store.results(job_id) if r.status in FINAL_STATES}
         stamp = now()
         for index in range(job["spec"].n_tasks):
             if index not in have:
@@ -434,13 +343,13 @@ class AwsBackend(Backend):
     def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
         job = self._job(job_id)
         arn = job.get("execution_arn")
-        if job["state"] == RUNNING and arn and self._execution_running(arn) and \
+        if job["state"] == JobState.RUNNING and arn and self._execution_running(arn) and \
                 len(self.store.results(job_id)) == job["spec"].n_tasks:
             self._wait_for_execution(arn, FINALIZE_WAIT_SECONDS)  # only finalizing is left
             job = self._job(job_id)
-        if job["state"] == RUNNING and arn and self._execution_running(arn):
-            raise RuntimeError(f"job {job_id} is still running ({job['execution_arn']}); wait "
-                               f"for it or cancel it (`fanout cancel {job_id}`) first")
+        if job["state"] == JobState.RUNNING and arn and self._execution_running(arn):
+            raise JobStillRunning(f"job {job_id} is still running ({job['execution_arn']}); "
+                                  f"wait for it or cancel it (`fanout cancel {job_id}`) first")
         self._check_open()
         spec: JobSpec = job["spec"]
         manifest = [Chunk.from_json(c) for c in
@@ -462,153 +371,25 @@ class AwsBackend(Backend):
         run.stored.wait()
         return self.counts(job_id)
 
-    # -- schedules: EventBridge Scheduler starts the state machine -------------------------
-
-    def _scheduler(self) -> Any:
-        if not (self.config.schedule_group and self.config.scheduler_role_arn):
-            raise ConfigurationError(
-                "this stack's schedule group and scheduler role are unknown: redeploy the "
-                "current template.yaml and run `fanout configure --stack NAME` again")
-        kwargs = {"endpoint_url": self.config.endpoint_url} if self.config.endpoint_url else {}
-        return self.store.session.client("scheduler", **kwargs)
+    # -- schedules: EventBridge Scheduler starts the state machine (schedules.py) ----------
 
     def put_schedule(self, request: ScheduleRequest) -> ScheduleSpec:
-        self.check_stack()
-        scheduler = self._scheduler()
-        spec = request.spec
-        key = self.store.put_schedule_bundle(spec.name, {
-            "spec": request_json(spec), "function": request.function,
-            "items": request.items, "reducer": request.reducer})
-        target: dict[str, Any] = {
-            "Arn": self.config.state_machine_arn, "RoleArn": self.config.scheduler_role_arn,
-            "Input": json.dumps({"schedule": spec.name, "bucket": self.config.bucket,
-                                 "schedule_key": key}),
-            "RetryPolicy": {"MaximumRetryAttempts": 5, "MaximumEventAgeInSeconds": 3600}}
-        if self.config.schedule_dlq_arn:
-            target["DeadLetterConfig"] = {"Arn": self.config.schedule_dlq_arn}
-        try:
-            scheduler.create_schedule(
-                Name=spec.name, GroupName=self.config.schedule_group,
-                ScheduleExpression=spec.expression,
-                ScheduleExpressionTimezone=spec.timezone,
-                FlexibleTimeWindow={"Mode": "OFF"},
-                State="ENABLED" if spec.enabled else "DISABLED", Target=target,
-                Description=f"fanout: {spec.function} over {spec.items_detail}")
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConflictException":
-                raise ValueError(f"a schedule named {spec.name!r} exists already; remove it "
-                                 f"first (`fanout --backend aws schedule remove {spec.name}`)"
-                                 ) from exc
-            raise
-        return self.get_schedule(spec.name)
-
-    def _remote_schedule(self, name: str) -> dict[str, Any]:
-        try:
-            remote: dict[str, Any] = self._scheduler().get_schedule(
-                Name=name, GroupName=self.config.schedule_group)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
-                raise KeyError(name) from None
-            raise
-        return remote
+        return self.schedules.put_schedule(request)
 
     def get_schedule(self, name: str) -> ScheduleSpec:
-        remote = self._remote_schedule(name)
-        data = json.loads(self.store.schedule_bundle(name)["spec"])
-        data["enabled"] = remote.get("State") == "ENABLED"
-        upcoming = next_fire(data["expression"], data["timezone"], datetime.now(UTC))
-        data["next_fire"] = upcoming.timestamp()
-        return ScheduleSpec.from_json(data)
+        return self.schedules.get_schedule(name)
 
     def list_schedules(self) -> list[ScheduleSpec]:
-        if not (self.config.schedule_group and self.config.scheduler_role_arn):
-            return []
-        scheduler = self._scheduler()
-        names = []
-        for page in scheduler.get_paginator("list_schedules").paginate(
-                GroupName=self.config.schedule_group):
-            names += [item["Name"] for item in page.get("Schedules", [])]
-        return [self.get_schedule(name) for name in sorted(names)]
+        return self.schedules.list_schedules()
 
     def set_schedule_enabled(self, name: str, enabled: bool) -> ScheduleSpec:
-        scheduler = self._scheduler()
-        remote = self._remote_schedule(name)
-        keep = ("ScheduleExpression", "ScheduleExpressionTimezone", "FlexibleTimeWindow",
-                "Target", "Description")
-        scheduler.update_schedule(Name=name, GroupName=self.config.schedule_group,
-                                  State="ENABLED" if enabled else "DISABLED",
-                                  **{k: remote[k] for k in keep if k in remote})
-        return self.get_schedule(name)
+        return self.schedules.set_schedule_enabled(name, enabled)
 
     def delete_schedule(self, name: str) -> None:
-        try:
-            self._scheduler().delete_schedule(Name=name, GroupName=self.config.schedule_group)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ResourceNotFoundException":
-                raise KeyError(name) from None
-            raise
+        self.schedules.delete_schedule(name)
 
     def schedule_runs(self, name: str) -> list[dict[str, Any]]:
-        self.get_schedule(name)  # KeyError for an unknown schedule
-        runs = []
-        for fired_at, job_id, outcome in self.store.schedule_runs(name):
-            state = outcome
-            if job_id:
-                try:
-                    state = self.store.job(job_id)["state"]
-                except KeyError:
-                    state = "missing"
-            runs.append({"job_id": job_id, "fired_at": fired_at, "state": state})
-        return runs
+        return self.schedules.schedule_runs(name)
 
     def __repr__(self) -> str:
         return f"AwsBackend(bucket={self.config.bucket!r}, table={self.config.table!r})"
-
-
-def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, function_name: str,
-               payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
-               job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
-               ) -> tuple[JobSpec, list[Chunk]]:
-    """Write a job's objects (one payload object, the bundle, the manifests) and its record.
-
-    Used by the client and by the plan step of scheduled runs, so a job looks the same
-    whoever made it.
-    """
-    with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
-        refs = write_payload(payload, payloads, job_seed, seeds)
-        payload.seek(0)
-        store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
-    spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
-                              reducer_name, has_reducer=reducer is not None)
-    store.put_bundle(spec, function, reducer)
-    put_manifests(store, job_id, "manifest", manifest)
-    store.put_job(spec, RUNNING, client_id())
-    return spec, manifest
-
-
-def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) -> None:
-    """``name``.json (all chunks, for retries and workers) and one manifest per tier.
-
-    The tier manifests hold references (key + byte range into ``name``.json), not chunks,
-    so a map item and a Batch job's overrides stay small whatever the ``chunksize``.
-    Splitting by tier lets each Distributed Map run its items without a Choice state:
-    one state transition per chunk instead of two.
-    """
-    refs = store.put_chunks(job_id, f"{name}.json", chunks)
-    for tier in ("lambda", "batch"):
-        part = [ref for ref in refs if ref["tier"] == tier]
-        store.put_object(job_id, f"{name}-{tier}.json", json.dumps(part).encode())
-
-
-#: The template's MaxConcurrency default: chunks running at once in each tier's map.
-DEFAULT_MAX_CONCURRENCY = 8
-
-
-def execution_input(store: AwsStore, job_id: str, manifest: str) -> dict[str, Any]:
-    """What the state machine's map states read: where the job's tier manifests are, and
-    how many chunks may run at once (the stack's MaxConcurrency, read by MaxConcurrencyPath)."""
-    return {"job_id": job_id, "bucket": store.bucket,
-            "lambda_manifest_key": store.key(job_id, f"{manifest}-lambda.json"),
-            "batch_manifest_key": store.key(job_id, f"{manifest}-batch.json"),
-            "max_concurrency": store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY,
-            "map_error": None}

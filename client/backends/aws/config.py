@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigurationError
-from ..local.store import default_home
-from .store import RECORD_TTL_DAYS, AwsConfig
+from ...home import default_home
+
+#: The template's ResultRetentionDays default; the stack's value arrives through
+#: ``fanout configure`` (client) and FANOUT_RESULT_RETENTION_DAYS (workers).
+RECORD_TTL_DAYS = 90
 
 #: Stack Outputs that ``fanout configure`` reads, and the config field each one fills.
 OUTPUTS = {
@@ -41,6 +45,24 @@ ENVIRONMENT = {
     "max_concurrency": "FANOUT_AWS_MAX_CONCURRENCY",
     "worker_function_arn": "FANOUT_AWS_WORKER_FUNCTION",
 }
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """Names of the deployed stack's resources (``fanout configure --stack NAME``)."""
+
+    bucket: str
+    table: str
+    state_machine_arn: str
+    job_queue_arn: str = ""
+    schedule_group: str = ""
+    scheduler_role_arn: str = ""
+    schedule_dlq_arn: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    retention_days: int = RECORD_TTL_DAYS
+    worker_function_arn: str = ""
+    max_concurrency: int | None = None
 
 
 def config_path(home: str | os.PathLike[str] | None = None) -> Path:

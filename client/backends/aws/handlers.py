@@ -17,6 +17,7 @@ from typing import Any
 from ...capture import StreamCapture
 from ...context import current_task
 from ...errors import WorkerLost
+from ...ids import new_job_id
 from ...protocol import (
     CANCELLED,
     FAILED,
@@ -29,7 +30,10 @@ from ...protocol import (
     now,
 )
 from ...runtime import WorkerRuntime, exception_fields
-from .store import FINAL, RECORD_TTL_DAYS, AwsConfig, AwsStore
+from ...states import FINAL_STATES, JobState
+from .config import RECORD_TTL_DAYS, AwsConfig
+from .store import AwsStore
+from .upload import execution_input, upload_job
 
 try:  # Powertools is in the `aws` extra; the handlers still work without it (tests, tools)
     from aws_lambda_powertools import Logger, Metrics
@@ -180,7 +184,7 @@ def chunk_failed(event: dict[str, Any], store: AwsStore | None = None) -> dict[s
     error = event.get("error") or {}
     why = (f"chunk {chunk.index} of job {chunk.job_id} failed in the state machine: "
            f"{error.get('Error', 'unknown error')}: {str(error.get('Cause', ''))[:2000]}")
-    have = {r.task_index for r in store.results(chunk.job_id) if r.status in FINAL}
+    have = {r.task_index for r in store.results(chunk.job_id) if r.status in FINAL_STATES}
     recorded = 0
     for task in chunk.tasks:
         if task.index not in have:
@@ -196,21 +200,21 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
     job_id = event["job_id"]
     spec = store.load_spec(job_id)
     job = store.job(job_id)
-    records = {r.task_index: r for r in store.results(job_id) if r.status in FINAL}
+    records = {r.task_index: r for r in store.results(job_id) if r.status in FINAL_STATES}
     map_error = event.get("map_error")
-    if job["state"] == CANCELLED:
-        state = CANCELLED
+    if job["state"] == JobState.CANCELLED:
+        state = JobState.CANCELLED
     else:
         missing = [i for i in range(spec.n_tasks) if i not in records]
         for index in missing:
             why = (f"task {index} of job {job_id} has no result after the map ended"
                    + (f" ({map_error.get('Error')})" if isinstance(map_error, dict) else ""))
             records[index] = store.put_result(_lost(job_id, index, 99, why))
-        state = "finished"
-    counts = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
+        state = JobState.FINISHED
+    counts: dict[str, int] = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
     for record in records.values():
         counts[record.status] = counts.get(record.status, 0) + 1
-    if spec.has_reducer and state == "finished" and counts[SUCCEEDED] == spec.n_tasks:
+    if spec.has_reducer and state == JobState.FINISHED and counts[SUCCEEDED] == spec.n_tasks:
         previous = store.result(job_id, REDUCE_INDEX)
         if previous is None or previous.status != SUCCEEDED:
             attempt = 1 if previous is None else previous.attempt + 1
@@ -252,8 +256,6 @@ def plan(event: dict[str, Any], store: AwsStore | None = None,
     """Turn one firing of a schedule into a job (or a recorded skip)."""
     from ... import serialization
     from ...schedules import ScheduleSpec, run_items, run_seed
-    from ..local.store import new_job_id
-    from .backend import execution_input, upload_job
 
     store = store or store_from_env()
     name = event["schedule"]
@@ -262,7 +264,7 @@ def plan(event: dict[str, Any], store: AwsStore | None = None,
     spec = ScheduleSpec.from_json(json.loads(bundle["spec"]))
     for _fired, job_id, _outcome in store.schedule_runs(name, limit=10):
         if job_id:
-            if store.job(job_id)["state"] == RUNNING:
+            if store.job(job_id)["state"] == JobState.RUNNING:
                 store.put_schedule_run(name, fired_at, None, "skipped")
                 logger.info("scheduled run skipped", extra={"schedule": name,
                                                               "running": job_id})
@@ -316,7 +318,7 @@ def batch_main() -> int:
         ctx = current_task()
         # A job stop (cancel) ends its Batch jobs with SIGTERM too: no retry follows, and
         # the cancellation's record stands.
-        if ctx is not None and store.job(ctx.job_id)["state"] != CANCELLED:
+        if ctx is not None and store.job(ctx.job_id)["state"] != JobState.CANCELLED:
             previous = interruptions.get(ctx.task_index, {}).get("interruptions", 0)
             stamp = now()
             # RUNNING, not FAILED: the job definition's retry strategy runs the task again,

@@ -23,15 +23,13 @@ import json
 import pickle
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ...errors import ScheduleNotFound
+from ...errors import InvalidArgument, JobNotFound, ScheduleNotFound
+from ...ids import check_job_id
 from ...protocol import (
-    CANCELLED,
-    FAILED,
     REDUCE_INDEX,
     RUNNING,
     SUCCEEDED,
@@ -40,17 +38,12 @@ from ...protocol import (
     ResultRecord,
     TaskRef,
 )
+from .config import AwsConfig
 
 #: Records must fit DynamoDB's 400 KB item limit with their logs (two 64 KiB tails).
 MAX_RECORD_VALUE_BYTES = 200_000
 #: How far back each poll looks again, for records the eventually consistent index shows late.
 POLL_OVERLAP_MS = 5_000
-#: The template's ResultRetentionDays default; the stack's value arrives through
-#: ``fanout configure`` (client) and FANOUT_RESULT_RETENTION_DAYS (workers).
-RECORD_TTL_DAYS = 90
-#: Record states a task ends in; an interrupted Batch attempt's record stays RUNNING
-#: until the job definition's retry strategy runs the task again.
-FINAL = (SUCCEEDED, FAILED, CANCELLED)
 #: Objects under this prefix expire (the bucket's lifecycle rule, PayloadRetentionDays).
 JOBS_PREFIX = "jobs/"
 #: Long-lived objects (schedule definitions) live here, outside the expiring prefix.
@@ -59,24 +52,6 @@ SCHEDULES_PREFIX = "schedules/"
 
 def task_key(index: int) -> str:
     return "reduce" if index == REDUCE_INDEX else f"task#{index:09d}"
-
-
-@dataclass(frozen=True)
-class AwsConfig:
-    """Names of the deployed stack's resources (``fanout configure --stack NAME``)."""
-
-    bucket: str
-    table: str
-    state_machine_arn: str
-    job_queue_arn: str = ""
-    schedule_group: str = ""
-    scheduler_role_arn: str = ""
-    schedule_dlq_arn: str = ""
-    region: str | None = None
-    endpoint_url: str | None = None
-    retention_days: int = RECORD_TTL_DAYS
-    worker_function_arn: str = ""
-    max_concurrency: int | None = None
 
 
 class AwsStore:
@@ -100,9 +75,7 @@ class AwsStore:
 
     @staticmethod
     def key(job_id: str, name: str) -> str:
-        if not job_id or "/" in job_id or job_id.startswith("."):
-            raise ValueError(f"invalid job id {job_id!r}")
-        return f"{JOBS_PREFIX}{job_id}/{name}"
+        return f"{JOBS_PREFIX}{check_job_id(job_id)}/{name}"
 
     def put_object(self, job_id: str, name: str, data: bytes) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=self.key(job_id, name), Body=data)
@@ -360,7 +333,8 @@ class AwsStore:
             TableName=self.table, ConsistentRead=True,
             Key={"job_id": {"S": job_id}, "item": {"S": "job"}})
         if "Item" not in response:
-            raise KeyError(job_id)
+            raise JobNotFound(f"no job {job_id!r} in the results table {self.table!r}; "
+                              "`fanout --backend aws jobs` lists the jobs there")
         return self._job(response["Item"])
 
     @staticmethod
@@ -403,7 +377,7 @@ class AwsStore:
     def schedule_key(name: str) -> str:
         """A schedule lives as long as the schedule, so never under the expiring jobs/."""
         if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"invalid schedule name {name!r}")
+            raise InvalidArgument(f"invalid schedule name {name!r}")
         return f"{SCHEDULES_PREFIX}{name}/schedule.pkl"
 
     def put_schedule_bundle(self, name: str, bundle: dict[str, Any]) -> str:

@@ -13,12 +13,13 @@ import os
 import socket
 
 from ...collector import LIVE_RUNS, JobRun
-from ...future import Future
+from ...future import Claim, Future
+from ...ids import new_job_id
 from ...options import TaskOptions
 from ...protocol import CANCELLED, Chunk, ResultRecord, now
 from ...runtime import WorkerRuntime
+from ...states import JobState
 from ..local.backend import LocalBackend
-from ..local.store import new_job_id
 from .tee import TeeCapture
 
 
@@ -63,7 +64,7 @@ class InlineBackend(LocalBackend):
         except KeyboardInterrupt:
             self._interrupted(run)
             raise
-        state = "cancelled" if run.cancelled else "finished"
+        state = JobState.CANCELLED if run.cancelled else JobState.FINISHED
         self.store.set_job_state(run.job_id, state, summary=self.store.summarize(run.job_id))
         run.close()
 
@@ -82,14 +83,14 @@ class InlineBackend(LocalBackend):
                 ResultRecord(run.job_id, index, CANCELLED, 1, "", stamp, stamp)))
         if run.reduce_future is not None and not run.reduce_future.done():
             run.fail_reduce()
-        self.store.set_job_state(run.job_id, "cancelled",
+        self.store.set_job_state(run.job_id, JobState.CANCELLED,
                                  summary=self.store.summarize(run.job_id))
         run.close()
 
     def _run_chunk(self, run: JobRun, chunk: Chunk) -> None:
         keep, stamp = [], now()
         for task in chunk.tasks:
-            if run.future(task.index).claim() == "run":
+            if run.future(task.index).claim() == Claim.RUN:
                 keep.append(task)
             else:  # cancelled before its turn came (by another thread)
                 cancelled = ResultRecord(run.job_id, task.index, CANCELLED, chunk.attempt, "",

@@ -11,8 +11,9 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, ExecutorClosed, InvalidArgument, JobStillRunning
 from ...future import Future
+from ...ids import new_job_id
 from ...manifest import PAYLOAD_OBJECT, payload_object, plan_chunks, plan_job, write_payload
 from ...options import TaskOptions
 from ...protocol import (
@@ -26,11 +27,13 @@ from ...protocol import (
     retry_plan,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec
+from ...states import JobState
 from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
 from . import scheduler
-from .pool import DEFAULT_STALL_SECONDS, Dispatch, Supervisor
-from .store import LocalStore, Owner, new_job_id
+from .dispatch import Dispatch
+from .pool import DEFAULT_STALL_SECONDS, Supervisor
+from .store import LocalStore, Owner
 
 #: How long cancelling another process's job waits for that process to apply it.
 CANCEL_WAIT_SECONDS = 10.0
@@ -52,7 +55,8 @@ class LocalBackend(Backend):
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0:
-            raise ValueError(f"max_workers must be an integer greater than 0, got {max_workers!r}")
+            raise InvalidArgument(
+                f"max_workers must be an integer greater than 0, got {max_workers!r}")
         self.max_workers = max_workers
         self.stall_seconds = _stall_seconds(stall_seconds)
         self.max_tasks_per_child = max_tasks_per_child
@@ -204,7 +208,7 @@ class LocalBackend(Backend):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise ExecutorClosed("cannot schedule new futures after shutdown")
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -220,15 +224,9 @@ class LocalBackend(Backend):
     # -- jobs ------------------------------------------------------------------------------
 
     def _info(self, job_id: str) -> JobInfo:
-        try:
-            row = self.store.job(job_id)
-        except KeyError:
-            raise KeyError(
-                f"no job {job_id!r} in the local store at {self.store.home}; "
-                "`fanout jobs` lists the jobs there"
-            ) from None
+        row = self.store.job(job_id)
         orphaned = (
-            row.state == "running" and job_id not in LIVE_RUNS
+            row.state == JobState.RUNNING and job_id not in LIVE_RUNS
             and (row.owner is None or not row.owner.alive())
         )
         owner = f"pid {row.owner.pid} on {row.owner.host}" if row.owner else None
@@ -251,14 +249,14 @@ class LocalBackend(Backend):
 
     def cancel_job(self, job_id: str) -> None:
         info = self._info(job_id)
-        if info.state != "running":
+        if info.state != JobState.RUNNING:
             return
         run = LIVE_RUNS.get(job_id)
         if run is not None and self._supervisor is not None and self._supervisor.alive:
             self._supervisor.post("cancel", job_id)
             run.stored.wait(60)
             return
-        self.store.set_job_state(job_id, "cancelled", only_if="running")
+        self.store.set_job_state(job_id, JobState.CANCELLED, only_if=JobState.RUNNING)
         if not info.orphaned:
             # Its owner (another process) applies the cancel within CANCEL_POLL_SECONDS;
             # wait for that, boundedly, so the caller sees the cancelled tasks.
@@ -275,15 +273,15 @@ class LocalBackend(Backend):
             ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
             for i in range(info.spec.n_tasks) if i not in done
         ])
-        self.store.set_job_state(job_id, "cancelled", summary=self.store.summarize(job_id))
+        self.store.set_job_state(job_id, JobState.CANCELLED, summary=self.store.summarize(job_id))
 
     def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
         """Re-run the tasks of ``job_id`` that did not succeed, wait, return the counts."""
         info = self._info(job_id)
         if job_id in LIVE_RUNS and not LIVE_RUNS[job_id].done.is_set():
-            raise RuntimeError(f"job {job_id} is still running in this process; wait for it")
-        if info.state == "running" and not info.orphaned:
-            raise RuntimeError(
+            raise JobStillRunning(f"job {job_id} is still running in this process; wait for it")
+        if info.state == JobState.RUNNING and not info.orphaned:
+            raise JobStillRunning(
                 f"job {job_id} is still running ({info.owner}); wait for it to finish or "
                 f"cancel it (`fanout cancel {job_id}`) before retrying"
             )
@@ -296,7 +294,7 @@ class LocalBackend(Backend):
         )
         if not chunks and not needs_reduce:
             return self.store.counts(job_id)
-        self.store.set_job_state(job_id, "running", owner=Owner.me())
+        self.store.set_job_state(job_id, JobState.RUNNING, owner=Owner.me())
         futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
         reduce_future = Future(job_id, -1, self) if needs_reduce else None
         if progress is not None:

@@ -23,176 +23,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
-
-import psutil
 
 from ...collector import JobRun
 from ...errors import ConfigurationError, StoreError, TaskTimeout, WorkerLost
+from ...future import Claim
 from ...protocol import CANCELLED, FAILED, REDUCE_INDEX, Chunk, ResultRecord, now
 from ...runtime import exception_fields, safe_text
-from .beacon import Beacon, Reading
+from ...states import JobState
+from .dispatch import BATCH_MAX_TASKS, BATCH_SECONDS, Dispatch, expected_seconds, rechunk
 from .store import LocalStore
+from .watchdog import Watchdog
+from .worker_process import STDERR_TAIL_ON_DEATH, WorkerProcess, describe_exit
 
 log = logging.getLogger("fanout.local")
 
 #: Seconds between checks for a cancel issued by another process (``fanout cancel``).
 CANCEL_POLL_SECONDS = 0.5
-STDERR_TAIL_ON_DEATH = 8 * 1024
 MAX_STARTUP_FAILURES = 3
-#: Work a worker may hold queued beyond the task it runs, when tasks are measured short.
-BATCH_SECONDS = 0.05
-BATCH_MAX_TASKS = 512
 #: A worker holding a task whose heartbeat is older than this is killed (SIGSTOP, a hang in
 #: C code that holds the GIL) and its task retried like any other death.
 DEFAULT_STALL_SECONDS = 10.0
-STARTUP_GRACE_SECONDS = 10.0
-
-
-@dataclass(slots=True)
-class Dispatch:
-    """A chunk (or a job's reduce step) waiting for, or held by, a worker."""
-
-    run: JobRun
-    chunk: Chunk
-    done: int = 0  # tasks of this chunk already reported
-
-    @property
-    def is_reduce(self) -> bool:
-        return self.chunk.index == REDUCE_INDEX
-
-    @property
-    def size(self) -> int:
-        return 1 if self.is_reduce else len(self.chunk.tasks)
-
-    def current_task(self) -> int:
-        return REDUCE_INDEX if self.is_reduce else self.chunk.tasks[self.done].index
-
-
-@dataclass(eq=False)
-class WorkerProcess:
-    worker_id: str
-    proc: subprocess.Popen[bytes]
-    conn: Connection
-    beacon: Beacon
-    pidfd: int | None  # readable once the process has exited; None without pidfd support
-    ready: bool = False
-    pid: int = 0
-    log_paths: list[str] = field(default_factory=list)
-    inflight: deque[Dispatch] = field(default_factory=deque)
-    task_started: float = 0.0
-    reported: int = 0  # tasks whose outcome it reported: the ordinal of inflight's first
-    stalled: bool = False  # the watchdog killed it for want of a heartbeat
-    cpu_seconds: float = -1.0  # its CPU time when the watchdog last saw it grow
-    progress_at: float = 0.0  # when that was (monotonic); the watchdog's reset point
-    beacon_grace: float = 0.0  # heartbeats older than this were missed while all stood still
-    lock: threading.Lock = field(default_factory=threading.Lock)  # kill vs. close handles
-    closed: bool = False
-    tasks_given: int = 0  # counted only under max_tasks_per_child
-
-    @classmethod
-    def spawn(cls, store: LocalStore, worker_id: str, stall_seconds: float) -> WorkerProcess:
-        ours, theirs = socket.socketpair()
-        beacon, beacon_fd = Beacon.create(str(store.home))
-        env = dict(os.environ)
-        # Workers import what the client can import (a project folder, a test directory).
-        paths = [p for p in sys.path if p and os.path.isdir(p)]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "fanout.backends.local.worker",
-                 "--fd", str(theirs.fileno()), "--home", str(store.home),
-                 "--worker-id", worker_id, "--beacon-fd", str(beacon_fd),
-                 "--stall-seconds", repr(stall_seconds)],
-                pass_fds=(theirs.fileno(), beacon_fd),
-                stdin=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,  # only until it is ready: start-up errors come back
-                env=env,
-                start_new_session=False,
-            )
-        finally:
-            theirs.close()
-            os.close(beacon_fd)
-        pidfd: int | None = None
-        with contextlib.suppress(AttributeError, OSError):  # Linux 5.3+; else we poll
-            pidfd = os.pidfd_open(proc.pid)
-        return cls(worker_id, proc, Connection(ours.detach()), beacon, pidfd)
-
-    def kill(self) -> None:
-        """SIGKILL it, by pidfd where there is one: never a recycled pid's new owner."""
-        with self.lock:
-            if self.closed:
-                return
-            with contextlib.suppress(ProcessLookupError, OSError):
-                if self.pidfd is not None:
-                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-                else:
-                    self.proc.send_signal(signal.SIGKILL)
-
-    def working(self, clock: float, window: float) -> bool:
-        """True while its CPU time grows: busy in C code that holds the GIL, not stalled.
-
-        The heartbeat thread cannot beat while a task holds the GIL in C (a long ``sorted``,
-        big-integer arithmetic, a C extension), but such a worker uses CPU. A stopped
-        process (SIGSTOP, state ``T``) or one blocked without using CPU does not.
-        """
-        try:
-            process = psutil.Process(self.proc.pid)
-            if process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
-                return False
-            times = process.cpu_times()
-        except psutil.Error:
-            return False
-        used = times.user + times.system
-        if used > self.cpu_seconds:
-            self.cpu_seconds, self.progress_at = used, clock
-        return clock - self.progress_at <= window
-
-    def heartbeat_age(self, clock: float) -> float:
-        with self.lock:
-            return 0.0 if self.closed else clock - self.beacon.read().beat
-
-    def close_handles(self) -> Reading:
-        """Last look at its beacon, then release the beacon and the pidfd."""
-        with self.lock:
-            reading = self.beacon.read()
-            if not self.closed:
-                self.closed = True
-                self.beacon.close()
-                if self.pidfd is not None:
-                    os.close(self.pidfd)
-            return reading
-
-    def output_since(self, reading: Reading) -> tuple[str, str]:
-        """What it wrote to stdout and stderr since its last task started (a bounded tail)."""
-        texts = []
-        for path, start in zip(self.log_paths, (reading.stdout_at, reading.stderr_at),
-                               strict=False):
-            try:
-                with open(path, "rb") as handle:
-                    size = handle.seek(0, os.SEEK_END)
-                    begin = start if start <= size else 0  # rotated since: all of it
-                    handle.seek(max(begin, size - STDERR_TAIL_ON_DEATH))
-                    texts.append(handle.read().decode("utf-8", errors="replace"))
-            except OSError:
-                texts.append("")
-        texts += [""] * (2 - len(texts))
-        return texts[0], texts[1]
-
-    def cleanup(self) -> None:
-        for path in self.log_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 class Supervisor:
@@ -229,9 +87,7 @@ class Supervisor:
         # A daemon: at exit, ``executor._finish_at_exit`` completes outstanding work and stops it
         # (a non-daemon thread would be joined before atexit hooks run, and wait forever).
         self._thread = threading.Thread(target=self._loop, name="fanout-supervisor", daemon=True)
-        self._watchdog_stop = threading.Event()
-        self._watchdog = threading.Thread(target=self._watch, name="fanout-watchdog",
-                                          daemon=True)
+        self._watchdog = Watchdog(lambda: self._workers, stall_seconds, self.wake)
         self._thread.start()
         self._watchdog.start()
 
@@ -287,47 +143,13 @@ class Supervisor:
                     "the fanout supervisor thread crashed, so this task's outcome is unknown: "
                     f"{type(exc).__name__}: {safe_text(str(exc))} (please report this bug)")
         finally:
-            self._watchdog_stop.set()
+            self._watchdog.stop()
             with contextlib.suppress(Exception):
                 self._stop_workers()
             with self._wake_lock:
                 self._wake_closed = True
                 os.close(self._wake_r)
                 os.close(self._wake_w)
-
-    def _watch(self) -> None:
-        """The watchdog: kill a worker holding a task whose heartbeat and CPU time stopped.
-
-        A worker still starting gets ``STARTUP_GRACE_SECONDS`` more (it beats only once its
-        interpreter is up); an idle one is left alone until it is given work or stopped. A
-        worker whose CPU time still grows is working (in C, holding the GIL) and is spared.
-        When the watchdog itself wakes far later than it asked, this whole process group was
-        stopped (Ctrl-Z, then ``fg``): every heartbeat is old for that reason alone, so the
-        round is skipped and the workers get a full interval from now.
-        """
-        interval = self.stall_seconds / 4
-        last = time.monotonic()
-        while not self._watchdog_stop.wait(interval):
-            clock = time.monotonic()
-            overslept = clock - last > interval + self.stall_seconds / 2
-            last = clock
-            for worker in list(self._workers):
-                if overslept:
-                    worker.progress_at = clock
-                    worker.beacon_grace = clock
-                    continue
-                if not (worker.inflight or not worker.ready) or worker.stalled:
-                    continue
-                limit = self.stall_seconds + (0 if worker.ready else STARTUP_GRACE_SECONDS)
-                working = worker.working(clock, limit)  # sampled every round: a fresh baseline
-                silent = min(worker.heartbeat_age(clock), clock - worker.beacon_grace)
-                if silent > limit and not working:
-                    log.warning("fanout worker %s sent no heartbeat for %.1fs and used no "
-                                "CPU; killing it", worker.worker_id,
-                                worker.heartbeat_age(clock))
-                    worker.stalled = True
-                    worker.kill()
-                    self.wake()
 
     def _busy(self) -> bool:
         return any(w.inflight for w in self._workers)
@@ -365,7 +187,7 @@ class Supervisor:
                               if not dispatch.run.future(t.index).done())
             if not remaining:
                 return
-            dispatch = Dispatch(dispatch.run, _rechunk(dispatch.chunk, remaining))
+            dispatch = Dispatch(dispatch.run, rechunk(dispatch.chunk, remaining))
         self._queue.append(dispatch)
 
     def _spawn_workers(self) -> None:
@@ -393,7 +215,7 @@ class Supervisor:
             if limit is not None and (worker.inflight or limit <= 0):
                 continue
             batch: list[Dispatch] = []
-            load = sum(_expected_seconds(d, d.done) for d in worker.inflight)
+            load = sum(expected_seconds(d, d.done) for d in worker.inflight)
             tasks = sum(d.size - d.done for d in worker.inflight)
             while self._queue:
                 if (worker.inflight or batch) and (
@@ -411,7 +233,7 @@ class Supervisor:
                 if not worker.inflight and not batch:
                     worker.task_started = time.monotonic()
                 batch.append(dispatch)
-                load += _expected_seconds(dispatch, 0)
+                load += expected_seconds(dispatch, 0)
                 tasks += dispatch.size
             if batch:
                 worker.inflight.extend(batch)
@@ -445,9 +267,9 @@ class Supervisor:
         dropped = []
         for task in dispatch.chunk.tasks:
             state = run.future(task.index).claim()
-            if state == "cancelled":
+            if state == Claim.CANCELLED:
                 dropped.append(task.index)
-            elif state != "done":
+            elif state != Claim.DONE:
                 keep.append(task)
         if dropped:
             self._cancel_tasks(run, dropped, dispatch.chunk.attempt, only_pending=False)
@@ -455,7 +277,7 @@ class Supervisor:
             return None
         if len(keep) == len(dispatch.chunk.tasks):
             return dispatch
-        return Dispatch(run, _rechunk(dispatch.chunk, tuple(keep)))
+        return Dispatch(run, rechunk(dispatch.chunk, tuple(keep)))
 
     def _next_timeout(self) -> float | None:
         deadlines = []
@@ -518,24 +340,15 @@ class Supervisor:
         if dispatch.is_reduce or dispatch.size <= limit:
             return dispatch
         tasks = dispatch.chunk.tasks
-        self._queue.appendleft(Dispatch(dispatch.run, _rechunk(dispatch.chunk, tasks[limit:])))
-        return Dispatch(dispatch.run, _rechunk(dispatch.chunk, tasks[:limit]))
+        self._queue.appendleft(Dispatch(dispatch.run, rechunk(dispatch.chunk, tasks[limit:])))
+        return Dispatch(dispatch.run, rechunk(dispatch.chunk, tasks[:limit]))
 
     def _retire(self, worker: WorkerProcess) -> None:
         """Stop a worker that used up its tasks; ``_spawn_workers`` starts a fresh one."""
         self._workers.remove(worker)
-        with contextlib.suppress(OSError):
-            worker.conn.send(("stop",))
-        try:
-            worker.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.proc.wait()
-        worker.conn.close()
-        worker.close_handles()
-        worker.cleanup()
-        with contextlib.suppress(StoreError):
-            self.store.worker_gone([worker.worker_id])
+        worker.send_stop()
+        worker.reap(timeout=10)
+        self._forget_workers([worker])
 
     def _drain(self, worker: WorkerProcess) -> None:
         try:
@@ -596,7 +409,7 @@ class Supervisor:
             run.fail_reduce()
         if run.done.is_set():
             del self._runs[run.job_id]
-            state = "cancelled" if run.cancelled else "finished"
+            state = JobState.CANCELLED if run.cancelled else JobState.FINISHED
             try:
                 self.store.set_job_state(run.job_id, state,
                                          summary=self.store.summarize(run.job_id))
@@ -626,13 +439,7 @@ class Supervisor:
             return
         self._collect(worker)  # results it sent before it died are not lost
         self._workers.remove(worker)
-        worker.conn.close()
-        try:
-            worker.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.proc.wait()
-        reading = worker.close_handles()
+        reading = worker.reap(timeout=10)
         if not worker.ready:
             self._startup_failed(worker)
             return
@@ -640,9 +447,7 @@ class Supervisor:
         if worker.stalled and reason == "died":
             reason = "stalled"
         output = worker.output_since(reading)
-        worker.cleanup()
-        with contextlib.suppress(StoreError):  # `fanout status` prunes dead pids anyway
-            self.store.worker_gone([worker.worker_id])
+        self._forget_workers([worker])
         code = worker.proc.returncode
         requeue: list[Dispatch] = []
         ordinal = worker.reported
@@ -665,7 +470,7 @@ class Supervisor:
                 requeue.append(Dispatch(run, chunk))
             elif keep:
                 tasks = tuple(t for t in chunk.tasks if t.index in set(keep))
-                requeue.append(Dispatch(run, _rechunk(chunk, tasks)))
+                requeue.append(Dispatch(run, rechunk(chunk, tasks)))
         self._queue.extendleft(reversed(requeue))
 
     def _recover(self, run: JobRun, chunk: Chunk, index: int) -> bool:
@@ -690,7 +495,7 @@ class Supervisor:
             return
         why = (
             f"{self._startup_failures} local worker processes in a row died while starting "
-            f"({_describe_exit(worker.proc.returncode)}); fanout cannot run tasks with "
+            f"({describe_exit(worker.proc.returncode)}); fanout cannot run tasks with "
             f"{sys.executable}. Their last output:\n{output.decode(errors='replace')}"
         )
         self._queue.clear()
@@ -725,7 +530,7 @@ class Supervisor:
                 f"holds the GIL) and was killed, on each of {attempts} (retries={retries})"
             )
         else:
-            how = _describe_exit(code)
+            how = describe_exit(code)
             if code == 0:
                 how += (" while the task was running (the task ended the process itself, "
                         "e.g. with os._exit(0))")
@@ -800,7 +605,7 @@ class Supervisor:
             for task in dispatch.chunk.tasks:
                 if started > self.max_workers:
                     return
-                if dispatch.run.future(task.index).claim() == "run":
+                if dispatch.run.future(task.index).claim() == Claim.RUN:
                     started += 1
 
     def _cancel_job(self, job_id: str) -> None:
@@ -835,30 +640,28 @@ class Supervisor:
         except StoreError:
             return  # asked again in CANCEL_POLL_SECONDS
         for job_id, state in states.items():
-            if state == "cancelled":
+            if state == JobState.CANCELLED:
                 self._cancel_job(job_id)
 
     # -- stopping --------------------------------------------------------------------------
 
     def _stop_workers(self) -> None:
         for worker in self._workers:
-            with contextlib.suppress(OSError):
-                worker.conn.send(("stop",))
+            worker.send_stop()
         deadline = time.monotonic() + 10
         for worker in self._workers:
             if worker.heartbeat_age(time.monotonic()) > self.stall_seconds:
                 worker.kill()  # stopped (SIGSTOP): it would never read "stop"
-            try:
-                worker.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.proc.wait()
-            worker.conn.close()
-            worker.close_handles()
-            worker.cleanup()
-        with contextlib.suppress(StoreError):
-            self.store.worker_gone(w.worker_id for w in self._workers)
+            worker.reap(timeout=max(0.1, deadline - time.monotonic()))
+        self._forget_workers(self._workers)
         self._workers.clear()
+
+    def _forget_workers(self, workers: list[WorkerProcess]) -> None:
+        """The last of stopped workers: their capture files and their rows in the store."""
+        for worker in workers:
+            worker.cleanup()
+        with contextlib.suppress(StoreError):  # `fanout status` prunes dead pids anyway
+            self.store.worker_gone([w.worker_id for w in workers])
 
     def _close_unfinished(self) -> None:
         """At the end: a job with tasks nobody will run ends cancelled, never "running"."""
@@ -878,23 +681,3 @@ class Supervisor:
         self._runs.clear()
 
 
-def _expected_seconds(dispatch: Dispatch, done: int) -> float:
-    mean = dispatch.run.mean_seconds
-    if mean is None or dispatch.is_reduce:
-        return BATCH_SECONDS  # unknown: count it as a full batch of work
-    return (dispatch.size - done) * mean
-
-
-def _rechunk(chunk: Chunk, tasks: tuple[Any, ...]) -> Chunk:
-    return Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt, tasks)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    if code is None:
-        return "vanished"
-    return f"exited with status {code}"

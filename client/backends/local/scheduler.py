@@ -12,9 +12,11 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ... import serialization
+from ...collector import JobRun
+from ...errors import JobNotFound
 from ...schedules import (
     ScheduleRequest,
     ScheduleSpec,
@@ -23,10 +25,23 @@ from ...schedules import (
     run_items,
     run_seed,
 )
-from ..base import JobRequest
+from ...states import JobState
+from ..base import JobInfo, JobRequest
+from .store import LocalStore
 
-if TYPE_CHECKING:  # the backend imports this module
-    from .backend import LocalBackend
+
+class ScheduleHost(Protocol):
+    """What the scheduler needs of a backend: its store, and starting and reading jobs.
+
+    A protocol rather than ``LocalBackend`` itself, so this module does not import the
+    backend that imports it.
+    """
+
+    store: LocalStore
+
+    def start_job(self, request: JobRequest) -> JobRun: ...
+
+    def job_info(self, job_id: str) -> JobInfo: ...
 
 
 def _spec(text: str, next_fire_at: float | None) -> ScheduleSpec:
@@ -35,7 +50,7 @@ def _spec(text: str, next_fire_at: float | None) -> ScheduleSpec:
     return ScheduleSpec.from_json(data)
 
 
-def put(backend: LocalBackend, request: ScheduleRequest, now: float) -> ScheduleSpec:
+def put(backend: ScheduleHost, request: ScheduleRequest, now: float) -> ScheduleSpec:
     spec = request.spec
     first = next_fire(spec.expression, spec.timezone,
                       dt.datetime.fromtimestamp(now, dt.UTC)).timestamp()
@@ -48,16 +63,16 @@ def put(backend: LocalBackend, request: ScheduleRequest, now: float) -> Schedule
     return _spec(request_json(spec), first)
 
 
-def listing(backend: LocalBackend) -> list[ScheduleSpec]:
+def listing(backend: ScheduleHost) -> list[ScheduleSpec]:
     return [_spec(text, nxt) for text, nxt in backend.store.schedules()]
 
 
-def get(backend: LocalBackend, name: str) -> ScheduleSpec:
+def get(backend: ScheduleHost, name: str) -> ScheduleSpec:
     text, nxt = backend.store.schedule(name)
     return _spec(text, nxt)
 
 
-def set_enabled(backend: LocalBackend, name: str, enabled: bool, now: float) -> ScheduleSpec:
+def set_enabled(backend: ScheduleHost, name: str, enabled: bool, now: float) -> ScheduleSpec:
     spec = get(backend, name)
     data = spec.to_json()
     data["enabled"] = enabled
@@ -69,25 +84,25 @@ def set_enabled(backend: LocalBackend, name: str, enabled: bool, now: float) -> 
     return get(backend, name)
 
 
-def runs(backend: LocalBackend, name: str) -> list[dict[str, Any]]:
-    backend.store.schedule(name)  # KeyError for an unknown schedule
+def runs(backend: ScheduleHost, name: str) -> list[dict[str, Any]]:
+    backend.store.schedule(name)  # ScheduleNotFound for an unknown schedule
     out = []
     for fired_at, job_id, outcome in backend.store.schedule_runs(name):
         state = outcome
         if job_id is not None:
             try:
                 state = backend.store.job(job_id).state
-            except KeyError:
+            except JobNotFound:
                 state = "missing"
         out.append({"job_id": job_id, "fired_at": fired_at, "state": state})
     return out
 
 
-def fire(backend: LocalBackend, name: str, fired_at: float) -> str | None:
+def fire(backend: ScheduleHost, name: str, fired_at: float) -> str | None:
     """Start one run of ``name`` now; None when skipped (the previous run still runs)."""
     spec = get(backend, name)
     previous = next((r for r in runs(backend, name) if r["job_id"]), None)
-    if previous is not None and previous["state"] == "running" and \
+    if previous is not None and previous["state"] == JobState.RUNNING and \
             not backend.job_info(previous["job_id"]).orphaned:
         backend.store.add_schedule_run(name, fired_at, None, "skipped")
         return None
@@ -108,7 +123,7 @@ def fire(backend: LocalBackend, name: str, fired_at: float) -> str | None:
 class ScheduleRunner:
     """Fires due schedules; ``serve()`` loops until stopped, ``tick()`` runs one pass."""
 
-    def __init__(self, backend: LocalBackend, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, backend: ScheduleHost, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self.clock = clock
         self.stop = threading.Event()

@@ -1,0 +1,74 @@
+"""The watchdog: a tiny thread that kills a worker whose heartbeat and CPU time stopped.
+
+It only reads each worker's beacon and CPU time and never touches the store, so a worker
+frozen while holding the store's write lock is killed even while the supervisor itself
+waits for that lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .worker_process import WorkerProcess
+
+log = logging.getLogger("fanout.local")
+
+#: Extra seconds a starting worker has before its first heartbeat (interpreter start-up).
+STARTUP_GRACE_SECONDS = 10.0
+
+
+class Watchdog:
+    """Watches the supervisor's workers (read through ``workers``) every quarter of
+    ``stall_seconds``; ``wake`` tells the supervisor that it killed one."""
+
+    def __init__(self, workers: Callable[[], list[WorkerProcess]], stall_seconds: float,
+                 wake: Callable[[], None]) -> None:
+        self._workers = workers
+        self.stall_seconds = stall_seconds
+        self._wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fanout-watchdog",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        """The watchdog: kill a worker holding a task whose heartbeat and CPU time stopped.
+
+        A worker still starting gets ``STARTUP_GRACE_SECONDS`` more (it beats only once its
+        interpreter is up); an idle one is left alone until it is given work or stopped. A
+        worker whose CPU time still grows is working (in C, holding the GIL) and is spared.
+        When the watchdog itself wakes far later than it asked, this whole process group was
+        stopped (Ctrl-Z, then ``fg``): every heartbeat is old for that reason alone, so the
+        round is skipped and the workers get a full interval from now.
+        """
+        interval = self.stall_seconds / 4
+        last = time.monotonic()
+        while not self._stop.wait(interval):
+            clock = time.monotonic()
+            overslept = clock - last > interval + self.stall_seconds / 2
+            last = clock
+            for worker in list(self._workers()):
+                if overslept:
+                    worker.progress_at = clock
+                    worker.beacon_grace = clock
+                    continue
+                if not (worker.inflight or not worker.ready) or worker.stalled:
+                    continue
+                limit = self.stall_seconds + (0 if worker.ready else STARTUP_GRACE_SECONDS)
+                working = worker.working(clock, limit)  # sampled every round: a fresh baseline
+                silent = min(worker.heartbeat_age(clock), clock - worker.beacon_grace)
+                if silent > limit and not working:
+                    log.warning("fanout worker %s sent no heartbeat for %.1fs and used no "
+                                "CPU; killing it", worker.worker_id,
+                                worker.heartbeat_age(clock))
+                    worker.stalled = True
+                    worker.kill()
+                    self._wake()

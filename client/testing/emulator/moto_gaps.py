@@ -1,0 +1,101 @@
+"""What moto 5.2 lacks, filled in here and only here: Batch ``submitJob.sync`` casing,
+a dropped connection retried as the SDK does, and memoised ``jsonpath_ng`` parses."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+def normalise_batch_parameters(service: Any, parameters: dict[str, Any],
+                                boto_service_name: str | None = None,
+                                service_action_name: str | None = None) -> None:
+    """What moto's port leaves out: the ASL's PascalCase names to botocore's casing."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("batch")
+    action = service.resource.api_action
+    operation = next(op for op in model.operation_names if op.lower() == action.lower())
+    _to_shape(parameters, model.operation_model(operation).input_shape)
+
+
+def normalise_batch_response(service: Any, response: Any,
+                              boto_service_name: str | None = None,
+                              service_action_name: str | None = None) -> None:
+    """And the other way: botocore's camelCase response to the ASL's PascalCase, in place."""
+    if isinstance(response, dict):
+        for key in list(response):
+            value = response.pop(key)
+            normalise_batch_response(service, value)
+            response[key[:1].upper() + key[1:]] = value
+    elif isinstance(response, list):
+        for item in response:
+            normalise_batch_response(service, item)
+
+
+def _to_shape(value: Any, shape: Any) -> Any:
+    if shape is None:
+        return value
+    if shape.type_name == "structure" and isinstance(value, dict):
+        members = {name.lower(): (name, member) for name, member in shape.members.items()}
+        for key in list(value):
+            if key.lower() in members:
+                name, member = members[key.lower()]
+                value[name] = _to_shape(value.pop(key), member)
+        return value
+    if shape.type_name == "list" and isinstance(value, list):
+        return [_to_shape(v, shape.member) for v in value]
+    return value
+
+
+def client_modules() -> list[Any]:
+    """moto's interpreter modules that build AWS clients with ``boto_client_for``."""
+    import importlib
+    import pkgutil
+
+    import moto.stepfunctions.parser.asl.component as package
+
+    found = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name.split(".")[-1].startswith(("resource_eval", "lambda_eval",
+                                                "state_task_service")):
+            module = importlib.import_module(info.name)
+            if hasattr(module, "boto_client_for"):
+                found.append(module)
+    return found
+
+
+def retrying_client(make: Any) -> Any:
+    """The interpreter's clients retry a dropped connection as the AWS SDK does.
+
+    moto builds them with retries off, so a connection the loaded local server closed
+    before answering failed the state as ``States.Runtime``. The SDK retries such transient
+    connection errors (up to 3 attempts in its standard mode, with backoff); throttling and
+    service errors are left alone, so they reach the definition's own Retry as on AWS.
+    """
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    transient = (ConnectionClosedError, EndpointConnectionError, ConnectionError)
+
+    def needs_retry(attempts: int, caught_exception: Exception | None = None,
+                    **kwargs: Any) -> float | None:
+        if isinstance(caught_exception, transient) and attempts < 3:
+            return 0.05 * 2.0 ** attempts
+        return None
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        client = make(region, service, state_credentials)
+        client.meta.events.register("needs-retry", needs_retry)
+        return client
+
+    return boto_client_for
+
+
+def memo_parse(parse: Any) -> Any:
+    """jsonpath_ng rebuilds its parser on every call: ~90% of moto's per-item time."""
+
+    @functools.lru_cache(maxsize=4096)
+    def cached(path: str) -> Any:
+        return parse(path)
+
+    return cached
