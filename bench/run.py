@@ -300,6 +300,12 @@ def bench_cpu(runners: Sequence[Runner], n: int, loops: int, workers: int
 
 
 def peak_rss_mb() -> float:
+    """This process's RSS high-water mark (``VmHWM``: unlike ``ru_maxrss``, it starts
+    afresh at ``exec``, so the big parent this probe was started from does not count)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / MB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # KiB on Linux
 
 
@@ -655,7 +661,7 @@ def method_lines(counts: Counts, loops: int, task_ms: float) -> list[str]:
         "Client RSS is measured in a fresh child process (`--rss-probe`): after warm-up, "
         "every worker is occupied by a task that blocks until a marker file exists, then "
         f"{counts.pending:,} no-op calls are submitted; the figure is the process's RSS "
-        f"high-water mark (`ru_maxrss`) {RSS_SETTLE_SECONDS:.0f} s after the last `submit` "
+        f"high-water mark (`VmHWM`) {RSS_SETTLE_SECONDS:.0f} s after the last `submit` "
         "returns (so background bookkeeping of the submitted calls counts), after which the "
         "executor is shut down with `cancel_futures=True`. MB = 10^6 bytes.",
         "",
@@ -668,8 +674,9 @@ def method_lines(counts: Counts, loops: int, task_ms: float) -> list[str]:
         "worker as a fresh interpreter (`python -m fanout.backends.local.worker`).",
         "",
         "The streaming map's row runs `bench/map_rss.py --executor ...` per executor, each in "
-        "a fresh interpreter: `ru_maxrss` of the client (fanout's supervisor is a thread of "
-        "it), and of the largest worker (`RUSAGE_CHILDREN`), in MiB.",
+        "a fresh interpreter: the client's peak RSS (`VmHWM`; fanout's supervisor is a thread "
+        "of it), and the largest worker's (`ru_maxrss` of `RUSAGE_CHILDREN`, which on Linux "
+        "may count the image a worker was started from), in MiB.",
     ]
 
 
