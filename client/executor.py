@@ -33,7 +33,7 @@ from .seeding import derive_seed, fresh_seed
 from .streaming import AUTO, MapFeed, known_length, window_tasks
 
 _FUNCTION_CACHE_SIZE = 256
-_live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
+_live_backends: weakref.WeakSet[Backend[Any]] = weakref.WeakSet()
 
 
 @atexit.register
@@ -56,7 +56,7 @@ def _weak_key(fn: Callable[..., Any]) -> tuple[object, Callable[[], object] | No
 class _Shared:
     """State shared by an executor and the views ``options()`` returns."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend[Any]) -> None:
         self.backend = backend
         self.lock = threading.Lock()
         self.shutdown = False
@@ -236,7 +236,7 @@ class Executor(concurrent.futures.Executor):
         weakref.finalize(self, backend_obj.shutdown, False)
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> Backend[Any]:
         return self._shared.backend
 
     @property

@@ -20,7 +20,7 @@ POLL_MAX_SECONDS = 1.0
 class _Watcher(threading.Thread):
     """Feeds stored records into futures by polling new records only (by sequence)."""
 
-    def __init__(self, backend: Backend, run: JobRun) -> None:
+    def __init__(self, backend: Backend[Any], run: JobRun) -> None:
         super().__init__(name=f"fanout-watch-{run.job_id}", daemon=True)
         self.backend = backend
         self.run_ = run
@@ -70,7 +70,7 @@ class _Watcher(threading.Thread):
 class Job:
     """A handle on one job. ``Job.attach(job_id)`` works from any process."""
 
-    def __init__(self, backend: Backend, info: JobInfo, backend_name: str | None,
+    def __init__(self, backend: Backend[Any], info: JobInfo, backend_name: str | None,
                  backend_options: dict[str, Any]) -> None:
         self._backend = backend
         self._info = info

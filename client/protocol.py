@@ -199,6 +199,11 @@ class TaskStore(Protocol):
 
     def read_task(self, job_id: str, task: TaskRef) -> bytes: ...
 
+    def read_chunk(self, job_id: str, tasks: tuple[TaskRef, ...]) -> dict[int, bytes]:
+        """Arguments of many tasks in one request, where that is cheaper (S3: one ranged
+        GET); it may return fewer (none), and the runtime reads the rest with ``read_task``."""
+        ...
+
     def put_result(self, record: ResultRecord) -> ResultRecord:
         """Conditionally store ``record``; return the record that is stored afterwards."""
         ...

@@ -312,10 +312,9 @@ class WorkerRuntime:
         # A store that can fetch a whole chunk's arguments in one request (S3: one ranged
         # GET) does; the local store reads each task's range from an open file instead.
         prefetched: dict[int, bytes] = {}
-        read_chunk = getattr(self.store, "read_chunk", None)
-        if read_chunk is not None and fn is not None and chunk.tasks:
+        if fn is not None and chunk.tasks:
             try:
-                prefetched = read_chunk(chunk.job_id, chunk.tasks)
+                prefetched = self.store.read_chunk(chunk.job_id, chunk.tasks)
             except Exception as exc:
                 setup_error = exc
         for task in chunk.tasks:

@@ -61,7 +61,7 @@ def known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 class MapFeed:
     """Tops up a streaming map's job from its input; used by the map's iterator only."""
 
-    def __init__(self, backend: Backend, run: JobRun, payloads: Iterator[bytes],
+    def __init__(self, backend: Backend[Any], run: JobRun, payloads: Iterator[bytes],
                  window: int, chunksize: int) -> None:
         self.backend = backend
         self.run = run

@@ -52,7 +52,7 @@ def worker_options(chosen: str, mp_context: Any, max_tasks_per_child: int | None
     return {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
 
 
-def create_backend(name: str | None = None, **options: Any) -> Backend:
+def create_backend(name: str | None = None, **options: Any) -> Backend[Any]:
     chosen = backend_name(name)
     if chosen == "local":
         from .local.backend import LocalBackend

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..collector import JobRun
 from ..errors import ScheduleNotFound
@@ -18,6 +18,7 @@ from ..future import Future
 from ..options import TaskOptions
 from ..protocol import JobSpec, ResultRecord
 from ..schedules import ScheduleRequest, ScheduleSpec
+from .job_store import JobStore
 
 
 @dataclass
@@ -49,7 +50,11 @@ class JobInfo:
     orphaned: bool  # running, but its driving client process is gone
 
 
-class Backend(ABC):
+#: The backend's store: a :class:`JobStore` (local: SQLite and files; aws: S3 and DynamoDB).
+StoreT = TypeVar("StoreT", bound=JobStore)
+
+
+class Backend(ABC, Generic[StoreT]):
     name: str
 
     # -- running work (an executor's backend) ----------------------------------------------
@@ -92,9 +97,8 @@ class Backend(ABC):
     @abstractmethod
     def list_jobs(self, limit: int = 50) -> list[JobInfo]: ...
 
-    # A backend's store speaks the protocol's store interface (local: SQLite and files;
-    # aws: S3 and DynamoDB), so reading records is the same on every backend.
-    store: Any
+    # Every store speaks JobStore, so reading records is the same on every backend.
+    store: StoreT
 
     def records_since(self, job_id: str, seq: int) -> tuple[list[ResultRecord], int]:
         """Records written after ``seq``; returns them and the new ``seq``."""

@@ -77,7 +77,7 @@ def _matches(supplied: str, token: str) -> bool:
                                token.encode("utf-8", "surrogateescape"))
 
 
-def create_app(backend_factory: Callable[[], Backend] | None = None, *,
+def create_app(backend_factory: Callable[[], Backend[Any]] | None = None, *,
                authorizer: Any = None, token: str | None = None,
                hosts: frozenset[str] | None = None) -> Chalice:
     """The app over ``backend_factory()`` (default: the configured backend).

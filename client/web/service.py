@@ -77,7 +77,7 @@ def decode_token(token: str | None) -> int:
 class JobsService:
     """The API's answers as plain JSON-able data."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend[Any]) -> None:
         self.backend = backend
 
     # -- jobs ------------------------------------------------------------------------------

@@ -20,33 +20,25 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from ... import records
 from ...collector import LIVE_RUNS, JobRun
 from ...errors import (
-    ExecutorClosed,
     InvalidArgument,
-    JobStillRunning,
     WorkerLost,
 )
 from ...future import Future
 from ...ids import new_job_id
+from ...job_record import JobRecord
 from ...options import TaskOptions
 from ...protocol import (
-    CANCELLED,
-    FAILED,
-    PENDING,
     REDUCE_INDEX,
-    RUNNING,
-    SUCCEEDED,
     Chunk,
     JobSpec,
-    ResultRecord,
-    now,
-    retry_plan,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec
-from ...states import FINAL_STATES, JobState
-from ..base import Backend, JobInfo, JobRequest
+from ...states import JobState
 from ..batching import SubmitBatches
+from ..lifecycle import JobLifecycle
 from .config import load_config
 from .schedules import AwsSchedules
 from .stack_check import StackCheck
@@ -72,7 +64,7 @@ class _Followed:
     polls: int = 0
 
 
-class AwsBackend(Backend):
+class AwsBackend(JobLifecycle[AwsStore]):
     """Options: ``bucket``, ``table``, ``state_machine_arn``, ``region``, ``endpoint_url``
     (default: the environment, then ``fanout configure``'s file under ``FANOUT_HOME``)."""
 
@@ -109,16 +101,23 @@ class AwsBackend(Backend):
 
     # -- submitting ------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ExecutorClosed("cannot schedule new futures after shutdown")
+    def _before_upload(self) -> None:
+        self.check_stack()
 
-    def _upload(self, job_id: str, kind: str, function: bytes, function_name: str,
-                payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
-                job_seed: int, reducer: bytes | None = None, reducer_name: str | None = None
-                ) -> tuple[JobSpec, list[Chunk]]:
+    def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
+                   payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
+                   job_seed: int, reducer: bytes | None = None,
+                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
         return upload_job(self.store, job_id, kind, function, function_name, payloads, seeds,
                           options, job_seed, reducer, reducer_name)
+
+    def _launch(self, run: JobRun, chunks: list[Chunk], retry: bool) -> None:
+        if not retry:  # upload_job wrote the manifests already
+            self._execute(run, "manifest", run.job_id)
+            return
+        retry_number = int(time.time())
+        put_manifests(self.store, run.job_id, f"manifest-retry-{retry_number}", chunks)
+        self._execute(run, f"manifest-retry-{retry_number}", f"{run.job_id}-retry-{retry_number}")
 
     def _execute(self, run: JobRun, manifest: str, name: str) -> None:
         """Start the job's execution over the tier manifests written as ``manifest``."""
@@ -132,21 +131,6 @@ class AwsBackend(Backend):
             self._followed[run.job_id] = _Followed(run, arn)
         self._ensure_poller()
 
-    def start_job(self, request: JobRequest) -> JobRun:
-        self._check_open()
-        self.check_stack()
-        job_id = new_job_id()
-        spec, _ = self._upload(job_id, request.kind, request.function, request.function_name,
-                               request.payloads, None, request.options, request.seed,
-                               request.reducer, request.reducer_name)
-        futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
-        reduce_future = Future(job_id, REDUCE_INDEX, self) if request.reducer else None
-        if request.progress is not None:
-            request.progress.reset(total=spec.n_tasks)
-        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
-        self._execute(run, "manifest", job_id)
-        return run
-
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
                options: TaskOptions, seed: int) -> Future:
         self._check_open()
@@ -156,12 +140,8 @@ class AwsBackend(Backend):
         return future
 
     def _flush_submits(self, everything: bool) -> None:
-        for batch in self._batches.take(everything):
-            spec, _ = self._upload(batch.job_id, "submit", batch.function, batch.function_name,
-                                   batch.payloads, batch.seeds, batch.options,
-                                   batch.options.seed or 0)
-            run = JobRun(spec, batch.futures, self.store.load_value)
-            self._execute(run, "manifest", batch.job_id)
+        for run, _ in self._submitted_jobs(everything):
+            self._execute(run, "manifest", run.job_id)
 
     # -- following jobs --------------------------------------------------------------------
 
@@ -211,9 +191,9 @@ class AwsBackend(Backend):
 
     def _poll(self, item: _Followed) -> bool:
         run = item.run
-        records, item.cursor = self.store.results_since(run.job_id, item.cursor)
-        records = [r for r in records if r.status in FINAL_STATES]  # not an interrupted attempt
-        for record in records:
+        polled, item.cursor = self.store.results_since(run.job_id, item.cursor)
+        delivered = records.final(polled)
+        for record in delivered:
             run.deliver(record)
         item.polls += 1
         if run.reduce_future is not None and run.map_finished and not run.reduce_future.done():
@@ -226,14 +206,14 @@ class AwsBackend(Backend):
         settled = run.map_finished and (run.reduce_future is None or run.reduce_future.done())
         if settled or item.polls % EXECUTION_CHECK_EVERY == 0:
             job = self.store.job(run.job_id)
-            if job["state"] != JobState.RUNNING and settled:
+            if job.state != JobState.RUNNING and settled:
                 self._forget(run)
-            elif (job["state"] != JobState.RUNNING
+            elif (job.state != JobState.RUNNING
                   or not self._execution_running(item.execution_arn)):
                 if not settled:
-                    self._abandon(run, f"its execution ended ({job['state']})")
+                    self._abandon(run, f"its execution ended ({job.state})")
                 self._forget(run)
-        return bool(records)
+        return bool(delivered)
 
     def _wait_for_execution(self, arn: str, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -247,9 +227,8 @@ class AwsBackend(Backend):
         return bool(status == "RUNNING")
 
     def _abandon(self, run: JobRun, why: str) -> None:
-        for record in self.store.results(run.job_id):
-            if record.status in FINAL_STATES:
-                run.deliver(record)
+        for record in records.final(self.store.results(run.job_id)):
+            run.deliver(record)
         message = (f"job {run.job_id} ended without a result for this task: {why}. "
                    f"`fanout retry {run.job_id}` runs the unfinished tasks.")
         for index in run.open_tasks():
@@ -288,88 +267,40 @@ class AwsBackend(Backend):
         if wait and poller is not None:
             poller.join()
 
-    # -- jobs ------------------------------------------------------------------------------
+    # -- jobs: what is AWS about their lifecycle -----------------------------------------
 
-    def _job(self, job_id: str) -> dict[str, Any]:
+    def _job(self, job_id: str) -> JobRecord:
         return self.store.job(job_id)
 
-    def _info(self, job: dict[str, Any]) -> JobInfo:
-        orphaned = False
-        if job["state"] == JobState.RUNNING and job.get("execution_arn") and job["job_id"] not in \
-                self._followed:
-            orphaned = not self._execution_running(job["execution_arn"])
-        return JobInfo(job["job_id"], job["spec"], job["state"], job["summary"],
-                       job.get("execution_arn"), orphaned)
+    def _orphaned(self, job: JobRecord) -> bool:
+        return bool(job.execution_arn) and job.job_id not in self._followed \
+            and not self._execution_running(job.execution_arn or "")
 
-    def job_info(self, job_id: str) -> JobInfo:
-        return self._info(self._job(job_id))
+    def _describe_owner(self, job: JobRecord) -> str | None:
+        return job.execution_arn
 
-    def list_jobs(self, limit: int = 50) -> list[JobInfo]:
-        return [self._info(job) for job in self.store.jobs(limit)]
+    def _still_running(self, job: JobRecord) -> str | None:
+        arn = job.execution_arn
+        if job.state == JobState.RUNNING and arn and self._execution_running(arn) and \
+                len(self.store.results(job.job_id)) == job.n_tasks:
+            self._wait_for_execution(arn, FINALIZE_WAIT_SECONDS)  # only finalizing is left
+            job = self.store.job(job.job_id)
+        if job.state == JobState.RUNNING and arn and self._execution_running(arn):
+            return (f"job {job.job_id} is still running ({arn}); wait for it or cancel it "
+                    f"(`fanout cancel {job.job_id}`) first")
+        return None
 
-
-
-
-    def counts(self, job_id: str) -> dict[str, int]:
-        job = self._job(job_id)
-        counts: dict[str, int] = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
-        for record in self.store.results(job_id):
-            counts[record.status] += 1
-        counts[PENDING] = job["spec"].n_tasks - sum(counts[s] for s in FINAL_STATES) \
-            - counts[RUNNING]
-        return counts
-
+    def _stop(self, job: JobRecord) -> bool:
+        if job.execution_arn:
+            with contextlib.suppress(ClientError):  # it may have ended already
+                self.sfn.stop_execution(executionArn=job.execution_arn,
+                                        cause="cancelled by fanout")
+        self.store.set_job_state(job.job_id, JobState.CANCELLED)
+        return False  # the execution is stopped, so nobody else records the cancellation
 
     def cancel_job(self, job_id: str) -> None:
-        job = self._job(job_id)
-        if job["state"] != JobState.RUNNING:
-            return
-        if job.get("execution_arn"):
-            with contextlib.suppress(ClientError):  # it may have ended already
-                self.sfn.stop_execution(executionArn=job["execution_arn"],
-                                        cause="cancelled by fanout")
-        self.store.update_job(job_id, state=JobState.CANCELLED)
-        have = {r.task_index for r in self.store.results(job_id) if r.status in FINAL_STATES}
-        stamp = now()
-        for index in range(job["spec"].n_tasks):
-            if index not in have:
-                self.store.put_result(ResultRecord(job_id, index, CANCELLED, 1, "", stamp,
-                                                   stamp))
-        counts = self.counts(job_id)
-        self.store.update_job(job_id, summary={k: v for k, v in counts.items()
-                                               if k not in (PENDING, RUNNING)})
-        self._wake.set()
-
-    def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
-        job = self._job(job_id)
-        arn = job.get("execution_arn")
-        if job["state"] == JobState.RUNNING and arn and self._execution_running(arn) and \
-                len(self.store.results(job_id)) == job["spec"].n_tasks:
-            self._wait_for_execution(arn, FINALIZE_WAIT_SECONDS)  # only finalizing is left
-            job = self._job(job_id)
-        if job["state"] == JobState.RUNNING and arn and self._execution_running(arn):
-            raise JobStillRunning(f"job {job_id} is still running ({job['execution_arn']}); "
-                                  f"wait for it or cancel it (`fanout cancel {job_id}`) first")
-        self._check_open()
-        spec: JobSpec = job["spec"]
-        manifest = [Chunk.from_json(c) for c in
-                    json.loads(self.store.get_object(job_id, "manifest.json"))]
-        chunks = retry_plan(manifest, self.store.results(job_id))
-        reduce_record = self.store.result(job_id, REDUCE_INDEX) if spec.has_reducer else None
-        needs_reduce = spec.has_reducer and (reduce_record is None
-                                             or reduce_record.status != SUCCEEDED)
-        if not chunks and not needs_reduce:
-            return self.counts(job_id)
-        retry_number = int(time.time())
-        put_manifests(self.store, job_id, f"manifest-retry-{retry_number}", chunks)
-        futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
-        reduce_future = Future(job_id, REDUCE_INDEX, self) if needs_reduce else None
-        if progress is not None:
-            progress.reset(total=len(futures))
-        run = JobRun(spec, futures, self.store.load_value, reduce_future, progress)
-        self._execute(run, f"manifest-retry-{retry_number}", f"{job_id}-retry-{retry_number}")
-        run.stored.wait()
-        return self.counts(job_id)
+        super().cancel_job(job_id)
+        self._wake.set()  # the poller delivers the cancellations to this process's futures
 
     # -- schedules: EventBridge Scheduler starts the state machine (schedules.py) ----------
 
@@ -389,7 +320,8 @@ class AwsBackend(Backend):
         self.schedules.delete_schedule(name)
 
     def schedule_runs(self, name: str) -> list[dict[str, Any]]:
-        return self.schedules.schedule_runs(name)
+        self.get_schedule(name)  # ScheduleNotFound for an unknown schedule
+        return self._schedule_run_states(name)
 
     def __repr__(self) -> str:
         return f"AwsBackend(bucket={self.config.bucket!r}, table={self.config.table!r})"

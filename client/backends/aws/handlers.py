@@ -14,23 +14,21 @@ import sys
 import time
 from typing import Any
 
+from ... import records
 from ...capture import StreamCapture
 from ...context import current_task
 from ...errors import WorkerLost
 from ...ids import new_job_id
 from ...protocol import (
-    CANCELLED,
     FAILED,
-    PENDING,
     REDUCE_INDEX,
-    RUNNING,
     SUCCEEDED,
     Chunk,
     ResultRecord,
-    now,
 )
-from ...runtime import WorkerRuntime, exception_fields
-from ...states import FINAL_STATES, JobState
+from ...runtime import WorkerRuntime
+from ...states import JobState, TaskState
+from ...summary import Timings, status_counts, summary_from
 from .config import RECORD_TTL_DAYS, AwsConfig
 from .store import AwsStore
 from .upload import execution_input, upload_job
@@ -167,14 +165,9 @@ def worker_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 # -- Lambda: finalize ----------------------------------------------------------------------------
 
 
-def _lost(job_id: str, index: int, attempt: int, why: str) -> ResultRecord:
-    stamp = now()
-    record = ResultRecord(job_id, index, FAILED, attempt, "", stamp, stamp,
-                          extra={"lost": "chunk failed"})
-    for key, value in exception_fields(WorkerLost(why)).items():
-        setattr(record, key, value)
-    record.traceback = f"fanout.errors.WorkerLost: {why}\n"
-    return record
+def _lost(job_id: str, index: int, why: str) -> ResultRecord:
+    # attempt 99: any real re-run (a retry) gets a higher attempt and replaces it
+    return records.lost(job_id, index, 99, WorkerLost(why), extra={"lost": "chunk failed"})
 
 
 def chunk_failed(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, int]:
@@ -184,12 +177,11 @@ def chunk_failed(event: dict[str, Any], store: AwsStore | None = None) -> dict[s
     error = event.get("error") or {}
     why = (f"chunk {chunk.index} of job {chunk.job_id} failed in the state machine: "
            f"{error.get('Error', 'unknown error')}: {str(error.get('Cause', ''))[:2000]}")
-    have = {r.task_index for r in store.results(chunk.job_id) if r.status in FINAL_STATES}
+    have = {r.task_index for r in records.final(store.results(chunk.job_id))}
     recorded = 0
     for task in chunk.tasks:
         if task.index not in have:
-            # attempt 99: any real re-run (a retry) gets a higher attempt and replaces it
-            store.put_result(_lost(chunk.job_id, task.index, 99, why))
+            store.put_result(_lost(chunk.job_id, task.index, why))
             recorded += 1
     return {"recorded": recorded}
 
@@ -200,37 +192,28 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
     job_id = event["job_id"]
     spec = store.load_spec(job_id)
     job = store.job(job_id)
-    records = {r.task_index: r for r in store.results(job_id) if r.status in FINAL_STATES}
+    final = {r.task_index: r for r in records.final(store.results(job_id))}
     map_error = event.get("map_error")
-    if job["state"] == JobState.CANCELLED:
+    if job.state == JobState.CANCELLED:
         state = JobState.CANCELLED
     else:
-        missing = [i for i in range(spec.n_tasks) if i not in records]
+        missing = [i for i in range(spec.n_tasks) if i not in final]
         for index in missing:
             why = (f"task {index} of job {job_id} has no result after the map ended"
                    + (f" ({map_error.get('Error')})" if isinstance(map_error, dict) else ""))
-            records[index] = store.put_result(_lost(job_id, index, 99, why))
+            final[index] = store.put_result(_lost(job_id, index, why))
         state = JobState.FINISHED
-    counts: dict[str, int] = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
-    for record in records.values():
-        counts[record.status] = counts.get(record.status, 0) + 1
-    if spec.has_reducer and state == JobState.FINISHED and counts[SUCCEEDED] == spec.n_tasks:
+    counts = status_counts(final.values())
+    if spec.has_reducer and state == JobState.FINISHED and counts.get(SUCCEEDED, 0) == spec.n_tasks:
         previous = store.result(job_id, REDUCE_INDEX)
         if previous is None or previous.status != SUCCEEDED:
             attempt = 1 if previous is None else previous.attempt + 1
             runtime = WorkerRuntime(store, "lambda/finalize", StreamCapture())
             runtime.run_reduce(job_id, attempt)
-    ran = [r for r in records.values() if r.worker_id]
-    summary = {
-        **{k: v for k, v in counts.items() if k not in (PENDING, RUNNING)},
-        "task_seconds": round(sum(r.duration for r in ran), 6),
-        "wall_seconds": round(max((r.ended for r in ran), default=0.0)
-                              - min((r.started for r in ran), default=0.0), 6),
-        "workers": len({r.worker_id for r in ran}),
-    }
+    summary = summary_from(counts, Timings.of(final.values()))
     if map_error:
         summary["map_error"] = map_error
-    store.update_job(job_id, state=state, summary=summary)
+    store.set_job_state(job_id, state, summary=summary)
     logger.info("job finalized", extra={"job_id": job_id, "state": state, **counts})
     return {"job_id": job_id, "state": state, "summary": summary}
 
@@ -264,7 +247,7 @@ def plan(event: dict[str, Any], store: AwsStore | None = None,
     spec = ScheduleSpec.from_json(json.loads(bundle["spec"]))
     for _fired, job_id, _outcome in store.schedule_runs(name, limit=10):
         if job_id:
-            if store.job(job_id)["state"] == JobState.RUNNING:
+            if store.job(job_id).state == JobState.RUNNING:
                 store.put_schedule_run(name, fired_at, None, "skipped")
                 logger.info("scheduled run skipped", extra={"schedule": name,
                                                               "running": job_id})
@@ -318,20 +301,17 @@ def batch_main() -> int:
         ctx = current_task()
         # A job stop (cancel) ends its Batch jobs with SIGTERM too: no retry follows, and
         # the cancellation's record stands.
-        if ctx is not None and store.job(ctx.job_id)["state"] != JobState.CANCELLED:
+        if ctx is not None and store.job(ctx.job_id).state != JobState.CANCELLED:
             previous = interruptions.get(ctx.task_index, {}).get("interruptions", 0)
-            stamp = now()
+            why = (f"task {ctx.task_index} was interrupted on attempt {ctx.attempt} "
+                   "(SIGTERM: Spot reclaim or job stop); it is retried")
             # RUNNING, not FAILED: the job definition's retry strategy runs the task again,
             # so no future may resolve on this record; if no retry comes, the chunk's
             # failure handler replaces it with WorkerLost.
-            record = ResultRecord(ctx.job_id, ctx.task_index, RUNNING, ctx.attempt, worker_id,
-                                  stamp, stamp, extra={"interrupted": True,
-                                                       "interruptions": previous + 1})
-            why = (f"task {ctx.task_index} was interrupted on attempt {ctx.attempt} "
-                   "(SIGTERM: Spot reclaim or job stop); it is retried")
-            for key, value in exception_fields(WorkerLost(why)).items():
-                setattr(record, key, value)
-            store.put_result(record)
+            store.put_result(records.lost(
+                ctx.job_id, ctx.task_index, ctx.attempt, WorkerLost(why), worker_id=worker_id,
+                extra={"interrupted": True, "interruptions": previous + 1},
+                status=TaskState.RUNNING))
             logger.warning("interrupted", extra={"job_id": ctx.job_id, "task": ctx.task_index})
         _flush_metrics()
         sys.stdout.flush()

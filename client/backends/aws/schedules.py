@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ...errors import ConfigurationError, JobNotFound, ScheduleExists, ScheduleNotFound
+from ...errors import ConfigurationError, ScheduleExists, ScheduleNotFound
 from ...schedules import ScheduleRequest, ScheduleSpec, next_fire, request_json
 from .config import AwsConfig
 from .store import AwsStore
@@ -117,16 +117,3 @@ class AwsSchedules:
             if exc.response["Error"]["Code"] == "ResourceNotFoundException":
                 raise self._no_schedule(name) from None
             raise
-
-    def schedule_runs(self, name: str) -> list[dict[str, Any]]:
-        self.get_schedule(name)  # ScheduleNotFound for an unknown schedule
-        runs = []
-        for fired_at, job_id, outcome in self.store.schedule_runs(name):
-            state = outcome
-            if job_id:
-                try:
-                    state = self.store.job(job_id)["state"]
-                except JobNotFound:
-                    state = "missing"
-            runs.append({"job_id": job_id, "fired_at": fired_at, "state": state})
-        return runs

@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 
 from ...errors import InvalidArgument, JobNotFound, ScheduleNotFound
 from ...ids import check_job_id
+from ...job_record import JobRecord, Owner
 from ...protocol import (
     REDUCE_INDEX,
     RUNNING,
@@ -38,6 +39,7 @@ from ...protocol import (
     ResultRecord,
     TaskRef,
 )
+from ...summary import Timings, status_counts
 from .config import AwsConfig
 
 #: Records must fit DynamoDB's 400 KB item limit with their logs (two 64 KiB tails).
@@ -328,7 +330,7 @@ class AwsStore:
             "expires": self.expires(),
         })
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobRecord:
         response = self.dynamodb.get_item(
             TableName=self.table, ConsistentRead=True,
             Key={"job_id": {"S": job_id}, "item": {"S": "job"}})
@@ -338,21 +340,38 @@ class AwsStore:
         return self._job(response["Item"])
 
     @staticmethod
-    def _job(item: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "job_id": item["job_id"]["S"],
-            "spec": JobSpec.from_json(item["spec"]["S"]),
-            "state": item["state"]["S"],
-            "owner": item.get("owner", {}).get("S"),
-            "execution_arn": item.get("execution_arn", {}).get("S"),
-            "summary": json.loads(item["summary"]["S"]) if "summary" in item else None,
-        }
+    def _job(item: dict[str, Any]) -> JobRecord:
+        return JobRecord(
+            job_id=item["job_id"]["S"],
+            spec=JobSpec.from_json(item["spec"]["S"]),
+            state=item["state"]["S"],
+            summary=json.loads(item["summary"]["S"]) if "summary" in item else None,
+            owner=Owner.from_json(item.get("owner", {}).get("S")),
+            execution_arn=item.get("execution_arn", {}).get("S"),
+        )
 
-    def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def jobs(self, limit: int = 50) -> list[JobRecord]:
         response = self.dynamodb.query(
             TableName=self.table, IndexName="jobs", ScanIndexForward=False, Limit=limit,
             KeyConditionExpression="entity = :e", ExpressionAttributeValues={":e": {"S": "job"}})
         return [self._job(item) for item in response["Items"]]
+
+    def manifest(self, job_id: str) -> list[Chunk]:
+        return [Chunk.from_json(c) for c in json.loads(self.get_object(job_id, "manifest.json"))]
+
+    def set_job_state(self, job_id: str, state: str, *,
+                      summary: dict[str, Any] | None = None) -> bool:
+        fields: dict[str, Any] = {"state": state}
+        if summary is not None:
+            fields["summary"] = summary
+        self.update_job(job_id, **fields)
+        return True
+
+    def status_counts(self, job_id: str) -> dict[str, int]:
+        return status_counts(self.results(job_id))
+
+    def timings(self, job_id: str) -> Timings:
+        return Timings.of(self.results(job_id))
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         names, values, sets = {}, {}, []

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import socket
 
+from ... import records
 from ...collector import LIVE_RUNS, JobRun
 from ...future import Claim, Future
 from ...ids import new_job_id
 from ...options import TaskOptions
-from ...protocol import CANCELLED, Chunk, ResultRecord, now
+from ...protocol import Chunk
 from ...runtime import WorkerRuntime
 from ...states import JobState
+from ...summary import job_summary
 from ..local.backend import LocalBackend
 from .tee import TeeCapture
 
@@ -65,7 +67,7 @@ class InlineBackend(LocalBackend):
             self._interrupted(run)
             raise
         state = JobState.CANCELLED if run.cancelled else JobState.FINISHED
-        self.store.set_job_state(run.job_id, state, summary=self.store.summarize(run.job_id))
+        self.store.set_job_state(run.job_id, state, summary=job_summary(self.store, run.job_id))
         run.close()
 
     def _interrupted(self, run: JobRun) -> None:
@@ -76,26 +78,27 @@ class InlineBackend(LocalBackend):
         the local backend does, so ``fanout status`` and ``Job.attach`` tell the truth.
         """
         run.cancelled = True
-        stamp = now()
-        for index in run.open_tasks():
+        open_tasks = run.open_tasks()
+        for index in open_tasks:
             run.future(index).cancel()
-            run.deliver(self.store.put_result(
-                ResultRecord(run.job_id, index, CANCELLED, 1, "", stamp, stamp)))
+        for stored in self.store.put_results(records.cancelled(run.job_id, open_tasks)):
+            run.deliver(stored)
         if run.reduce_future is not None and not run.reduce_future.done():
             run.fail_reduce()
         self.store.set_job_state(run.job_id, JobState.CANCELLED,
-                                 summary=self.store.summarize(run.job_id))
+                                 summary=job_summary(self.store, run.job_id))
         run.close()
 
     def _run_chunk(self, run: JobRun, chunk: Chunk) -> None:
-        keep, stamp = [], now()
+        keep, dropped = [], []
         for task in chunk.tasks:
             if run.future(task.index).claim() == Claim.RUN:
                 keep.append(task)
             else:  # cancelled before its turn came (by another thread)
-                cancelled = ResultRecord(run.job_id, task.index, CANCELLED, chunk.attempt, "",
-                                         stamp, stamp)
-                run.deliver(self.store.put_result(cancelled))
+                dropped.append(task.index)
+        for stored in self.store.put_results(records.cancelled(run.job_id, dropped,
+                                                               chunk.attempt)):
+            run.deliver(stored)
         if keep:
             self._runtime.run_chunk(Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt,
                                           tuple(keep)), run.deliver)

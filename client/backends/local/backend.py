@@ -1,4 +1,10 @@
-"""The local backend: worker processes on this machine, results in an embedded store."""
+"""The local backend: worker processes on this machine, results in an embedded store.
+
+The job lifecycle is :class:`~fanout.backends.lifecycle.JobLifecycle`'s; this class supplies
+what is local about it: jobs are files and rows in the store under ``FANOUT_HOME``, chunks
+run on the :class:`~.pool.Supervisor`'s worker processes, and a job is driven by the client
+process that started it (its ``Owner``).
+"""
 
 from __future__ import annotations
 
@@ -11,35 +17,28 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
-from ...errors import ConfigurationError, ExecutorClosed, InvalidArgument, JobStillRunning
+from ...errors import ConfigurationError, InvalidArgument
 from ...future import Future
 from ...ids import new_job_id
+from ...job_record import JobRecord, Owner
 from ...manifest import PAYLOAD_OBJECT, payload_object, plan_chunks, plan_job, write_payload
 from ...options import TaskOptions
-from ...protocol import (
-    CANCELLED,
-    SUCCEEDED,
-    Chunk,
-    JobSpec,
-    ResultRecord,
-    TaskRef,
-    now,
-    retry_plan,
-)
+from ...protocol import Chunk, JobSpec, TaskRef
 from ...schedules import ScheduleRequest, ScheduleSpec
 from ...states import JobState
-from ..base import Backend, JobInfo, JobRequest
 from ..batching import SubmitBatches
+from ..lifecycle import JobLifecycle
 from . import scheduler
 from .dispatch import Dispatch
+from .messages import CancelJob, SealRun, Shutdown, StartRun
 from .pool import DEFAULT_STALL_SECONDS, Supervisor
-from .store import LocalStore, Owner
+from .store import LocalStore
 
 #: How long cancelling another process's job waits for that process to apply it.
 CANCEL_WAIT_SECONDS = 10.0
 
 
-class LocalBackend(Backend):
+class LocalBackend(JobLifecycle[LocalStore]):
     """Options: ``max_workers`` (default: CPU count), ``home`` (default: ``FANOUT_HOME``),
     ``stall_seconds`` (default: ``FANOUT_STALL_SECONDS`` or 10): how long a worker holding a
     task may go without a heartbeat before it is killed and its task retried.
@@ -85,6 +84,19 @@ class LocalBackend(Backend):
     def worker_pids(self) -> list[int]:
         return [] if self._supervisor is None else self._supervisor.worker_pids()
 
+    def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
+                   payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
+                   job_seed: int, reducer: bytes | None = None,
+                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
+        self.store.write_object(job_id, "function.pkl", function)
+        if reducer is not None:
+            self.store.write_object(job_id, "reducer.pkl", reducer)
+        refs = self._write_payload(job_id, PAYLOAD_OBJECT, payloads, seeds, job_seed)
+        spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
+                                  reducer_name, has_reducer=reducer is not None)
+        self.store.create_job(spec, manifest, Owner.me())
+        return spec, manifest
+
     def _write_payload(self, job_id: str, name: str, payloads: Iterable[bytes],
                        seeds: Iterable[int] | None, job_seed: int, first: int = 0
                        ) -> list[TaskRef]:
@@ -95,44 +107,15 @@ class LocalBackend(Backend):
             os.fsync(handle.fileno())
         return refs
 
-    def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
-                   payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
-                   job_seed: int, reducer: bytes | None = None,
-                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
-        """Upload one job: function once, all arguments into one payload object, manifest."""
-        self.store.write_object(job_id, "function.pkl", function)
-        if reducer is not None:
-            self.store.write_object(job_id, "reducer.pkl", reducer)
-        refs = self._write_payload(job_id, PAYLOAD_OBJECT, payloads, seeds, job_seed)
-        spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
-                                  reducer_name, has_reducer=reducer is not None)
-        self.store.create_job(spec, manifest, Owner.me())
-        return spec, manifest
+    def _discard_job(self, job_id: str) -> None:
+        self.store.remove_job_files(job_id)
 
-    def start_job(self, request: JobRequest) -> JobRun:
-        self._check_open()
-        job_id = new_job_id()
-        try:
-            spec, manifest = self._write_job(
-                job_id, request.kind, request.function, request.function_name,
-                request.payloads, None, request.options, request.seed, request.reducer,
-                request.reducer_name,
-            )
-        except BaseException:
-            # Nothing was recorded (the job row is written last): leave no files behind.
-            self.store.remove_job_files(job_id)
-            raise
-        futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
-        reduce_future = Future(job_id, -1, self) if request.reducer is not None else None
-        if request.progress is not None:
-            request.progress.reset(total=request.expected_tasks if request.streaming
-                                   else spec.n_tasks)
-        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress,
-                     streaming=request.streaming)
-        if request.streaming:
-            self._segments[job_id] = (1, len(manifest))
-        self._start(run, manifest)
-        return run
+    def _launch(self, run: JobRun, chunks: list[Chunk], retry: bool) -> None:
+        if retry:  # this process drives the job from now on
+            self.store.set_job_state(run.job_id, JobState.RUNNING, owner=Owner.me())
+        elif run.streaming:  # a map that appends segments: chunk numbers continue
+            self._segments[run.job_id] = (1, len(chunks))
+        self._start(run, chunks)
 
     def extend_job(self, run: JobRun, payloads: list[bytes]) -> list[Future]:
         """Append one segment: its own payload object and manifest row, then dispatch it.
@@ -160,7 +143,7 @@ class LocalBackend(Backend):
         run.spec = spec
         futures = [Future(job_id, ref.index, self) for ref in refs]
         run.add(futures)
-        self._pool().post("run", run, [Dispatch(run, chunk) for chunk in chunks])
+        self._pool().post(StartRun(run, tuple(Dispatch(run, chunk) for chunk in chunks)))
         return futures
 
     def seal_job(self, run: JobRun) -> None:
@@ -168,11 +151,11 @@ class LocalBackend(Backend):
         run.seal()
         supervisor = self._supervisor
         if supervisor is not None and supervisor.alive:
-            supervisor.post("seal", run)
+            supervisor.post(SealRun(run))
 
     def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
         LIVE_RUNS[run.job_id] = run
-        self._pool().post("run", run, [Dispatch(run, chunk) for chunk in manifest])
+        self._pool().post(StartRun(run, tuple(Dispatch(run, chunk) for chunk in manifest)))
 
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,
                options: TaskOptions, seed: int) -> Future:
@@ -189,26 +172,10 @@ class LocalBackend(Backend):
     def _pull_submits(self, now_wanted: bool) -> list[Dispatch]:
         """Called by the supervisor: turn waiting ``submit`` calls into jobs."""
         dispatches: list[Dispatch] = []
-        for batch in self._batches.take(now_wanted):
-            try:
-                spec, manifest = self._write_job(
-                    batch.job_id, "submit", batch.function, batch.function_name,
-                    batch.payloads, batch.seeds, batch.options, batch.options.seed or 0,
-                )
-            except Exception as exc:  # e.g. a full disk: these futures fail, others go on
-                self.store.remove_job_files(batch.job_id)
-                for future in batch.futures:
-                    if future.set_running_or_notify_cancel():
-                        future.set_exception(exc)
-                continue
-            run = JobRun(spec, batch.futures, self.store.load_value)
+        for run, manifest in self._submitted_jobs(now_wanted):
             LIVE_RUNS[run.job_id] = run
             dispatches.extend(Dispatch(run, chunk) for chunk in manifest)
         return dispatches
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ExecutorClosed("cannot schedule new futures after shutdown")
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -217,94 +184,52 @@ class LocalBackend(Backend):
         if supervisor is None:
             return
         if supervisor.alive:
-            supervisor.post("shutdown", cancel_futures)
+            supervisor.post(Shutdown(cancel_futures))
         if wait:
             supervisor.join()
 
-    # -- jobs ------------------------------------------------------------------------------
+    # -- jobs: what is local about their lifecycle -----------------------------------------
 
-    def _info(self, job_id: str) -> JobInfo:
-        row = self.store.job(job_id)
-        orphaned = (
-            row.state == JobState.RUNNING and job_id not in LIVE_RUNS
-            and (row.owner is None or not row.owner.alive())
-        )
-        owner = f"pid {row.owner.pid} on {row.owner.host}" if row.owner else None
-        return JobInfo(job_id, row.spec, row.state, row.summary, owner, orphaned)
+    def _orphaned(self, job: JobRecord) -> bool:
+        return job.job_id not in LIVE_RUNS and (job.owner is None or not job.owner.alive())
 
-    def job_info(self, job_id: str) -> JobInfo:
-        return self._info(job_id)
+    def _describe_owner(self, job: JobRecord) -> str | None:
+        return job.owner.describe() if job.owner else None
 
-    def list_jobs(self, limit: int = 50) -> list[JobInfo]:
-        return [self._info(row.job_id) for row in self.store.jobs(limit)]
-
-
-
-
-    def counts(self, job_id: str) -> dict[str, int]:
-        self._info(job_id)
+    def _running_tasks(self, job: JobRecord) -> int | None:
+        if job.state != JobState.RUNNING:
+            return 0
         self.store.prune_dead_workers()
-        return self.store.counts(job_id)
+        return self.store.running_tasks(job.job_id)
 
+    def _still_running(self, job: JobRecord) -> str | None:
+        run = LIVE_RUNS.get(job.job_id)
+        if run is not None and not run.done.is_set():
+            return f"job {job.job_id} is still running in this process; wait for it"
+        if job.state == JobState.RUNNING and not self._orphaned(job):
+            return (f"job {job.job_id} is still running ({self._describe_owner(job)}); wait "
+                    f"for it to finish or cancel it (`fanout cancel {job.job_id}`) before "
+                    "retrying")
+        return None
 
-    def cancel_job(self, job_id: str) -> None:
-        info = self._info(job_id)
-        if info.state != JobState.RUNNING:
-            return
-        run = LIVE_RUNS.get(job_id)
+    def _stop(self, job: JobRecord) -> bool:
+        run = LIVE_RUNS.get(job.job_id)
         if run is not None and self._supervisor is not None and self._supervisor.alive:
-            self._supervisor.post("cancel", job_id)
+            self._supervisor.post(CancelJob(job.job_id))  # it records the cancellation
             run.stored.wait(60)
-            return
-        self.store.set_job_state(job_id, JobState.CANCELLED, only_if=JobState.RUNNING)
-        if not info.orphaned:
-            # Its owner (another process) applies the cancel within CANCEL_POLL_SECONDS;
-            # wait for that, boundedly, so the caller sees the cancelled tasks.
-            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-            while time.monotonic() < deadline:
-                if len(self.store.results(job_id)) >= info.spec.n_tasks:
-                    return
-                time.sleep(0.05)
-        # Nobody drives this job (or its owner did not answer): record the cancellation of
-        # its unfinished tasks here; the conditional put keeps any result that lands first.
-        done = {r.task_index for r in self.store.results(job_id)}
-        stamp = now()
-        self.store.put_results([
-            ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
-            for i in range(info.spec.n_tasks) if i not in done
-        ])
-        self.store.set_job_state(job_id, JobState.CANCELLED, summary=self.store.summarize(job_id))
-
-    def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
-        """Re-run the tasks of ``job_id`` that did not succeed, wait, return the counts."""
-        info = self._info(job_id)
-        if job_id in LIVE_RUNS and not LIVE_RUNS[job_id].done.is_set():
-            raise JobStillRunning(f"job {job_id} is still running in this process; wait for it")
-        if info.state == JobState.RUNNING and not info.orphaned:
-            raise JobStillRunning(
-                f"job {job_id} is still running ({info.owner}); wait for it to finish or "
-                f"cancel it (`fanout cancel {job_id}`) before retrying"
-            )
-        self._check_open()
-        chunks = retry_plan(self.store.manifest(job_id), self.store.results(job_id))
-        spec = info.spec
-        reduce_record = self.store.result(job_id, -1) if spec.has_reducer else None
-        needs_reduce = spec.has_reducer and (
-            reduce_record is None or reduce_record.status != SUCCEEDED
-        )
-        if not chunks and not needs_reduce:
-            return self.store.counts(job_id)
-        self.store.set_job_state(job_id, JobState.RUNNING, owner=Owner.me())
-        futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
-        reduce_future = Future(job_id, -1, self) if needs_reduce else None
-        if progress is not None:
-            progress.reset(total=len(futures))
-        run = JobRun(spec, futures, self.store.load_value, reduce_future, progress)
-        if reduce_record is not None:
-            run.reduce_attempt = reduce_record.attempt + 1
-        self._start(run, chunks)
-        run.stored.wait()
-        return self.store.counts(job_id)
+            return True
+        self.store.set_job_state(job.job_id, JobState.CANCELLED, only_if=JobState.RUNNING)
+        if self._orphaned(job):
+            return False
+        # Its owner (another executor) applies the cancel within CANCEL_POLL_SECONDS; wait
+        # for that, boundedly, until the job's record has its summary (the owner writes it
+        # last), so the caller sees the cancelled tasks and the job's end.
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if self.store.job(job.job_id).summary is not None:
+                return True
+            time.sleep(0.05)
+        return False  # its owner did not answer: record the cancellation here
 
     # -- schedules -------------------------------------------------------------------------
 
@@ -324,7 +249,8 @@ class LocalBackend(Backend):
         self.store.delete_schedule(name)
 
     def schedule_runs(self, name: str) -> list[dict[str, Any]]:
-        return scheduler.runs(self, name)
+        self.store.schedule(name)  # ScheduleNotFound for an unknown schedule
+        return self._schedule_run_states(name)
 
     def __repr__(self) -> str:
         return f"LocalBackend(max_workers={self.max_workers}, home={str(self.store.home)!r})"

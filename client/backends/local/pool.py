@@ -32,13 +32,28 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
+from ... import records
 from ...collector import JobRun
 from ...errors import ConfigurationError, StoreError, TaskTimeout, WorkerLost
 from ...future import Claim
-from ...protocol import CANCELLED, FAILED, REDUCE_INDEX, Chunk, ResultRecord, now
-from ...runtime import exception_fields, safe_text
+from ...protocol import REDUCE_INDEX, Chunk, ResultRecord
+from ...runtime import safe_text
 from ...states import JobState
+from ...summary import job_summary
 from .dispatch import BATCH_MAX_TASKS, BATCH_SECONDS, Dispatch, expected_seconds, rechunk
+from .messages import (
+    CancelJob,
+    FromWorker,
+    Ready,
+    RunChunks,
+    RunReduce,
+    SealRun,
+    Shutdown,
+    StartRun,
+    Stored,
+    ToSupervisor,
+    Unstored,
+)
 from .store import LocalStore
 from .watchdog import Watchdog
 from .worker_process import STDERR_TAIL_ON_DEATH, WorkerProcess, describe_exit
@@ -72,7 +87,7 @@ class Supervisor:
         self._queue: deque[Dispatch] = deque()
         self._workers: list[WorkerProcess] = []
         self._runs: dict[str, JobRun] = {}
-        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._inbox: deque[ToSupervisor] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()  # no write to the pipe after it is closed
@@ -93,7 +108,7 @@ class Supervisor:
 
     # -- called from other threads ---------------------------------------------------------
 
-    def post(self, *message: Any) -> None:
+    def post(self, message: ToSupervisor) -> None:
         self._inbox.append(message)
         self.wake()
 
@@ -157,25 +172,25 @@ class Supervisor:
     def _read_inbox(self) -> None:
         while self._inbox:
             message = self._inbox.popleft()
-            kind = message[0]
-            if kind == "run":
-                run, dispatches = message[1], message[2]
+            if isinstance(message, StartRun):
+                run = message.run
                 self._runs[run.job_id] = run
                 if run.cancelled:  # tasks appended to a job cancelled meanwhile
-                    self._cancel_tasks(run, [t.index for d in dispatches if not d.is_reduce
-                                             for t in d.chunk.tasks], 1, only_pending=False)
+                    self._cancel_tasks(run, [t.index for d in message.dispatches
+                                             if not d.is_reduce for t in d.chunk.tasks],
+                                       1, only_pending=False)
                 else:
-                    for dispatch in dispatches:
+                    for dispatch in message.dispatches:
                         self._add(dispatch)
                 self._maybe_finish(run)
-            elif kind == "seal":
-                if message[1].job_id in self._runs:
-                    self._maybe_finish(message[1])
-            elif kind == "cancel":
-                self._cancel_job(message[1])
-            elif kind == "shutdown":
+            elif isinstance(message, SealRun):
+                if message.run.job_id in self._runs:
+                    self._maybe_finish(message.run)
+            elif isinstance(message, CancelJob):
+                self._cancel_job(message.job_id)
+            elif isinstance(message, Shutdown):
                 self._stopping = True
-                if message[1]:
+                if message.cancel_futures:
                     self._cancel_queued()
 
     def _add(self, dispatch: Dispatch) -> None:
@@ -246,13 +261,13 @@ class Supervisor:
             for dispatch in batch:
                 if dispatch.is_reduce:
                     if chunks:
-                        worker.conn.send(("chunks", chunks))
+                        worker.conn.send(RunChunks(tuple(chunks)))
                         chunks = []
-                    worker.conn.send(("reduce", dispatch.chunk.job_id, dispatch.chunk.attempt))
+                    worker.conn.send(RunReduce(dispatch.chunk.job_id, dispatch.chunk.attempt))
                 else:
                     chunks.append(dispatch.chunk)
             if chunks:
-                worker.conn.send(("chunks", chunks))
+                worker.conn.send(RunChunks(tuple(chunks)))
         except OSError:
             pass  # it died; the death is handled when its socket reports EOF
 
@@ -363,19 +378,17 @@ class Supervisor:
             while worker.conn.poll(0):
                 self._handle(worker, worker.conn.recv())
 
-    def _handle(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "ready":
+    def _handle(self, worker: WorkerProcess, message: FromWorker) -> None:
+        if isinstance(message, Ready):
             worker.ready = True
-            worker.pid = message[2]
-            worker.log_paths = list(message[3])
+            worker.pid = message.pid
+            worker.log_paths = list(message.log_paths)
             if worker.proc.stderr is not None:  # its fd 2 now goes to the capture file
                 worker.proc.stderr.close()
             return
-        if kind not in ("results", "unstored"):
-            return
         worker.task_started = time.monotonic()
-        for item in message[1]:
+        items = message.records if isinstance(message, Stored) else message.tasks
+        for item in items:
             if not worker.inflight:
                 return
             head = worker.inflight[0]
@@ -383,13 +396,14 @@ class Supervisor:
             worker.reported += 1
             if head.done >= head.size:
                 worker.inflight.popleft()
-            if kind == "results":
+            if isinstance(item, ResultRecord):
                 self._deliver(head.run, item)
             else:  # its record could not be stored: the future says why, the job goes on
+                assert isinstance(message, Unstored)
                 job_id, index = item
                 head.run.settle_error(index, StoreError(
                     f"the result of task {index} of job {job_id} could not be stored, so "
-                    f"it is lost: {message[2]}"))
+                    f"it is lost: {message.reason}"))
                 self._maybe_finish(head.run)
 
     def _deliver(self, run: JobRun, record: ResultRecord) -> None:
@@ -412,7 +426,7 @@ class Supervisor:
             state = JobState.CANCELLED if run.cancelled else JobState.FINISHED
             try:
                 self.store.set_job_state(run.job_id, state,
-                                         summary=self.store.summarize(run.job_id))
+                                         summary=job_summary(self.store, run.job_id))
             except StoreError:  # the futures have their outcomes; the store is told later
                 log.exception("fanout could not record the end of job %s", run.job_id)
             run.close()
@@ -538,16 +552,10 @@ class Supervisor:
                 f"the worker process running {what} of job {run.job_id} {how} on each of "
                 f"{attempts} (retries={retries}); see future.logs() for its last output"
             )
-        started = now()
         stdout, stderr = output
-        record = ResultRecord(run.job_id, index, FAILED, chunk.attempt, worker.worker_id,
-                              started, started, stdout=stdout, stderr=stderr,
-                              extra={"lost": reason})
-        for key, value in exception_fields(exc).items():
-            setattr(record, key, value)
-        record.traceback = f"{record.exc_type}: {exc}\n" + (
-            f"\nlast stderr of the worker:\n{stderr}" if stderr else "")
-        self._deliver(run, self._put(record))
+        self._deliver(run, self._put(records.lost(
+            run.job_id, index, chunk.attempt, exc, worker_id=worker.worker_id, stdout=stdout,
+            stderr=stderr, extra={"lost": reason})))
 
     def _put(self, record: ResultRecord) -> ResultRecord:
         """Store a record the supervisor made; if the store fails, the future still settles."""
@@ -561,8 +569,7 @@ class Supervisor:
 
     def _cancel_tasks(self, run: JobRun, indexes: list[int], attempt: int,
                       only_pending: bool) -> None:
-        records = []
-        stamp = now()
+        cancel = []
         for index in indexes:
             future = run.future(index)
             # A future cancelled by its caller (map's iterator closed) still needs its
@@ -570,9 +577,9 @@ class Supervisor:
             if (future.done() and not future.cancelled()) or (only_pending and future.running()):
                 continue
             future.cancel()
-            records.append(ResultRecord(run.job_id, index, CANCELLED, attempt, "", stamp, stamp))
-        if records:
-            for stored in self._put_all(records):
+            cancel.append(index)
+        if cancel:
+            for stored in self._put_all(records.cancelled(run.job_id, cancel, attempt)):
                 self._deliver(run, stored)
 
     def _put_all(self, records: list[ResultRecord]) -> list[ResultRecord]:
@@ -621,10 +628,7 @@ class Supervisor:
                 worker.inflight = deque(others)
                 worker.kill()
                 self._lost(worker, "cancelled", charge=False)
-        stamp = now()
-        records = [ResultRecord(job_id, i, CANCELLED, 1, "", stamp, stamp)
-                   for i in run.open_tasks()]
-        for stored in self._put_all(records):
+        for stored in self._put_all(records.cancelled(job_id, run.open_tasks())):
             self._deliver(run, stored)
         if run.reduce_future is not None and not run.reduce_future.done():
             run.fail_reduce()

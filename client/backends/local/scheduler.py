@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from ... import serialization
 from ...collector import JobRun
-from ...errors import JobNotFound
 from ...schedules import (
     ScheduleRequest,
     ScheduleSpec,
@@ -42,6 +41,8 @@ class ScheduleHost(Protocol):
     def start_job(self, request: JobRequest) -> JobRun: ...
 
     def job_info(self, job_id: str) -> JobInfo: ...
+
+    def schedule_runs(self, name: str) -> list[dict[str, Any]]: ...
 
 
 def _spec(text: str, next_fire_at: float | None) -> ScheduleSpec:
@@ -84,24 +85,10 @@ def set_enabled(backend: ScheduleHost, name: str, enabled: bool, now: float) -> 
     return get(backend, name)
 
 
-def runs(backend: ScheduleHost, name: str) -> list[dict[str, Any]]:
-    backend.store.schedule(name)  # ScheduleNotFound for an unknown schedule
-    out = []
-    for fired_at, job_id, outcome in backend.store.schedule_runs(name):
-        state = outcome
-        if job_id is not None:
-            try:
-                state = backend.store.job(job_id).state
-            except JobNotFound:
-                state = "missing"
-        out.append({"job_id": job_id, "fired_at": fired_at, "state": state})
-    return out
-
-
 def fire(backend: ScheduleHost, name: str, fired_at: float) -> str | None:
     """Start one run of ``name`` now; None when skipped (the previous run still runs)."""
     spec = get(backend, name)
-    previous = next((r for r in runs(backend, name) if r["job_id"]), None)
+    previous = next((r for r in backend.schedule_runs(name) if r["job_id"]), None)
     if previous is not None and previous["state"] == JobState.RUNNING and \
             not backend.job_info(previous["job_id"]).orphaned:
         backend.store.add_schedule_run(name, fired_at, None, "skipped")

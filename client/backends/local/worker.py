@@ -25,6 +25,7 @@ from ...errors import StoreError
 from ...protocol import ResultRecord
 from ...runtime import WorkerRuntime, safe_text
 from .beacon import Beacon
+from .messages import FromWorker, Ready, RunChunks, RunReduce, Stop, Stored, Unstored
 from .store import LocalStore
 
 log = logging.getLogger("fanout.local.worker")
@@ -142,15 +143,16 @@ class GroupCommitter:
                 break
             except StoreError as exc:
                 if time.monotonic() + delay > deadline:
-                    self._report(("unstored", [(r.job_id, r.task_index) for r in batch],
-                                  str(exc)))
+                    self._report(Unstored(tuple((r.job_id, r.task_index) for r in batch),
+                                          str(exc)))
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except Exception as exc:  # a bug: say so on the futures, never die silently
                 log.exception("fanout worker could not store %d records", len(batch))
-                self._report(("unstored", [(r.job_id, r.task_index) for r in batch],
-                              f"the worker could not store the result: {safe_text(repr(exc))}"))
+                self._report(Unstored(
+                    tuple((r.job_id, r.task_index) for r in batch),
+                    f"the worker could not store the result: {safe_text(repr(exc))}"))
                 return
         for record, kept in zip(batch, stored, strict=True):
             try:
@@ -158,9 +160,9 @@ class GroupCommitter:
             except Exception:  # leftovers (a blob, a checkpoint) only cost space
                 log.exception("fanout worker could not clean up after task %d",
                               record.task_index)
-        self._report(("results", stored))
+        self._report(Stored(tuple(stored)))
 
-    def _report(self, message: tuple[object, ...]) -> None:
+    def _report(self, message: FromWorker) -> None:
         if self._reporting:
             try:
                 self.conn.send(message)
@@ -259,21 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     runtime.sink = committer.put
     parent = os.getppid()
     runtime.keep_going = lambda: os.getppid() == parent
-    conn.send(("ready", worker_id, os.getpid(), capture.paths))
+    conn.send(Ready(worker_id, os.getpid(), tuple(capture.paths)))
     try:
         while True:
             try:
                 message = conn.recv()
             except EOFError:
                 break  # the supervisor is gone: nothing more will be asked of us
-            kind = message[0]
-            if kind == "chunks":
-                for chunk in message[1]:
+            if isinstance(message, RunChunks):
+                for chunk in message.chunks:
                     runtime.run_chunk(chunk)
-            elif kind == "reduce":
-                _, job_id, attempt = message
-                runtime.run_reduce(job_id, attempt)
-            elif kind == "stop":
+            elif isinstance(message, RunReduce):
+                runtime.run_reduce(message.job_id, message.attempt)
+            elif isinstance(message, Stop):
                 break
             if not conn.poll():
                 committer.flush()  # idle now: nobody should wait for the group's window

@@ -21,6 +21,7 @@ import psutil
 
 from .beacon import Beacon, Reading
 from .dispatch import Dispatch
+from .messages import Stop
 from .store import LocalStore
 
 #: Bytes of a dead worker's last output kept with its task's record.
@@ -148,7 +149,7 @@ class WorkerProcess:
     def send_stop(self) -> None:
         """Ask it to exit after its current message; it may be gone already."""
         with contextlib.suppress(OSError):
-            self.conn.send(("stop",))
+            self.conn.send(Stop())
 
     def reap(self, timeout: float) -> Reading:
         """Wait up to ``timeout`` for it to exit (then kill it), release every handle, and

@@ -14,10 +14,11 @@ into the one object every process opens.
 
 from __future__ import annotations
 
+from ....job_record import JobRecord, Owner
 from ....protocol import REDUCE_INDEX
 from .checkpoints import CheckpointTable
 from .files import JobFiles
-from .jobs import JobRow, JobTable, Owner
+from .jobs import JobTable
 from .results import ResultTable
 from .schedules import ScheduleTable
 from .workers import WorkerTable
@@ -29,4 +30,4 @@ class LocalStore(JobTable, JobFiles, ResultTable, CheckpointTable, ScheduleTable
     max_record_value_bytes = 1024 * 1024
 
 
-__all__ = ["REDUCE_INDEX", "JobRow", "LocalStore", "Owner"]
+__all__ = ["REDUCE_INDEX", "JobRecord", "LocalStore", "Owner"]

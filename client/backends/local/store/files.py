@@ -71,6 +71,11 @@ class JobFiles(Database):
             raise ValueError(f"unknown function object {which!r}")
         return (self.job_dir(job_id) / f"{which}.pkl").read_bytes()
 
+    def read_chunk(self, job_id: str, tasks: tuple[TaskRef, ...]) -> dict[int, bytes]:
+        """None at once: a local read is one ``pread`` of an open file, cheapest just
+        before its task runs (no chunk's arguments held in memory together)."""
+        return {}
+
     def read_task(self, job_id: str, task: TaskRef) -> bytes:
         key = (job_id, task.object)
         fd = self._payload_fds.get(key)

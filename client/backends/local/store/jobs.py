@@ -3,61 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from ....errors import JobNotFound
+from ....job_record import JobRecord, Owner
 from ....protocol import Chunk, JobSpec
 from ....states import JobState
 from .database import Database
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The client process that drives a job; a dead owner means an orphaned job."""
-
-    host: str
-    pid: int
-    create_time: float
-
-    @classmethod
-    def me(cls) -> Owner:
-        pid = os.getpid()
-        return cls(socket.gethostname(), pid, psutil.Process(pid).create_time())
-
-    def alive(self) -> bool:
-        if self.host != socket.gethostname():
-            return True  # cannot tell from here; assume it is
-        try:
-            return abs(psutil.Process(self.pid).create_time() - self.create_time) < 1.0
-        except psutil.Error:
-            return False
-
-    def to_json(self) -> str:
-        return json.dumps({"host": self.host, "pid": self.pid, "create_time": self.create_time})
-
-    @classmethod
-    def from_json(cls, text: str | None) -> Owner | None:
-        return None if not text else cls(**json.loads(text))
-
-
-@dataclass(frozen=True)
-class JobRow:
-    job_id: str
-    created: float
-    kind: str
-    function: str
-    n_tasks: int
-    state: str
-    owner: Owner | None
-    spec: JobSpec
-    summary: dict[str, Any] | None
 
 
 class JobTable(Database):
@@ -83,7 +37,7 @@ class JobTable(Database):
                 ),
             )
 
-    def job(self, job_id: str) -> JobRow:
+    def job(self, job_id: str) -> JobRecord:
         rows = self._query(
             "SELECT job_id, created, kind, function, n_tasks, state, owner, spec, summary"
             " FROM jobs WHERE job_id = ?",
@@ -94,20 +48,16 @@ class JobTable(Database):
         return self._job_row(rows[0])
 
     @staticmethod
-    def _job_row(row: Any) -> JobRow:
-        return JobRow(
+    def _job_row(row: Any) -> JobRecord:
+        return JobRecord(
             job_id=row[0],
-            created=row[1],
-            kind=row[2],
-            function=row[3],
-            n_tasks=row[4],
-            state=row[5],
-            owner=Owner.from_json(row[6]),
             spec=JobSpec.from_json(row[7]),
+            state=row[5],
             summary=json.loads(row[8]) if row[8] else None,
+            owner=Owner.from_json(row[6]),
         )
 
-    def jobs(self, limit: int = 50) -> list[JobRow]:
+    def jobs(self, limit: int = 50) -> list[JobRecord]:
         rows = self._query(
             "SELECT job_id, created, kind, function, n_tasks, state, owner, spec, summary"
             " FROM jobs ORDER BY created DESC LIMIT ?",

@@ -8,13 +8,11 @@ from typing import Any
 from ....errors import JobNotFound
 from ....protocol import (
     CANCELLED,
-    FAILED,
-    PENDING,
-    RUNNING,
     SUCCEEDED,
     ResultRecord,
 )
 from ....states import JobState
+from ....summary import Timings, task_counts
 from .database import Database
 
 _RECORD_COLUMNS = (
@@ -122,19 +120,24 @@ class ResultTable(Database):
             return [], seq
         return [self._record(r[:16]) for r in rows], rows[-1][16]
 
-    def counts(self, job_id: str) -> dict[str, int]:
-        rows = self._query("SELECT n_tasks, state FROM jobs WHERE job_id = ?", (job_id,))
-        if not rows:
-            raise JobNotFound(self._no_job(job_id))
-        n_tasks, state = rows[0]
-        counts: dict[str, int] = {PENDING: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
-        for status, n in self._query(
+    def status_counts(self, job_id: str) -> dict[str, int]:
+        return dict(self._query(
             "SELECT status, COUNT(*) FROM results WHERE job_id = ? AND task_index >= 0"
-            " GROUP BY status",
-            (job_id,),
-        ):
-            counts[status] = n
-        running = {
+            " GROUP BY status", (job_id,)))
+
+    def timings(self, job_id: str) -> Timings:
+        """Summed in SQL: no value is read, however many tasks the job has."""
+        row = self._query(
+            "SELECT COALESCE(SUM(MAX(ended - started, 0)), 0), MIN(started), MAX(ended),"
+            " COUNT(DISTINCT worker_id) FROM results WHERE job_id = ? AND task_index >= 0"
+            " AND status != ? AND worker_id != ''",
+            (job_id, CANCELLED),
+        )[0]
+        return Timings(row[0], row[1], row[2], row[3])
+
+    def running_tasks(self, job_id: str) -> int:
+        """Tasks a live worker holds now and that have no successful record yet."""
+        return len({
             row[0]
             for row in self._query(
                 "SELECT task_index FROM workers w WHERE job_id = ? AND task_index >= 0 AND NOT"
@@ -142,24 +145,13 @@ class ResultTable(Database):
                 " AND r.task_index = w.task_index AND r.status = ?)",
                 (job_id, SUCCEEDED),
             )
-        }
-        finished = counts[SUCCEEDED] + counts[FAILED] + counts[CANCELLED]
-        counts[RUNNING] = len(running) if state == JobState.RUNNING else 0
-        counts[PENDING] = max(0, n_tasks - finished - counts[RUNNING])
-        return counts
+        })
 
-    def summarize(self, job_id: str) -> dict[str, Any]:
-        """The job summary written on the job record when it ends: counts and durations."""
-        counts = self.counts(job_id)
-        row = self._query(
-            "SELECT COALESCE(SUM(ended - started), 0), MIN(started), MAX(ended),"
-            " COUNT(DISTINCT worker_id) FROM results WHERE job_id = ? AND task_index >= 0"
-            " AND status != ?",
-            (job_id, CANCELLED),
-        )[0]
-        return {
-            **{k: v for k, v in counts.items() if k not in (PENDING, RUNNING)},
-            "task_seconds": round(row[0], 6),
-            "wall_seconds": round((row[2] - row[1]) if row[1] is not None else 0.0, 6),
-            "workers": row[3],
-        }
+    def counts(self, job_id: str) -> dict[str, int]:
+        """Every task state's count, running ones as the live workers say (``status``)."""
+        rows = self._query("SELECT n_tasks, state FROM jobs WHERE job_id = ?", (job_id,))
+        if not rows:
+            raise JobNotFound(self._no_job(job_id))
+        n_tasks, state = rows[0]
+        running = self.running_tasks(job_id) if state == JobState.RUNNING else 0
+        return task_counts(self.status_counts(job_id), n_tasks, running)

@@ -1,0 +1,211 @@
+"""The job lifecycle, written once: start, submit batches, follow, count, retry, cancel, end.
+
+Like Powertools' idempotency layer (``BasePersistenceLayer`` holds the algorithm, a
+storage layer implements a few primitives), :class:`JobLifecycle` holds every step of a
+job's life over a :class:`~.job_store.JobStore`, and a backend supplies only what differs
+between running work here and running it on AWS:
+
+=====================  =============================================================
+``_write_job``         upload the function, the payload object, the manifest, the record
+``_discard_job``       remove what a failed ``_write_job`` left behind
+``_launch``            start the job's chunks (a first run, or a retry's chunks)
+``_stop``              stop a running job's work (True: its driver records the cancel)
+``_still_running``     why a job cannot be retried now, or None
+``_orphaned``          a running job whose driver is gone
+``_running_tasks``     tasks running now, if the backend can see them (else None)
+``_describe_owner``    who drives a job, for messages
+=====================  =============================================================
+
+Every record a job's tasks need when no worker writes one (a cancellation) comes from
+``fanout.records``; every count and summary from ``fanout.summary``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+from .. import records
+from ..collector import JobRun
+from ..errors import ExecutorClosed, JobNotFound, JobStillRunning
+from ..future import Future
+from ..ids import new_job_id
+from ..job_record import JobRecord
+from ..options import TaskOptions
+from ..protocol import REDUCE_INDEX, Chunk, JobSpec, retry_plan
+from ..states import JobState, TaskState
+from ..summary import job_summary, task_counts
+from .base import Backend, JobInfo, JobRequest, StoreT
+from .batching import SubmitBatches
+
+
+class JobLifecycle(Backend[StoreT]):
+    """A backend whose jobs live in a :class:`JobStore`; see the module docstring."""
+
+    _batches: SubmitBatches
+    _closed: bool = False
+
+    # -- what a backend supplies -------------------------------------------------------------
+
+    @abstractmethod
+    def _write_job(self, job_id: str, kind: str, function: bytes, function_name: str,
+                   payloads: Iterable[bytes], seeds: Iterable[int] | None, options: TaskOptions,
+                   job_seed: int, reducer: bytes | None = None,
+                   reducer_name: str | None = None) -> tuple[JobSpec, list[Chunk]]:
+        """Upload one job (function once, all arguments in one payload object, manifest)
+        and write its record last, so a job that has a record can run."""
+
+    def _discard_job(self, job_id: str) -> None:
+        """Remove what a ``_write_job`` that failed left behind (nothing by default)."""
+
+    def _before_upload(self) -> None:
+        """Refuse early, before anything is written (the aws backend checks its stack)."""
+
+    @abstractmethod
+    def _launch(self, run: JobRun, chunks: list[Chunk], retry: bool) -> None:
+        """Start running ``chunks`` of ``run``'s job and follow it until ``run`` settles."""
+
+    @abstractmethod
+    def _stop(self, job: JobRecord) -> bool:
+        """Stop a running job's work. True when whoever drives it records the cancellation
+        (the tasks' CANCELLED records and the job's end); False leaves that to the caller."""
+
+    @abstractmethod
+    def _still_running(self, job: JobRecord) -> str | None:
+        """Why ``job`` cannot be retried now (it is still running somewhere), or None."""
+
+    @abstractmethod
+    def _orphaned(self, job: JobRecord) -> bool:
+        """True for a running job nobody drives any more (its client or execution died)."""
+
+    def _running_tasks(self, job: JobRecord) -> int | None:
+        """How many of its tasks run now, when the backend sees them; None: count the
+        records still marked running."""
+        return None
+
+    @abstractmethod
+    def _describe_owner(self, job: JobRecord) -> str | None: ...
+
+    # -- starting --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ExecutorClosed("cannot schedule new futures after shutdown")
+
+    def start_job(self, request: JobRequest) -> JobRun:
+        self._check_open()
+        self._before_upload()
+        job_id = new_job_id()
+        try:
+            spec, manifest = self._write_job(
+                job_id, request.kind, request.function, request.function_name,
+                request.payloads, None, request.options, request.seed, request.reducer,
+                request.reducer_name)
+        except BaseException:
+            self._discard_job(job_id)  # nothing was recorded: leave nothing behind
+            raise
+        futures = [Future(job_id, i, self) for i in range(spec.n_tasks)]
+        reduce_future = Future(job_id, REDUCE_INDEX, self) if request.reducer is not None \
+            else None
+        if request.progress is not None:
+            request.progress.reset(total=request.expected_tasks if request.streaming
+                                   else spec.n_tasks)
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress,
+                     streaming=request.streaming)
+        self._launch(run, manifest, retry=False)
+        return run
+
+    def _submitted_jobs(self, everything: bool) -> list[tuple[JobRun, list[Chunk]]]:
+        """Turn waiting ``submit`` calls into written jobs (``everything``: even a batch
+        still lingering for more calls). A batch that cannot be written fails its own
+        futures with the reason; the others go on."""
+        written: list[tuple[JobRun, list[Chunk]]] = []
+        for batch in self._batches.take(everything):
+            try:
+                spec, manifest = self._write_job(
+                    batch.job_id, "submit", batch.function, batch.function_name,
+                    batch.payloads, batch.seeds, batch.options, batch.options.seed or 0)
+            except Exception as exc:  # e.g. a full disk, an S3 outage
+                self._discard_job(batch.job_id)
+                for future in batch.futures:
+                    if future.set_running_or_notify_cancel():
+                        future.set_exception(exc)
+                continue
+            written.append((JobRun(spec, batch.futures, self.store.load_value), manifest))
+        return written
+
+    # -- reading jobs ----------------------------------------------------------------------
+
+    def _info(self, job: JobRecord) -> JobInfo:
+        orphaned = job.state == JobState.RUNNING and self._orphaned(job)
+        return JobInfo(job.job_id, job.spec, job.state, job.summary, self._describe_owner(job),
+                       orphaned)
+
+    def job_info(self, job_id: str) -> JobInfo:
+        return self._info(self.store.job(job_id))
+
+    def list_jobs(self, limit: int = 50) -> list[JobInfo]:
+        return [self._info(job) for job in self.store.jobs(limit)]
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        job = self.store.job(job_id)
+        return task_counts(self.store.status_counts(job_id), job.n_tasks,
+                           self._running_tasks(job))
+
+    def summarize(self, job_id: str) -> dict[str, Any]:
+        return job_summary(self.store, job_id)
+
+    # -- ending and running again ------------------------------------------------------------
+
+    def cancel_job(self, job_id: str) -> None:
+        job = self.store.job(job_id)
+        if job.state != JobState.RUNNING or self._stop(job):
+            return
+        # Nobody else records this cancellation: record its unfinished tasks here; the
+        # conditional put keeps any result that lands first.
+        done = {r.task_index for r in records.final(self.store.results(job_id))}
+        self.store.put_results(records.cancelled(
+            job_id, (i for i in range(job.n_tasks) if i not in done)))
+        self.store.set_job_state(job_id, JobState.CANCELLED, summary=self.summarize(job_id))
+
+    def retry_job(self, job_id: str, progress: Any = None) -> dict[str, int]:
+        """Re-run the tasks of ``job_id`` that did not succeed, wait, return the counts."""
+        job = self.store.job(job_id)
+        busy = self._still_running(job)
+        if busy is not None:
+            raise JobStillRunning(busy)
+        self._check_open()
+        chunks = retry_plan(self.store.manifest(job_id), self.store.results(job_id))
+        spec = job.spec
+        reduce_record = self.store.result(job_id, REDUCE_INDEX) if spec.has_reducer else None
+        needs_reduce = spec.has_reducer and (
+            reduce_record is None or reduce_record.status != TaskState.SUCCEEDED)
+        if not chunks and not needs_reduce:
+            return self.counts(job_id)
+        futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
+        reduce_future = Future(job_id, REDUCE_INDEX, self) if needs_reduce else None
+        if progress is not None:
+            progress.reset(total=len(futures))
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, progress)
+        if reduce_record is not None:
+            run.reduce_attempt = reduce_record.attempt + 1
+        self._launch(run, chunks, retry=True)
+        run.stored.wait()
+        return self.counts(job_id)
+
+    # -- schedules' runs -------------------------------------------------------------------
+
+    def _schedule_run_states(self, name: str) -> list[dict[str, Any]]:
+        """A schedule's runs, newest first, each with its job's state now ("missing" once
+        the job's record expired; "skipped" when a run was not started)."""
+        runs = []
+        for fired_at, job_id, outcome in self.store.schedule_runs(name):
+            state = outcome
+            if job_id:
+                try:
+                    state = self.store.job(job_id).state
+                except JobNotFound:  # its record expired
+                    state = "missing"
+            runs.append({"job_id": job_id, "fired_at": fired_at, "state": state})
+        return runs
