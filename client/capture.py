@@ -62,6 +62,12 @@ class FdCapture:
             os.dup2(handle.fileno(), fd)
             self.files.append(handle)
         self.paths = [f.name for f in self.files]
+        self._ours = [self._identity(f.fileno()) for f in self.files]
+
+    @staticmethod
+    def _identity(fd: int) -> tuple[int, int]:
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
 
     def close(self) -> None:
         for path in self.paths:
@@ -74,21 +80,26 @@ class FdCapture:
         out, err = (os.fstat(f.fileno()).st_size for f in self.files)
         return out, err
 
-    def _restore(self) -> None:
+    def _restore(self) -> list[int | None]:
         """Point fds 1 and 2 at the capture files again if a task closed or replaced them.
 
         Reads go through the files' own descriptors, so ``os.close(1)`` in a task costs
         that task nothing and the next one starts with its output captured as usual.
+        Returns each file's size where the check already learnt it (fd 1 or 2 is still a
+        duplicate of it, so one ``fstat`` told both), else None.
         """
-        for fd, handle in zip((1, 2), self.files, strict=True):
-            ours = os.fstat(handle.fileno())
+        sizes: list[int | None] = []
+        for fd, handle, ours in zip((1, 2), self.files, self._ours, strict=True):
             try:
-                theirs = os.fstat(fd)
-                if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == ours:
+                    sizes.append(st.st_size)
                     continue
             except OSError:
                 pass
             os.dup2(handle.fileno(), fd)
+            sizes.append(None)
+        return sizes
 
     @contextmanager
     def task(self) -> Iterator[Captured]:
@@ -99,11 +110,11 @@ class FdCapture:
             yield captured
         finally:
             _flush()
-            self._restore()
+            known = self._restore()
             texts = []
-            for handle, start in zip(self.files, starts, strict=True):
+            for handle, start, size in zip(self.files, starts, known, strict=True):
                 fd = handle.fileno()
-                end = os.fstat(fd).st_size
+                end = os.fstat(fd).st_size if size is None else size
                 if end <= start:
                     texts.append("")
                     continue
@@ -118,8 +129,10 @@ class FdCapture:
 def _flush() -> None:
     """Flush Python's buffers; a task that closed fd 1 makes that fail, which is its own affair."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 - not contextlib.suppress: this runs twice per task
             stream.flush()
+        except Exception:
+            pass
 
 
 class StreamCapture:

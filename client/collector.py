@@ -92,9 +92,18 @@ class JobRun:
         load_value: Callable[[ResultRecord], bytes],
         reduce_future: Future | None = None,
         progress: Any = None,
+        streaming: bool = False,
     ) -> None:
         self.spec = spec
+        #: Every future of the job, kept for ``Job.attach`` in this process; a streaming run
+        #: hands its first ones to the map (:meth:`take_futures`) and keeps none, or its
+        #: memory would grow with the input.
         self.futures = futures
+        self.streaming = streaming
+        #: False while a streaming map may still append tasks: the job is not finished
+        #: when its tasks so far are, only once its input is exhausted (or abandoned).
+        self.sealed = not streaming
+        self.n_tasks = len(futures)
         self.reduce_future = reduce_future
         self.progress = progress
         self._load_value = load_value
@@ -111,11 +120,41 @@ class JobRun:
         self.mean_seconds: float | None = None  # moving average of task durations
         #: The futures each task takes as arguments: it is started only once they are done.
         self.inputs: dict[int, tuple[Future, ...]] = {}
-        if not self._open and reduce_future is None:
+        if not self._open and reduce_future is None and self.sealed:
             self.done.set()
 
+    def take_futures(self) -> list[Future]:
+        """The futures given at the start; a streaming run forgets them here."""
+        futures = self.futures
+        if self.streaming:
+            self.futures = []
+        return futures
+
+    def add(self, futures: list[Future]) -> None:
+        """Tasks appended to a streaming job: follow their futures until they settle."""
+        with self._lock:
+            for future in futures:
+                self._by_index[future.task_index] = future
+                self._open.add(future.task_index)
+            self.n_tasks += len(futures)
+
+    def seal(self) -> None:
+        """No more tasks will be appended: the job finishes once the ones it has settle."""
+        with self._lock:
+            self.sealed = True
+            finished = not self._open
+        if finished and self.reduce_future is None:
+            self._advance_progress(True)
+            self._finish()
+
     def future(self, task_index: int) -> Future:
-        return self._by_index[task_index]
+        """The task's future; for a streaming run's settled task, a stand-in that is done.
+
+        A streaming run forgets a future once its record is applied (the map's iterator
+        holds it until it is yielded), so its result is freed once the caller drops it.
+        """
+        future = self._by_index.get(task_index)
+        return _SETTLED if future is None else future
 
     def open_tasks(self) -> list[int]:
         with self._lock:
@@ -127,7 +166,7 @@ class JobRun:
 
     @property
     def map_finished(self) -> bool:
-        return not self._open
+        return self.sealed and not self._open
 
     def deliver(self, record: ResultRecord) -> None:
         """Apply a stored record; duplicates and stale records are ignored."""
@@ -140,6 +179,7 @@ class JobRun:
             if record.task_index not in self._open:
                 return
             self._open.discard(record.task_index)
+            future = self._settled(record.task_index)
             self.counts[record.status] = self.counts.get(record.status, 0) + 1
             if record.worker_id:
                 mean = self.mean_seconds
@@ -149,11 +189,17 @@ class JobRun:
                 self.first_failure is None or record.task_index < self.first_failure.task_index
             ):
                 self.first_failure = record
-            now_finished = not self._open
+            now_finished = self.sealed and not self._open
             self._advance_progress(now_finished)
-        resolve(self._by_index[record.task_index], record, self._load_value)
+        resolve(future, record, self._load_value)
         if now_finished and self.reduce_future is None:
             self._finish()
+
+    def _settled(self, task_index: int) -> Future:
+        """The future of a task whose outcome is known now (under ``_lock``)."""
+        if self.streaming:
+            return self._by_index.pop(task_index)
+        return self._by_index[task_index]
 
     def _advance_progress(self, finished: bool) -> None:
         """Count a task on the bar; after the last one, end the bar's line.
@@ -182,11 +228,12 @@ class JobRun:
             if task_index not in self._open:
                 return
             self._open.discard(task_index)
+            future = self._settled(task_index)
             self.counts[FAILED] += 1
-            now_finished = not self._open
+            now_finished = self.sealed and not self._open
             self._advance_progress(now_finished)
         with contextlib.suppress(InvalidStateError):
-            self._by_index[task_index].set_exception(error)
+            future.set_exception(error)
         if now_finished and self.reduce_future is None:
             self._finish()
 
@@ -194,7 +241,7 @@ class JobRun:
         """True when every map task succeeded and the reducer has yet to run."""
         return (
             self.reduce_future is not None and self.map_finished and not self.reduce_future.done()
-            and self.counts[SUCCEEDED] == len(self.futures)
+            and self.counts[SUCCEEDED] == self.n_tasks
         )
 
     def fail_reduce(self) -> None:
@@ -218,6 +265,21 @@ class JobRun:
         self.done.set()
         self.stored.set()
 
+
+def _settled_future() -> Future:
+    future = Future("", -2, _NoLogs())
+    future.set_result(None)
+    return future
+
+
+class _NoLogs:
+    def logs(self, job_id: str, task_index: int, stream: str = "both") -> str:
+        return ""
+
+
+#: What ``JobRun.future`` returns for a streaming run's task that has settled: it is done,
+#: so a backend that looks at it (to claim or cancel a queued task) leaves it alone.
+_SETTLED = _settled_future()
 
 #: Jobs this process is driving right now, so ``Job.attach`` here shares their futures.
 LIVE_RUNS: weakref.WeakValueDictionary[str, JobRun] = weakref.WeakValueDictionary()

@@ -19,7 +19,7 @@ import threading
 import time
 import types
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -31,6 +31,7 @@ from .errors import ExecutorClosed, InvalidArgument, InvalidArgumentType
 from .future import Future
 from .options import TaskOptions
 from .seeding import derive_seed, fresh_seed
+from .streaming import AUTO, MapFeed, known_length, window_tasks
 
 _FUNCTION_CACHE_SIZE = 256
 _live_backends: weakref.WeakSet[Backend[Any]] = weakref.WeakSet()
@@ -102,47 +103,65 @@ class _Shared:
 
 
 class MapIterator(Iterator[Any]):
-    """The ordered, lazy iterator ``map`` returns; ``job_id`` names the job it belongs to."""
+    """The ordered, lazy iterator ``map`` returns; ``job_id`` names the job it belongs to.
 
-    def __init__(self, futures: list[Future], timeout: float | None, job_id: str) -> None:
+    A streaming map (a long input, see :mod:`fanout.streaming`) has a ``feed`` that
+    appends the next tasks to the job as results are taken, before each one is yielded.
+    """
+
+    def __init__(self, futures: list[Future], timeout: float | None, job_id: str,
+                 feed: MapFeed | None = None) -> None:
         self.job_id = job_id
         # Only the futures not yet yielded: a result is not kept alive once it was handed
         # out (the stdlib's ``test_free_reference``).
-        self._pending = list(reversed(futures))
+        self._pending: deque[Future] = deque(futures)
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._started = False
+        self._feed = feed
 
     @property
     def futures(self) -> list[Future]:
-        """The futures of the tasks not yet yielded, in task order (all, before iterating)."""
-        return self._pending[::-1]
+        """The futures of the tasks submitted and not yet yielded, in task order.
+
+        Before iterating that is every task, unless the map streams: then it is the
+        current window only (the rest of the input is not read yet).
+        """
+        return list(self._pending)
 
     def __iter__(self) -> MapIterator:
         return self
 
     def __next__(self) -> Any:
         self._started = True
-        if not self._pending:
-            raise StopIteration
-        future = self._pending.pop()
         try:
+            if self._feed is not None:
+                self._pending.extend(self._feed.top_up(len(self._pending)))
+            if not self._pending:
+                raise StopIteration
+            future = self._pending.popleft()
             if self._deadline is None:
                 return future.result()
             return future.result(max(0.0, self._deadline - time.monotonic()))
+        except StopIteration:
+            raise
         except BaseException:
-            future.cancel()
             self.close()
             raise
 
     def close(self) -> None:
         """Cancel the tasks not yet started, as closing the stdlib's map generator does."""
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, deque()
         for future in pending:
             future.cancel()
+        if self._feed is not None:
+            self._feed.seal()
 
     def __del__(self) -> None:
         if self._started:
             self.close()
+        elif self._feed is not None:
+            # Never iterated: what was submitted runs (as a map's tasks do), nothing more.
+            self._feed.seal()
 
     def __repr__(self) -> str:
         return f"<fanout map job={self.job_id} remaining={len(self._pending)}>"
@@ -253,15 +272,23 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | str | None = AUTO,
     ) -> MapIterator:
         """One job: ``fn`` over the zipped iterables; results in order, as they are needed.
 
         An iterable given as ``"s3://bucket/prefix/"`` is one task per object under it, each
         receiving a ``fanout.S3Chunk`` to ``read()`` on the worker (``fanout.s3_chunks``
         splits large objects by size).
+
+        ``buffersize`` (the stdlib's, Python 3.14): at most that many chunks submitted and
+        not yet yielded; the input is read as results are taken. The default ``"auto"``
+        does so for a long input only (more than ``fanout.streaming.AUTO_WINDOW_TASKS``
+        calls), so ``for r in ex.map(f, range(10**7))`` runs in bounded memory; ``None``
+        submits the whole input at once, as the stdlib does by default.
         """
         iterables = tuple(s3_inputs.expand(it) for it in iterables)
-        return self._map("map", fn, zip(*iterables, strict=False), timeout, chunksize)
+        return self._map("map", fn, zip(*iterables, strict=False), timeout, chunksize,
+                         buffersize, known_length(iterables))
 
     def starmap(
         self,
@@ -269,9 +296,11 @@ class Executor(concurrent.futures.Executor):
         iterable: Iterable[Iterable[Any]],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | str | None = AUTO,
     ) -> MapIterator:
         """Like ``map`` but each item is a tuple of arguments (``itertools.starmap``)."""
-        return self._map("map", fn, (tuple(args) for args in iterable), timeout, chunksize)
+        return self._map("map", fn, (tuple(args) for args in iterable), timeout, chunksize,
+                         buffersize, known_length((iterable,)))
 
     def map_reduce(
         self,
@@ -290,35 +319,54 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         iterable = s3_inputs.expand(iterable)
         reducer, reducer_name = self._shared.function(reduce_fn)
-        run = self._start("map_reduce", map_fn, ((x,) for x in iterable), chunksize,
-                          reducer, reducer_name)
+        inputs = TaskInputs(self.backend)  # futures among the arguments, noted per task
+        run = self._start("map_reduce", map_fn, inputs.payloads((x,) for x in iterable),
+                          inputs, chunksize, reducer, reducer_name)
         assert run.reduce_future is not None
         future: Future = run.reduce_future
         return future
 
     def _map(self, kind: str, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]],
-             timeout: float | None, chunksize: int | None) -> MapIterator:
+             timeout: float | None, chunksize: int | None,
+             buffersize: int | str | None = None, expected: int | None = None) -> MapIterator:
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise InvalidArgument(f"map timeout must be a non-negative number, got {timeout!r}")
+        self._check_open()
         started = time.monotonic()
-        run = self._start(kind, fn, arg_tuples, chunksize)
+        size = (self._options if chunksize is None
+                else self._options.with_overrides(chunksize=chunksize)).chunksize
+        window = window_tasks(buffersize, size, getattr(self.backend, "max_workers", 1))
+        inputs = TaskInputs(self.backend)  # futures among the arguments, noted per task
+        payloads = inputs.payloads(arg_tuples)
+        first: Iterable[bytes] = payloads
+        streaming = False
+        if window is not None and self.backend.supports_streaming:
+            first = list(itertools.islice(payloads, window))
+            # An input that fits in the first window is one plain job, as without streaming.
+            streaming = len(first) == window and (
+                buffersize != AUTO or expected is None or expected > window)
+        run = self._start(kind, fn, first, inputs, chunksize, streaming=streaming,
+                          expected=expected)
         remaining = None if timeout is None else timeout - (time.monotonic() - started)
-        return MapIterator(run.futures, remaining, run.job_id)
+        if not streaming:
+            return MapIterator(run.futures, remaining, run.job_id)
+        assert window is not None
+        feed = MapFeed(self.backend, run, payloads, window, size)
+        return MapIterator(run.take_futures(), remaining, run.job_id, feed)
 
-    def _start(self, kind: str, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]],
-               chunksize: int | None, reducer: bytes | None = None,
-               reducer_name: str | None = None) -> JobRun:
+    def _start(self, kind: str, fn: Callable[..., Any], payloads: Iterable[bytes],
+               inputs: TaskInputs, chunksize: int | None, reducer: bytes | None = None,
+               reducer_name: str | None = None, streaming: bool = False,
+               expected: int | None = None) -> JobRun:
         self._check_open()
         options = self._options
         if chunksize is not None:
             options = options.with_overrides(chunksize=chunksize)
         function, name = self._shared.function(fn)
-        inputs = TaskInputs(self.backend)  # futures among the arguments, noted per task
-        payloads = inputs.payloads(arg_tuples)
         progress = _progress_bar(self._progress, name.rsplit(".", 1)[-1])
         request = JobRequest(kind, function, name, payloads, options,
                              self._shared.next_seed("job", options.seed), reducer, reducer_name,
-                             progress, inputs)
+                             progress, inputs, streaming, expected)
         try:
             return self.backend.start_job(request)
         except BaseException:

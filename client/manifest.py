@@ -14,10 +14,15 @@ from typing import Protocol
 
 from .options import TaskOptions, plan_tier
 from .protocol import Chunk, JobSpec, TaskRef, client_id
-from .seeding import derive_seed
+from .seeding import task_seeds
 from .serialization import package_versions, python_version
 
 PAYLOAD_OBJECT = "payload-0.bin"
+
+
+def payload_object(segment: int) -> str:
+    """The payload object of a job's ``segment``: 0 at the start, 1.. for appended tasks."""
+    return f"payload-{segment}.bin"
 
 
 class Writable(Protocol):
@@ -25,15 +30,20 @@ class Writable(Protocol):
 
 
 def write_payload(out: Writable, payloads: Iterable[bytes], job_seed: int,
-                  seeds: Iterable[int] | None = None) -> list[TaskRef]:
-    """Append every task's arguments to ``out``; each task's seed is given or derived."""
+                  seeds: Iterable[int] | None = None, first: int = 0,
+                  name: str = PAYLOAD_OBJECT) -> list[TaskRef]:
+    """Append every task's arguments to ``out``; each task's seed is given or derived.
+
+    ``first`` is the index of the first task, for tasks appended to an open job (object
+    ``name``): a task's seed depends on its index only, so a job fed in segments runs
+    exactly the tasks, with exactly the seeds, of the same job written at once.
+    """
     refs: list[TaskRef] = []
-    seed_iter = iter(seeds) if seeds is not None else None
+    seed_iter = iter(seeds) if seeds is not None else task_seeds(job_seed, first)
     offset = 0
-    for index, blob in enumerate(payloads):
+    for index, blob in enumerate(payloads, first):
         out.write(blob)
-        seed = next(seed_iter) if seed_iter else derive_seed(job_seed, "task", index)
-        refs.append(TaskRef(index, PAYLOAD_OBJECT, offset, len(blob), seed))
+        refs.append(TaskRef(index, name, offset, len(blob), next(seed_iter)))
         offset += len(blob)
     return refs
 
@@ -42,7 +52,19 @@ def plan_job(job_id: str, kind: str, function_name: str, refs: list[TaskRef],
              options: TaskOptions, job_seed: int, reducer_name: str | None = None,
              has_reducer: bool = False, alone: Collection[int] = ()
              ) -> tuple[JobSpec, list[Chunk]]:
-    """The job's spec and its manifest: chunks of ``options.chunksize`` tasks with a tier.
+    """The job's spec and its manifest: chunks of ``options.chunksize`` tasks with a tier."""
+    manifest = plan_chunks(job_id, refs, options, alone=alone)
+    spec = JobSpec(
+        job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
+        options=options, python=python_version(), packages=package_versions(),
+        created=time.time(), client=client_id(), has_reducer=has_reducer,
+        reducer=reducer_name)
+    return spec, manifest
+
+
+def plan_chunks(job_id: str, refs: list[TaskRef], options: TaskOptions,
+                first_chunk: int = 0, alone: Collection[int] = ()) -> list[Chunk]:
+    """``refs`` in chunks of ``options.chunksize``, numbered from ``first_chunk``.
 
     A task in ``alone`` (one that takes futures as arguments) gets a chunk of its own: it
     starts when its own inputs are done, not when those of its chunk's neighbours are.
@@ -63,11 +85,5 @@ def plan_job(job_id: str, kind: str, function_name: str, refs: list[TaskRef],
             run = []
     if run:
         groups.append(run)
-    manifest = [Chunk(job_id, number, tier, 1, tuple(group))
-                for number, group in enumerate(groups)]
-    spec = JobSpec(
-        job_id=job_id, kind=kind, function=function_name, n_tasks=len(refs), seed=job_seed,
-        options=options, python=python_version(), packages=package_versions(),
-        created=time.time(), client=client_id(), has_reducer=has_reducer,
-        reducer=reducer_name)
-    return spec, manifest
+    return [Chunk(job_id, number, tier, 1, tuple(group))
+            for number, group in enumerate(groups, first_chunk)]

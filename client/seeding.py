@@ -9,7 +9,9 @@ well-mixed, independent 64-bit values for neighbouring indices.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
+from collections.abc import Iterator
 
 _MASK_63 = (1 << 63) - 1
 
@@ -19,6 +21,19 @@ def derive_seed(parent: int, *path: int | str) -> int:
     text = ":".join(str(part) for part in (parent, *path))
     digest = hashlib.blake2b(text.encode(), digest_size=8, person=b"fanout-seed").digest()
     return int.from_bytes(digest, "big") & _MASK_63
+
+
+def task_seeds(parent: int, first: int = 0) -> Iterator[int]:
+    """``derive_seed(parent, "task", i)`` for i = first, first + 1, ...: the same values.
+
+    The hash of the common prefix is computed once and copied per task: a million-task map
+    derives its seeds in a fraction of the time.
+    """
+    prefix = hashlib.blake2b(f"{parent}:task:".encode(), digest_size=8, person=b"fanout-seed")
+    for index in itertools.count(first):
+        digest = prefix.copy()
+        digest.update(str(index).encode())
+        yield int.from_bytes(digest.digest(), "big") & _MASK_63
 
 
 def fresh_seed() -> int:

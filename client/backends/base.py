@@ -39,6 +39,10 @@ class JobRequest:
     progress: Any = None  # a tqdm-like bar, or None
     #: The futures each task takes as arguments (filled in as ``payloads`` is consumed).
     inputs: TaskInputs | None = None
+    #: ``payloads`` is only the first window of a map whose input is read as results are
+    #: consumed; more tasks follow through :meth:`Backend.extend_job`.
+    streaming: bool = False
+    expected_tasks: int | None = None  # the input's length where it is known (progress)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,18 @@ class Backend(ABC, Generic[StoreT]):
 
     @abstractmethod
     def start_job(self, request: JobRequest) -> JobRun: ...
+
+    #: Whether a job can receive tasks after it started (``extend_job``); a backend that
+    #: cannot gets a long ``map``'s whole input at once.
+    supports_streaming = False
+
+    def extend_job(self, run: JobRun, payloads: list[bytes]) -> list[Future]:
+        """Append tasks to the open job ``run`` (started with ``streaming=True``)."""
+        raise NotImplementedError(f"backend {self.name!r} cannot append tasks to a job")
+
+    def seal_job(self, run: JobRun) -> None:
+        """No more tasks for ``run``: the job ends once the ones it has are settled."""
+        run.seal()
 
     @abstractmethod
     def submit(self, fn_key: object, function: bytes, function_name: str, payload: bytes,

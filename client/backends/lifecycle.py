@@ -113,8 +113,10 @@ class JobLifecycle(Backend[StoreT]):
         reduce_future = Future(job_id, REDUCE_INDEX, self) if request.reducer is not None \
             else None
         if request.progress is not None:
-            request.progress.reset(total=spec.n_tasks)
-        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress)
+            request.progress.reset(total=request.expected_tasks if request.streaming
+                                   else spec.n_tasks)
+        run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress,
+                     streaming=request.streaming)
         run.inputs = inputs  # a task that takes futures starts once they are done
         self._launch(run, manifest, retry=False)
         return run

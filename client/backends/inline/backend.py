@@ -30,6 +30,8 @@ class InlineBackend(LocalBackend):
     """``max_workers`` is accepted (so a pool's code runs unchanged) and has no effect."""
 
     name = "inline"
+    #: Every task runs inside the call that submits it, so a map is read whole, in order.
+    supports_streaming = False
 
     def __init__(self, max_workers: int | None = None, home: str | None = None) -> None:
         super().__init__(max_workers=max_workers, home=home)

@@ -8,10 +8,12 @@ process that started it (its ``Owner``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from collections.abc import Collection, Iterable
+from concurrent.futures import CancelledError
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
@@ -19,16 +21,16 @@ from ...errors import ConfigurationError, InvalidArgument
 from ...future import Future
 from ...ids import new_job_id
 from ...job_record import JobRecord, Owner
-from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
+from ...manifest import PAYLOAD_OBJECT, payload_object, plan_chunks, plan_job, write_payload
 from ...options import TaskOptions
-from ...protocol import Chunk, JobSpec
+from ...protocol import Chunk, JobSpec, TaskRef
 from ...schedules import ScheduleRequest, ScheduleSpec
 from ...states import JobState
 from ..batching import SubmitBatches
 from ..lifecycle import JobLifecycle
 from . import scheduler
 from .dispatch import Dispatch
-from .messages import CancelJob, Shutdown, StartRun
+from .messages import CancelJob, SealRun, Shutdown, StartRun
 from .pool import DEFAULT_STALL_SECONDS, Supervisor
 from .store import LocalStore
 
@@ -44,6 +46,7 @@ class LocalBackend(JobLifecycle[LocalStore]):
 
     name = "local"
     store: LocalStore
+    supports_streaming = True
 
     def __init__(self, max_workers: int | None = None, home: str | None = None,
                  stall_seconds: float | None = None,
@@ -61,6 +64,8 @@ class LocalBackend(JobLifecycle[LocalStore]):
         self._batches = SubmitBatches(new_job_id, self)
         self._supervisor: Supervisor | None = None
         self._closed = False
+        #: Open (streaming) jobs: the next payload segment and chunk number of each.
+        self._segments: dict[str, tuple[int, int]] = {}
 
     # -- running work ----------------------------------------------------------------------
 
@@ -92,15 +97,21 @@ class LocalBackend(JobLifecycle[LocalStore]):
         self.store.write_object(job_id, "function.pkl", function)
         if reducer is not None:
             self.store.write_object(job_id, "reducer.pkl", reducer)
-        with (self.store.writing_file(self.store.job_dir(job_id) / PAYLOAD_OBJECT),
-              self.store.open_payload(job_id, PAYLOAD_OBJECT) as handle):
-            refs = write_payload(handle, payloads, job_seed, seeds)
-            handle.flush()
-            os.fsync(handle.fileno())
+        refs = self._write_payload(job_id, PAYLOAD_OBJECT, payloads, seeds, job_seed)
         spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
                                   reducer_name, has_reducer=reducer is not None, alone=alone)
         self.store.create_job(spec, manifest, Owner.me())
         return spec, manifest
+
+    def _write_payload(self, job_id: str, name: str, payloads: Iterable[bytes],
+                       seeds: Iterable[int] | None, job_seed: int, first: int = 0
+                       ) -> list[TaskRef]:
+        with (self.store.writing_file(self.store.job_dir(job_id) / name),
+              self.store.open_payload(job_id, name) as handle):
+            refs = write_payload(handle, payloads, job_seed, seeds, first, name)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return refs
 
     def _discard_job(self, job_id: str) -> None:
         self.store.remove_job_files(job_id)
@@ -108,7 +119,45 @@ class LocalBackend(JobLifecycle[LocalStore]):
     def _launch(self, run: JobRun, chunks: list[Chunk], retry: bool) -> None:
         if retry:  # this process drives the job from now on
             self.store.set_job_state(run.job_id, JobState.RUNNING, owner=Owner.me())
+        elif run.streaming:  # a map that appends segments: chunk numbers continue
+            self._segments[run.job_id] = (1, len(chunks))
         self._start(run, chunks)
+
+    def extend_job(self, run: JobRun, payloads: list[bytes]) -> list[Future]:
+        """Append one segment: its own payload object and manifest row, then dispatch it.
+
+        The segment is durable (payload fsynced, manifest and task count committed in one
+        transaction) before any of its tasks is dispatched, as a job's first tasks are.
+        """
+        job_id = run.job_id
+        self._check_open()
+        if run.cancelled:
+            raise CancelledError(f"job {job_id} was cancelled; the rest of the map's input "
+                                 "is not submitted")
+        if run.sealed or job_id not in self._segments:
+            raise RuntimeError(f"job {job_id} takes no more tasks: its map was closed")
+        if not payloads:
+            return []
+        segment, first_chunk = self._segments[job_id]
+        spec = run.spec
+        refs = self._write_payload(job_id, payload_object(segment), payloads, None, spec.seed,
+                                   first=spec.n_tasks)
+        chunks = plan_chunks(job_id, refs, spec.options, first_chunk, alone=run.inputs)
+        spec = dataclasses.replace(spec, n_tasks=spec.n_tasks + len(refs))
+        self.store.append_tasks(spec, segment, chunks)
+        self._segments[job_id] = (segment + 1, first_chunk + len(chunks))
+        run.spec = spec
+        futures = [Future(job_id, ref.index, self) for ref in refs]
+        run.add(futures)
+        self._pool().post(StartRun(run, tuple(Dispatch(run, chunk) for chunk in chunks)))
+        return futures
+
+    def seal_job(self, run: JobRun) -> None:
+        self._segments.pop(run.job_id, None)
+        run.seal()
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor.alive:
+            supervisor.post(SealRun(run))
 
     def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
         LIVE_RUNS[run.job_id] = run

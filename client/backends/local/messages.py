@@ -86,6 +86,13 @@ class StartRun:
 
 
 @dataclass(frozen=True, slots=True)
+class SealRun:
+    """A streaming map appends no more tasks to ``run``: it may finish once they settle."""
+
+    run: JobRun
+
+
+@dataclass(frozen=True, slots=True)
 class CancelJob:
     """Cancel the job: stop its workers, record its unfinished tasks as cancelled."""
 
@@ -99,4 +106,4 @@ class Shutdown:
     cancel_futures: bool
 
 
-ToSupervisor = StartRun | CancelJob | Shutdown
+ToSupervisor = StartRun | SealRun | CancelJob | Shutdown

@@ -48,6 +48,7 @@ from .messages import (
     Ready,
     RunChunks,
     RunReduce,
+    SealRun,
     Shutdown,
     StartRun,
     Stored,
@@ -185,10 +186,19 @@ class Supervisor:
         while self._inbox:
             message = self._inbox.popleft()
             if isinstance(message, StartRun):
-                self._runs[message.run.job_id] = message.run
-                for dispatch in message.dispatches:
-                    self._add(dispatch)
-                self._maybe_finish(message.run)
+                run = message.run
+                self._runs[run.job_id] = run
+                if run.cancelled:  # tasks appended to a job cancelled meanwhile
+                    self._cancel_tasks(run, [t.index for d in message.dispatches
+                                             if not d.is_reduce for t in d.chunk.tasks],
+                                       1, only_pending=False)
+                else:
+                    for dispatch in message.dispatches:
+                        self._add(dispatch)
+                self._maybe_finish(run)
+            elif isinstance(message, SealRun):
+                if message.run.job_id in self._runs:
+                    self._maybe_finish(message.run)
             elif isinstance(message, CancelJob):
                 self._cancel_job(message.job_id)
             elif isinstance(message, Shutdown):
@@ -659,6 +669,7 @@ class Supervisor:
         if run is None or run.cancelled:
             return
         run.cancelled = True
+        run.seal()  # a streaming map appends nothing more to a cancelled job
         self._queue = deque(d for d in self._queue if d.run is not run)
         self._held = [d for d in self._held if d.run is not run]
         for worker in list(self._workers):

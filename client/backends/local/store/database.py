@@ -22,7 +22,7 @@ from ....home import default_home
 from ....ids import check_job_id
 
 APPLICATION_ID = 0x66616E6F  # "fano": marks an SQLite file as a fanout store
-SCHEMA_VERSION = 2  # 2: schedules and their runs
+SCHEMA_VERSION = 3  # 2: schedules and their runs; 3: tasks appended to an open job
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE TABLE IF NOT EXISTS job_segments (
+    job_id TEXT NOT NULL,
+    segment INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (job_id, segment)
+);
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT NOT NULL,
     task_index INTEGER NOT NULL,

@@ -66,10 +66,27 @@ class JobTable(Database):
         return [self._job_row(r) for r in rows]
 
     def manifest(self, job_id: str) -> list[Chunk]:
+        """Every chunk of the job: those it was created with, then each appended segment."""
         rows = self._query("SELECT manifest FROM jobs WHERE job_id = ?", (job_id,))
         if not rows:
             raise JobNotFound(self._no_job(job_id))
-        return [Chunk.from_json(c) for c in json.loads(rows[0][0])]
+        texts = [rows[0][0], *(r[0] for r in self._query(
+            "SELECT manifest FROM job_segments WHERE job_id = ? ORDER BY segment", (job_id,)))]
+        return [Chunk.from_json(c) for text in texts for c in json.loads(text)]
+
+    def append_tasks(self, spec: JobSpec, segment: int, chunks: list[Chunk]) -> None:
+        """Add ``chunks`` to an open job whose new spec (task count) is ``spec``, atomically.
+
+        Each segment is its own row, so appending costs the new tasks only, never a rewrite
+        of the job's earlier manifest. Tasks exist from this commit on: a retry, ``fanout
+        status`` and ``Job.attach`` see them together with their new ``n_tasks``.
+        """
+        manifest_json = json.dumps([c.to_json() for c in chunks], separators=(",", ":"))
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO job_segments (job_id, segment, manifest) VALUES (?, ?, ?)",
+                         (spec.job_id, segment, manifest_json))
+            conn.execute("UPDATE jobs SET n_tasks = ?, spec = ?, updated = ? WHERE job_id = ?",
+                         (spec.n_tasks, spec.to_json(), time.time(), spec.job_id))
 
     def set_job_state(
         self, job_id: str, state: str, *, summary: dict[str, Any] | None = None,
