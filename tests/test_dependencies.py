@@ -177,3 +177,19 @@ def test_shutdown_cancels_tasks_waiting_for_inputs(home: Path, tmp_path: Path) -
     assert all(f.cancelled() for f in waiting)
     statuses = {r.status for f in waiting for r in fanout.Job.attach(f.job_id).records()}
     assert statuses == {"cancelled"}
+
+
+def test_a_streaming_map_over_futures_holds_each_task_for_its_own_input(
+        ex: fanout.Executor, tmp_path: Path) -> None:
+    """A map that streams (buffersize=) appends its tasks in segments: each appended task
+    that takes a future still waits for that future, and gets its value."""
+    gate = tmp_path / "gate"
+    upstream = [ex.submit(step, f"u{i}", wait_for=str(gate) if i % 3 == 0 else None)
+                for i in range(9)]
+    second = ex.map(step, [f"d{i}" for i in range(9)], upstream, chunksize=1, buffersize=2)
+    gate.touch()  # the first window is held until here
+    out = list(second)
+    ups = [f.result(timeout=60) for f in upstream]
+    assert [o["inputs"]["name"] for o in out] == [f"u{i}" for i in range(9)]
+    assert all(o["started"] >= u["ended"] for o, u in zip(out, ups, strict=True))
+    assert len(fanout.Job.attach(second.job_id).records()) == 9  # one job, all segments
