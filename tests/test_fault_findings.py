@@ -387,3 +387,17 @@ def test_8_leaving_normally_closes_the_job_and_results_lists_every_task(home: Pa
     lines = listing.stdout.splitlines()
     assert [int(line.split("\t")[0]) for line in lines] == list(range(20))
     assert sum("<cancelled>" in line for line in lines) == statuses[CANCELLED]
+
+
+def test_4_a_stopped_idle_worker_is_replaced(home: Path) -> None:
+    """A worker stopped while it has no task is killed too, and the pool goes on: it would
+    otherwise hold the next task it is given for a whole stall interval."""
+    with fanout.Executor(max_workers=2, progress=False, stall_seconds=1.0) as ex:
+        assert list(ex.map(tasks.square, range(4))) == [0, 1, 4, 9]
+        victim = ex.backend.worker_pids()[0]  # type: ignore[attr-defined]
+        os.kill(victim, signal.SIGSTOP)  # idle: its map is done
+        eventually(lambda: not psutil.pid_exists(victim)
+                   or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE,
+                   timeout=30, what="the stopped idle worker to be killed")
+        assert list(ex.map(tasks.square, range(6))) == [0, 1, 4, 9, 16, 25]
+        assert victim not in ex.backend.worker_pids()  # type: ignore[attr-defined]

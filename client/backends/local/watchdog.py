@@ -43,8 +43,10 @@ class Watchdog:
         """The watchdog: kill a worker holding a task whose heartbeat and CPU time stopped.
 
         A worker still starting gets ``STARTUP_GRACE_SECONDS`` more (it beats only once its
-        interpreter is up); an idle one is left alone until it is given work or stopped. A
-        worker whose CPU time still grows is working (in C, holding the GIL) and is spared.
+        interpreter is up). An idle one is left alone unless it is stopped (SIGSTOP): a
+        stopped idle worker would hold the next task it is given for a whole stall interval,
+        and keep a slot that a fresh worker can fill now. A worker whose CPU time still grows
+        is working (in C, holding the GIL) and is spared.
         When the watchdog itself wakes far later than it asked, this whole process group was
         stopped (Ctrl-Z, then ``fg``): every heartbeat is old for that reason alone, so the
         round is skipped and the workers get a full interval from now.
@@ -60,7 +62,8 @@ class Watchdog:
                     worker.progress_at = clock
                     worker.beacon_grace = clock
                     continue
-                if not (worker.inflight or not worker.ready) or worker.stalled:
+                idle = worker.ready and not worker.inflight
+                if worker.stalled or (idle and not worker.stopped()):
                     continue
                 limit = self.stall_seconds + (0 if worker.ready else STARTUP_GRACE_SECONDS)
                 working = worker.working(clock, limit)  # sampled every round: a fresh baseline

@@ -91,6 +91,14 @@ class WorkerProcess:
                 else:
                     self.proc.send_signal(signal.SIGKILL)
 
+    def stopped(self) -> bool:
+        """True while the process is stopped (SIGSTOP, a debugger): it runs nothing."""
+        try:
+            status = psutil.Process(self.proc.pid).status()
+        except psutil.Error:
+            return False
+        return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
     def working(self, clock: float, window: float) -> bool:
         """True while its CPU time grows: busy in C code that holds the GIL, not stalled.
 
