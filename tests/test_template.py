@@ -801,3 +801,21 @@ def test_an_artifact_too_big_for_lambda_is_refused_at_build(tmp_path: Path) -> N
     assert re.search(r"lambda artifact WorkerFunction: [3-9] MB unzipped", accepted.stdout)
     recorded = json.loads((artifact / "fanout_build.json").read_text())
     assert set(recorded) == {"python", "fanout", "requirements_sha256"}
+
+
+def test_input_objects_are_read_only_and_granted_only_when_named(template: dict[str, Any]
+                                                                  ) -> None:
+    """S3 inputs (map over s3://..., fanout.s3_chunks) are read by the workers, whose roles
+    otherwise reach only the stack's jobs/ prefix: InputObjects grants s3:GetObject on the
+    named objects to the two worker roles, and nothing at all when it is empty."""
+    param = template["Parameters"]["InputObjects"]
+    assert param["Type"] == "CommaDelimitedList" and param["Default"] == ""
+    assert template["Conditions"]["HasInputObjects"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "InputObjects"}]}, ""]}]}
+    policy = template["Resources"]["InputReadPolicy"]
+    assert policy["Type"] == "AWS::IAM::Policy" and policy["Condition"] == "HasInputObjects"
+    roles = policy["Properties"]["Roles"]
+    assert roles == [{"Ref": "WorkerFunctionRole"}, {"Ref": "BatchJobRole"}]
+    assert [(rid, s) for rid, s in iam_statements(template) if rid == "InputReadPolicy"] == [
+        ("InputReadPolicy", {"Sid": "InputObjects", "Effect": "Allow",
+                             "Action": "s3:GetObject", "Resource": {"Ref": "InputObjects"}})]
