@@ -46,17 +46,16 @@ def test_500_tasks_under_faults_every_result_exactly_once(aws: EmulatedAws) -> N
     assert {r.status for r in records} == {SUCCEEDED}
     on_batch = {r.task_index for r in records if r.worker_id.startswith("batch/")}
     slow_chunks = {i // CHUNKSIZE for i in SLOW}
-    # Every slow chunk timed out on Lambda and was re-run on Batch. (Which worker a
-    # record names is checked per chunk nowhere here: since result pages, 2 of 3 full
-    # runs on 2026-12-02 saw one slow chunk without a batch/ worker id; being chased,
-    # docs/testing.md "Flake runs".)
+    # Every slow chunk timed out on Lambda and was re-run on Batch: its slow task's record
+    # names a Batch worker (the emulated Lambda ends itself at its deadline, as Lambda does,
+    # so a timed-out chunk stores nothing).
+    assert on_batch >= SLOW
     assert aws.events["lambda_timeout"] >= len(slow_chunks)
-    assert aws.events["batch_attempts"] >= len(slow_chunks)
-    assert on_batch
-    # Faults really happened, and were absorbed. Each kind is drawn at random from one
-    # seeded stream whose order follows thread timing, so any one kind may not occur in
-    # a run (Spot: 0.8^10, about 1 run in 10); all three missing is about 1 in 10^5.
-    assert (aws.events["lambda_throttle"] + aws.events["lambda_crash"]
-            + aws.events["spot_interruption"]) > 0
+    # Faults really happened, and were absorbed. Whether one strikes is drawn from the
+    # seed and the chunk's try (Faults.draw), not from thread timing: with this seed every
+    # kind occurs, in every run.
+    assert aws.events["lambda_throttle"] > 0
+    assert aws.events["lambda_crash"] > 0
+    assert aws.events["spot_interruption"] > 0
     assert job.info.state == "finished" and job.info.summary is not None
     assert job.info.summary["succeeded"] == N_TASKS

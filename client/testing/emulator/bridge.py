@@ -9,7 +9,6 @@ import contextlib
 import fnmatch
 import json
 import os
-import random
 import select
 import signal
 import subprocess
@@ -29,6 +28,9 @@ from .faults import Faults
 
 #: Idle execution environments kept per function (Lambda keeps them for minutes).
 WARM_ENVIRONMENTS = 4
+#: How long after an invocation's deadline an environment that has not ended itself
+#: (lambda_runner.Deadline) is waited for before it is killed.
+DEADLINE_GRACE_SECONDS = 5.0
 
 
 class Bridge:
@@ -40,7 +42,7 @@ class Bridge:
         self.faults = faults
         self.env = env
         self.events = events
-        self.rng = random.Random(faults.seed)
+        self.tries: collections.Counter[tuple[str, str]] = collections.Counter()
         self.lock = threading.Lock()
         self.running: dict[subprocess.Popen[bytes], str] = {}  # worker process -> job id
         self.closed = False
@@ -70,9 +72,15 @@ class Bridge:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
 
-    def chance(self, rate: float) -> bool:
+    def draw(self, kind: str, subject: str) -> float:
+        """The fault draw of this try of ``subject`` (see :meth:`Faults.draw`)."""
         with self.lock:
-            return rate > 0 and self.rng.random() < rate
+            self.tries[(kind, subject)] += 1
+            nth = self.tries[(kind, subject)]
+        return self.faults.draw(kind, subject, nth)
+
+    def chance(self, kind: str, subject: str, rate: float) -> bool:
+        return rate > 0 and self.draw(kind, subject) < rate
 
     def invoke_lambda(self, function: Any, event: Any) -> tuple[str, bool, str]:
         """Run one invocation of ``function`` (moto's model) in one of its execution
@@ -85,22 +93,26 @@ class Bridge:
         if task_indexes & self.faults.lambda_timeout_tasks:
             timeout = min(timeout, self.faults.lambda_timeout_seconds)
         crash_after = None
-        if chunk and self.chance(self.faults.crash_rate):
-            crash_after = 1 + self.rng.randrange(max(1, len(task_indexes)))
+        subject = _subject(task_indexes, function.function_name)
+        if chunk and self.chance("crash", subject, self.faults.crash_rate):
+            draw = self.draw("crash-after", subject)
+            crash_after = 1 + int(draw * max(1, len(task_indexes)))
             self.events["lambda_crash"] += 1
         with tempfile.TemporaryDirectory() as tmp:
             response_path = os.path.join(tmp, "response.json")
             log_path = os.path.join(tmp, "log.txt")
+            proc = self._environment(function)
+            # The environment ends itself at this deadline (lambda_runner.Deadline).
+            deadline = time.monotonic() + timeout
             request = {"root": str(self.root), "handler": function.handler, "event": text,
                        "response": response_path, "log": log_path,
                        "request_id": str(uuid.uuid4()),
                        "function_name": function.function_name,
                        "memory": str(function.memory_size), "timeout": timeout,
-                       "crash_after": crash_after}
-            proc = self._environment(function)
+                       "deadline": deadline, "crash_after": crash_after}
             self._started(proc, chunk.get("job_id") or json.loads(text).get("job_id", ""))
             try:
-                answered = self._call(proc, request, timeout)
+                answered = self._call(proc, request, deadline)
             finally:
                 self._ended(proc)
             log_text = ""
@@ -157,22 +169,34 @@ class Bridge:
 
     @staticmethod
     def _call(proc: subprocess.Popen[bytes], request: dict[str, Any],
-              timeout: float) -> bool | None:
+              deadline: float) -> bool | None:
         """Send one request; True when answered, False when the process died, None when
-        ``timeout`` passed first."""
+        the deadline passed first (the environment says so and exits; one that cannot
+        is given up on a little later and killed by the caller)."""
         assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.write(json.dumps(request).encode() + b"\n")
             proc.stdin.flush()
         except OSError:
             return False
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        wait = max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE_SECONDS
+        ready, _, _ = select.select([proc.stdout], [], [], wait)
         if not ready:
             return None
-        return proc.stdout.readline() == b"done\n"
+        answer = proc.stdout.readline()
+        if answer == b"timeout\n":
+            return None
+        return answer == b"done\n"
 
-    def throttle(self) -> None:
-        if self.chance(self.faults.throttle_rate):
+    def throttle(self, function_name: str, body: Any) -> None:
+        """Throttle this invoke at ``throttle_rate``, drawn per chunk and try."""
+        subject = function_name
+        with contextlib.suppress(ValueError, TypeError, KeyError, IndexError):
+            payload = json.loads(body or b"{}")
+            if isinstance(payload, dict) and isinstance(payload.get("chunk"), dict):
+                tasks = {t[0] for t in _chunk_tasks(payload["chunk"])}
+                subject = _subject(tasks, function_name)
+        if self.chance("throttle", subject, self.faults.throttle_rate):
             self.events["lambda_throttle"] += 1
             raise TooManyRequestsError()
 
@@ -236,14 +260,16 @@ class Bridge:
 
     def _batch_attempt(self, command: list[str], env: dict[str, str],
                        limit: float) -> tuple[int, str]:
-        interrupt = self.chance(self.faults.spot_interruption_rate)
+        chunk = json.loads(env.get("FANOUT_CHUNK_REF", "{}"))
+        subject = _subject({t[0] for t in _chunk_tasks(chunk)}, "batch")
+        interrupt = self.chance("spot", subject, self.faults.spot_interruption_rate)
+        notice = 0.05 + 0.55 * self.draw("spot-notice", subject)
         self.events["batch_attempts"] += 1
         proc = subprocess.Popen(command, env=env, cwd=str(self.root), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-        chunk = json.loads(env.get("FANOUT_CHUNK_REF", "{}"))
         self._started(proc, chunk.get("job_id", ""))
         try:
-            return self._wait_attempt(proc, interrupt, limit)
+            return self._wait_attempt(proc, notice if interrupt else None, limit)
         finally:
             self._ended(proc)
 
@@ -274,13 +300,12 @@ class Bridge:
             proc.stdout.read()
         return (proc.returncode or 143), "Your Spot Task was interrupted."
 
-    def _wait_attempt(self, proc: subprocess.Popen[bytes], interrupt: bool,
+    def _wait_attempt(self, proc: subprocess.Popen[bytes], notice: float | None,
                       limit: float) -> tuple[int, str]:
+        """Wait for a Batch attempt; ``notice``: reclaim it (Spot) after that many seconds."""
         if self._notice_when_file(proc, limit):
             return self._reclaim(proc)
-        if interrupt:
-            with self.lock:
-                notice = self.rng.uniform(0.05, 0.6)
+        if notice is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=notice)
             return self._reclaim(proc)
@@ -292,6 +317,13 @@ class Bridge:
             return 137, "Job attempt duration exceeded timeout"
         code = proc.returncode
         return code, "Essential container in task exited" if code else ""
+
+
+def _subject(task_indexes: set[int], name: str) -> str:
+    """What a fault draw is about: a chunk by its tasks, else the function called."""
+    if not task_indexes:
+        return name
+    return f"{name}:{min(task_indexes)}-{max(task_indexes)}:{len(task_indexes)}"
 
 
 def _chunk_tasks(chunk: dict[str, Any]) -> list[list[Any]]:

@@ -111,7 +111,7 @@ def install_patches(stack: contextlib.ExitStack, bridge: Bridge,
         except limits.LimitExceeded as exc:
             raise TooLarge(str(exc)) from None
         try:
-            bridge.throttle()
+            bridge.throttle(function_name, body)
             if tracker is not None:
                 name = function_name.split(":function:")[-1].split(":")[0]
                 try:
