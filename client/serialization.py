@@ -8,7 +8,6 @@ that only has the installed packages can still run it; installed modules go by r
 from __future__ import annotations
 
 import base64
-import importlib.metadata
 import os
 import pickle
 import sys
@@ -36,6 +35,8 @@ def python_version() -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions that must agree between client and worker for pickles to load."""
+    import importlib.metadata  # here, not at the top: a worker starts faster without it
+
     versions = {}
     # fanout's distribution is fanout-futures (PyPI's "fanout" is another project)
     for name, dist in (("fanout", "fanout-futures"), ("cloudpickle", "cloudpickle"),

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, InvalidArgument, InvalidArgumentType
-from .base import Backend, JobInfo, JobRequest
+
+if TYPE_CHECKING:
+    from .base import Backend, JobInfo, JobRequest
+
+
+def __getattr__(name: str) -> Any:
+    """``Backend``, ``JobInfo`` and ``JobRequest`` from :mod:`.base` on first use: a worker
+    process imports this package on its way to its own module and needs none of the
+    client's side (the collector, futures, schedules) that ``base`` brings in."""
+    if name in ("Backend", "JobInfo", "JobRequest"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 BACKENDS = ("local", "aws", "inline")
 #: ``mp_context`` start methods whose meaning the local backend has: a fresh interpreter per
