@@ -819,3 +819,25 @@ def test_input_objects_are_read_only_and_granted_only_when_named(template: dict[
     assert [(rid, s) for rid, s in iam_statements(template) if rid == "InputReadPolicy"] == [
         ("InputReadPolicy", {"Sid": "InputObjects", "Effect": "Allow",
                              "Action": "s3:GetObject", "Resource": {"Ref": "InputObjects"}})]
+
+
+def test_scheduled_s3_items_can_be_listed_only_in_the_named_buckets(template: dict[str, Any]
+                                                                     ) -> None:
+    """A schedule with items="s3://bucket/prefix/" lists the prefix when it fires, in the
+    plan function: ListObjectsV2 needs s3:ListBucket on the bucket itself, which object
+    ARNs (InputObjects) cannot grant. InputBuckets grants it to the plan function's role
+    only, and nothing when empty."""
+    param = template["Parameters"]["InputBuckets"]
+    assert param["Type"] == "CommaDelimitedList" and param["Default"] == ""
+    assert template["Conditions"]["HasInputBuckets"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "InputBuckets"}]}, ""]}]}
+    policy = template["Resources"]["InputListPolicy"]
+    assert policy["Type"] == "AWS::IAM::Policy" and policy["Condition"] == "HasInputBuckets"
+    assert policy["Properties"]["Roles"] == [{"Ref": "PlanFunctionRole"}]
+    granted = [s for rid, s in iam_statements(template) if rid == "InputListPolicy"]
+    assert granted == [{"Sid": "ListInputBuckets", "Effect": "Allow",
+                        "Action": "s3:ListBucket", "Resource": {"Ref": "InputBuckets"}}]
+    # No other statement lets the plan function list a bucket that is not the stack's own.
+    for rid, statement in iam_statements(template):
+        if rid == "PlanFunction" and "s3:ListBucket" in str(statement.get("Action")):
+            assert statement["Resource"] == {"Fn::GetAtt": ["PayloadBucket", "Arn"]}
