@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import random
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -112,6 +114,7 @@ def run_pack(fn: Callable[..., Any], calls: list[tuple[Any, ...]], spec: JobSpec
     ctx = ElementContext(spec.job_id, first, attempt, spec.seed, store)
     append = values.append
     previous = swap(ctx)
+    reseed = LazyGlobalSeeds(ctx)  # the chunk's runner seeded the globals for call ``first``
     try:
         for offset, args in enumerate(calls):
             if earlier is not None and offset < len(earlier.values) and \
@@ -127,8 +130,94 @@ def run_pack(fn: Callable[..., Any], calls: list[tuple[Any, ...]], spec: JobSpec
                 append(None)
                 failures[offset] = exception_fields(exc)
     finally:
+        reseed.restore()
         swap(previous)
     return PackRun(values, failures)
+
+
+_SEEDING_NAMES = frozenset({"seed", "setstate", "set_state"})
+_targets: list[tuple[Any, str]] | None = None
+
+
+def _global_rng_functions() -> list[tuple[Any, str]]:
+    """(module, name) of each module-level function bound to a global RNG: ``random``'s,
+    and numpy's legacy ``np.random.*`` once numpy is imported."""
+    global _targets
+    numpy = sys.modules.get("numpy")
+    if _targets is None or (numpy is not None and not any(m is not random
+                                                          for m, _ in _targets)):
+        found: list[tuple[Any, str]] = []
+        owners: list[tuple[Any, Any]] = [(random, getattr(random, "_inst", None))]
+        if numpy is not None:
+            legacy = getattr(getattr(numpy.random, "mtrand", None), "_rand", None)
+            owners.append((numpy.random, legacy))
+        for module, instance in owners:
+            if instance is None:
+                continue
+            for name in dir(module):
+                if getattr(getattr(module, name, None), "__self__", None) is instance:
+                    found.append((module, name))
+        _targets = found
+    return _targets
+
+
+class LazyGlobalSeeds:
+    """Seeds the global RNGs for a packed chunk's call only if the call draws from them.
+
+    A task seeds ``random`` and numpy's legacy global RNG from its own seed before it
+    starts (``context.running``), so a seeded job's draws do not depend on how it was
+    chunked. That costs tens of microseconds, far more than a short call, and most calls
+    never draw. For the length of a packed chunk, each module-level function bound to a
+    global RNG (``random.random``, ``np.random.rand``, ...) is replaced by a wrapper that
+    seeds them, once per call, from the running call's seed before its first draw; a call
+    that seeds them itself (``random.seed``, ``setstate``) keeps what it set. A function
+    bound by name before the chunk (``from random import random`` at import) bypasses
+    the wrapper and draws from the chunk's stream, seeded once for its first call.
+    """
+
+    def __init__(self, ctx: ElementContext) -> None:
+        self.ctx = ctx
+        self.seeded = ctx.task_index
+        self.saved: list[tuple[Any, str, Any]] = []
+        for module, name in _global_rng_functions():
+            real = getattr(module, name)
+            self.saved.append((module, name, real))
+            setattr(module, name, self._wrap(real, name in _SEEDING_NAMES))
+
+    def _seed(self) -> None:
+        index = self.ctx.task_index
+        if self.seeded != index:
+            self.seeded = index
+            seed = self.ctx.seed
+            self._real(random, "seed")(seed)
+            numpy = sys.modules.get("numpy")
+            if numpy is not None:
+                self._real(numpy.random, "seed")(seed % 2**32)
+
+    def _real(self, module: Any, name: str) -> Any:
+        for owner, saved_name, real in self.saved:
+            if owner is module and saved_name == name:
+                return real
+        return getattr(module, name)
+
+    def _wrap(self, real: Callable[..., Any], seeds: bool) -> Callable[..., Any]:
+        ctx = self.ctx
+        if seeds:
+            def own(*args: Any, **kwargs: Any) -> Any:
+                self.seeded = ctx.task_index  # the call seeds them itself: keep its choice
+                return real(*args, **kwargs)
+            return own
+
+        def draw(*args: Any, **kwargs: Any) -> Any:
+            if self.seeded != ctx.task_index:
+                self._seed()
+            return real(*args, **kwargs)
+        return draw
+
+    def restore(self) -> None:
+        for module, name, real in reversed(self.saved):
+            setattr(module, name, real)
+        self.saved = []
 
 
 def _earlier(store: TaskStore, spec: JobSpec, pack_index: int) -> PackRun | None:
@@ -261,20 +350,28 @@ def element_records(records: Iterable[ResultRecord], pack: int,
     return out
 
 
-def element_counts(records: Iterable[ResultRecord], n_elements: int, pack: int,
-                   running_chunks: int) -> dict[str, int]:
-    """Task counts in calls, from chunks' records (their ``extra`` has the calls' counts)."""
-    counts = {state.value: 0 for state in TaskState}
+def final_counts(records: Iterable[ResultRecord], pack: int) -> dict[str, int]:
+    """Final states counted in calls, from chunks' records (their ``extra`` has the calls'
+    counts; a chunk lost or cancelled as a whole counts ``pack`` calls, or its own count)."""
+    counts: dict[str, int] = {}
     for record in records:
         if record.status not in FINAL_STATES:
             continue
         n = int(record.extra.get(ELEMENTS, pack))
-        failed = int(record.extra.get(FAILURES, n if record.status != SUCCEEDED else 0))
         if record.status in (SUCCEEDED, FAILED) and ELEMENTS in record.extra:
-            counts[TaskState.SUCCEEDED] += n - failed
-            counts[TaskState.FAILED] += failed
+            failed = int(record.extra.get(FAILURES, 0))
+            counts[SUCCEEDED] = counts.get(SUCCEEDED, 0) + n - failed
+            counts[FAILED] = counts.get(FAILED, 0) + failed
         else:
-            counts[record.status] += n
+            counts[record.status] = counts.get(record.status, 0) + n
+    return counts
+
+
+def element_counts(records: Iterable[ResultRecord], n_elements: int, pack: int,
+                   running_chunks: int) -> dict[str, int]:
+    """Every task state's count in calls (``fanout status`` of a packed job)."""
+    stored = final_counts(records, pack)
+    counts = {state.value: stored.get(state, 0) for state in TaskState}
     counts[TaskState.RUNNING] = min(running_chunks * pack, n_elements)
     finished = sum(counts[state] for state in FINAL_STATES)
     counts[TaskState.PENDING] = max(0, n_elements - finished - counts[TaskState.RUNNING])

@@ -342,7 +342,11 @@ class WorkerRuntime:
             else:
                 ctx = TaskContext(chunk.job_id, task.index, chunk.attempt, task.seed, self.store)
                 data = prefetched.pop(task.index, None)
-                if self.spec(chunk.job_id).options.pack:
+                spec = self.spec(chunk.job_id)
+                if spec.options.pack:
+                    # The global RNGs are seeded once per packed chunk, as its first call
+                    # would be seeded as a task of its own (see fanout.packing).
+                    ctx.seed = derive_seed(spec.seed, "task", spec.options.pack * task.index)
                     record = self._run_one(
                         ctx, started,
                         lambda t=task, d=data: self._call_pack(  # type: ignore[misc]
