@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from fanout.collector import RemoteTraceback
 from fanout.protocol import FAILED, SUCCEEDED
 
 import tasks
-from conftest import eventually
+from conftest import eventually, wait_for_file
 
 
 def test_a_chunk_is_one_record_and_results_come_in_order(ex: fanout.Executor,
@@ -65,7 +66,7 @@ def test_per_call_futures_only_when_asked(ex: fanout.Executor, home: Path) -> No
 
 
 def test_seeds_and_rngs_of_a_call_do_not_depend_on_chunking(home: Path) -> None:
-    def draws(chunksize: int, workers: int) -> list[object]:
+    def draws(chunksize: int, workers: int) -> list[tuple[int, float, float]]:
         with fanout.Executor(max_workers=workers, seed=11, progress=False) as ex:
             return list(ex.map(tasks.randomness, range(25), chunksize=chunksize))
 
@@ -121,7 +122,7 @@ def test_killing_a_worker_mid_chunk_reruns_that_chunk(ex: fanout.Executor,
 def _block_at(x: int, at: int, started: str, go: str) -> int:
     if x == at and not os.path.exists(go):
         Path(started).write_text(str(os.getpid()))
-        if not tasks.wait_for_file(go):
+        if not wait_for_file(go):
             raise TimeoutError("the test never released the blocked call")
     return x
 
@@ -129,7 +130,7 @@ def _block_at(x: int, at: int, started: str, go: str) -> int:
 def test_a_streaming_packed_map_reads_its_input_a_window_ahead(ex: fanout.Executor) -> None:
     read = []
 
-    def source() -> object:
+    def source() -> Iterator[int]:
         for i in range(500):
             read.append(i)
             yield i
