@@ -407,6 +407,11 @@ class ElementLogs:
     def logs(self, job_id: str, task_index: int, stream: str = "both") -> str:
         return self.source.logs(job_id, task_index // self.pack, stream)
 
+    def store_location(self) -> object:
+        """Where the call's result lives: its chunk's store (a future as an argument)."""
+        where = getattr(self.source, "store_location", None)
+        return where() if callable(where) else ("object", id(self.source))
+
 
 def element_futures(chunk: Future, first: int, count: int, source: ElementLogs,
                     skip: int = 0) -> list[Future]:

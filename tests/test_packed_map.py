@@ -148,3 +148,11 @@ def test_inline_backend_runs_packed_chunks_the_same_way(home: Path) -> None:
         got = list(inline.map(tasks.randomness, range(9), chunksize=4))
     with fanout.Executor(max_workers=2, seed=3, progress=False) as local:
         assert list(local.map(tasks.randomness, range(9), chunksize=1)) == got
+
+
+def test_a_calls_future_can_be_another_tasks_argument(ex: fanout.Executor) -> None:
+    results = ex.map(tasks.fail_if, range(10), [6] * 10, chunksize=4)
+    calls = results.futures
+    assert ex.submit(tasks.add, calls[5], 100).result(timeout=60) == 105
+    with pytest.raises(fanout.DependencyFailed, match="task 6 is bad"):
+        ex.submit(tasks.add, calls[6], 100).result(timeout=60)
