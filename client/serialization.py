@@ -8,6 +8,7 @@ that only has the installed packages can still run it; installed modules go by r
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.metadata
 import os
 import pickle
@@ -35,7 +36,16 @@ def python_version() -> str:
 
 
 def package_versions() -> dict[str, str]:
-    """Versions that must agree between client and worker for pickles to load."""
+    """Versions that must agree between client and worker for pickles to load.
+
+    Read once per process (``importlib.metadata`` parses each package's metadata: a few
+    ms per job otherwise, as much as running a packed chunk of 1,000 short calls).
+    """
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
     versions = {}
     # fanout's distribution is fanout-futures (PyPI's "fanout" is another project)
     for name, dist in (("fanout", "fanout-futures"), ("cloudpickle", "cloudpickle"),
