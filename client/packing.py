@@ -350,14 +350,17 @@ def element_records(records: Iterable[ResultRecord], pack: int,
     return out
 
 
-def final_counts(records: Iterable[ResultRecord], pack: int) -> dict[str, int]:
+def final_counts(records: Iterable[ResultRecord], pack: int,
+                 n_elements: int | None = None) -> dict[str, int]:
     """Final states counted in calls, from chunks' records (their ``extra`` has the calls'
-    counts; a chunk lost or cancelled as a whole counts ``pack`` calls, or its own count)."""
+    counts; a chunk lost or cancelled as a whole counts its calls: ``pack``, or fewer for
+    the last one when ``n_elements`` is known)."""
     counts: dict[str, int] = {}
     for record in records:
         if record.status not in FINAL_STATES:
             continue
-        n = int(record.extra.get(ELEMENTS, pack))
+        whole = pack if n_elements is None else min(pack, n_elements - pack * record.task_index)
+        n = int(record.extra.get(ELEMENTS, whole))
         if record.status in (SUCCEEDED, FAILED) and ELEMENTS in record.extra:
             failed = int(record.extra.get(FAILURES, 0))
             counts[SUCCEEDED] = counts.get(SUCCEEDED, 0) + n - failed
@@ -370,7 +373,7 @@ def final_counts(records: Iterable[ResultRecord], pack: int) -> dict[str, int]:
 def element_counts(records: Iterable[ResultRecord], n_elements: int, pack: int,
                    running_chunks: int) -> dict[str, int]:
     """Every task state's count in calls (``fanout status`` of a packed job)."""
-    stored = final_counts(records, pack)
+    stored = final_counts(records, pack, n_elements)
     counts = {state.value: stored.get(state, 0) for state in TaskState}
     counts[TaskState.RUNNING] = min(running_chunks * pack, n_elements)
     finished = sum(counts[state] for state in FINAL_STATES)

@@ -83,6 +83,8 @@ def test_retry_reruns_only_the_calls_that_failed(ex: fanout.Executor, tmp_path: 
         list(results)
     job = fanout.Job.attach(results.job_id)
     eventually(lambda: job.info.state != "running", what="the job to end")
+    before = job.status()
+    assert sum(before.values()) == 30 and before["failed"] >= 1 and before["pending"] == 0
     Path(marker).touch()
     counts = job.retry()
     assert counts["succeeded"] == 30 and counts["failed"] == 0
