@@ -35,6 +35,8 @@ from .seeding import derive_seed, fresh_seed
 from .streaming import AUTO, MapFeed, known_length, window_chunks, window_tasks
 
 _FUNCTION_CACHE_SIZE = 256
+#: A packed map's first segment, in chunks per worker (see ``Executor._map``).
+HEAD_START_CHUNKS = 2
 _live_backends: weakref.WeakSet[Backend[Any]] = weakref.WeakSet()
 
 
@@ -421,12 +423,19 @@ class Executor(concurrent.futures.Executor):
             window = window_tasks(buffersize, size, workers)
             payloads = inputs.payloads(arg_tuples)
         first: Iterable[bytes] = payloads
-        streaming = False
+        streaming = head_start = False
         if window is not None and self.backend.supports_streaming:
-            first = list(itertools.islice(payloads, window))
+            # A packed map starts its workers on a first segment of two chunks per worker
+            # and writes the rest of its window while they run, as ProcessPoolExecutor
+            # pickles chunks while its workers run the first ones.
+            head = HEAD_START_CHUNKS * workers
+            if packer is None or not head or window <= head:
+                head = window
+            first = list(itertools.islice(payloads, head))
+            head_start = head < window and len(first) == head
             # An input that fits in the first window is one plain job, as without streaming.
-            streaming = len(first) == window and (
-                buffersize != AUTO or expected is None or expected > window)
+            streaming = head_start or (len(first) == window and (
+                buffersize != AUTO or expected is None or expected > window))
         run = self._start(kind, fn, first, inputs, chunksize, streaming=streaming,
                           expected=expected, pack=0 if packer is None else size)
         remaining = None if timeout is None else timeout - (time.monotonic() - started)
@@ -434,7 +443,10 @@ class Executor(concurrent.futures.Executor):
             return MapIterator(run.futures, remaining, run.job_id, packer=packer)
         assert window is not None
         feed = MapFeed(self.backend, run, payloads, window, 1 if packer is not None else size)
-        return MapIterator(run.take_futures(), remaining, run.job_id, feed, packer)
+        futures = run.take_futures()
+        if head_start:
+            futures.extend(feed.top_up(len(futures)))
+        return MapIterator(futures, remaining, run.job_id, feed, packer)
 
     def _start(self, kind: str, fn: Callable[..., Any], payloads: Iterable[bytes],
                inputs: TaskInputs, chunksize: int | None, reducer: bytes | None = None,
