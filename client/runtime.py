@@ -464,8 +464,11 @@ class WorkerRuntime:
         record.stdout, record.stderr = captured.stdout, captured.stderr
         if self.on_start is not None:
             self.on_start(None)
-        # Only an earlier attempt or this one can have left a checkpoint to clean up.
-        record.extra["checkpoint"] = ctx.checkpointed or ctx.attempt > 1
+        # Only an earlier attempt or this one can have left a checkpoint to clean up. A
+        # packed chunk's calls checkpoint under their own indexes, not the chunk's: theirs
+        # are left for the job's expiry rather than deleting another call's by mistake.
+        if not packed:
+            record.extra["checkpoint"] = ctx.checkpointed or ctx.attempt > 1
         return record
 
     def _finish(self, record: ResultRecord, on_result: ResultCallback | None) -> None:
