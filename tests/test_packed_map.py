@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +160,22 @@ def test_a_calls_future_can_be_another_tasks_argument(ex: fanout.Executor) -> No
     assert ex.submit(tasks.add, calls[5], 100).result(timeout=60) == 105
     with pytest.raises(fanout.DependencyFailed, match="task 6 is bad"):
         ex.submit(tasks.add, calls[6], 100).result(timeout=60)
+
+
+def test_the_cli_counts_and_lists_calls(ex: fanout.Executor, home: Path) -> None:
+    results = ex.map(tasks.fail_if, range(10), [3] * 10, chunksize=4)
+    futures = results.futures
+    assert isinstance(futures[3].exception(timeout=60), ValueError)
+    assert [f.result(timeout=60) for f in futures[4:]] == list(range(4, 10))
+    job = fanout.Job.attach(results.job_id)
+    eventually(lambda: job.info.state == "finished", what="the job to be recorded finished")
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "fanout.cli", *args], capture_output=True,
+                              text=True, check=False, env=os.environ.copy()).stdout
+
+    status = cli("status", results.job_id)
+    assert "10 tasks" in status and "succeeded 9  failed 1" in status
+    listing = cli("results", results.job_id).splitlines()
+    assert len(listing) == 10 and "task 3 is bad" in listing[3]
+    assert "ValueError: task 3 is bad" in cli("logs", results.job_id, "3")
