@@ -211,11 +211,11 @@ class MapIterator(Iterator[Any]):
             self._offset += 1
             raise error
         end = min((k for k in unrolled.failures if k > offset), default=len(unrolled.values))
+        # The chunk's outcome keeps its values until the iterator moves past the chunk
+        # (at most one chunk's results), so per-call futures asked for midway get them.
         ready = unrolled.values[offset:end]
         ready.reverse()
         self._offset = end
-        if self._chunk is not None and self._chunk.task_index not in self._calls:
-            unrolled.values[offset:end] = [None] * (end - offset)  # not kept alive here
         value = ready.pop()
         self._ready = ready
         return value

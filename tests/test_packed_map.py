@@ -63,8 +63,13 @@ def test_per_call_futures_only_when_asked(ex: fanout.Executor, home: Path) -> No
     assert (counts["succeeded"], counts["failed"]) == (11, 1)
     failed = [r for r in job.records() if r.status == FAILED]
     assert [r.task_index for r in failed] == [5] and "task 5 is bad" in (failed[0].traceback or "")
-    # The iterator and the futures agree; iterating after taking the futures still works.
+    # The iterator and the futures agree; iterating after taking the futures still works,
+    # and futures asked for midway through a chunk get that chunk's remaining results.
     assert next(results) == 0
+    assert [f.result(timeout=60) for f in results.futures[:4]] == [1, 2, 3, 4]
+    results = ex.map(tasks.square, range(8), chunksize=4)
+    assert next(results) == 0
+    assert [f.result(timeout=60) for f in results.futures] == [i * i for i in range(1, 8)]
 
 
 def test_seeds_and_rngs_of_a_call_do_not_depend_on_chunking(home: Path) -> None:
