@@ -753,6 +753,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--startup-probe", choices=("fanout", "ProcessPoolExecutor"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--pending", type=int, default=Counts().pending, help=argparse.SUPPRESS)
+    parser.add_argument("--map-only", type=int, default=0, metavar="ROUNDS",
+                        help="only scenario 2 (the chunked map), ROUNDS times, each the median "
+                             f"of {REPEATS} alternated runs; print the ratios, write nothing")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -807,6 +810,20 @@ def run_benchmarks(counts: Counts, workers: int, quick: bool,
                   sweep)
 
 
+def map_only(counts: Counts, workers: int, rounds: int) -> int:
+    """Scenario 2 alone, ``rounds`` times: the chunked map's ratio and how it varies."""
+    with contextlib.ExitStack() as stack:
+        runners = open_runners(stack, workers)
+        for _ in range(rounds):
+            times = bench_map(runners, counts.chunked, counts.chunksize)
+            print(f"{counts.chunked:,} no-ops, chunksize={counts.chunksize}: "
+                  + ", ".join(f"{name} {seconds * 1000:.0f} ms"
+                              for name, seconds in times.items())
+                  + f"; fanout {times['ProcessPoolExecutor'] / times['fanout']:.2f}x of PPE",
+                  flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rss_probe:
@@ -816,6 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(startup_probe(args.startup_probe, args.workers)))
         return 0
     counts = Counts().scaled(QUICK_DIVISOR) if args.quick else Counts()
+    if args.map_only:
+        return map_only(counts, args.workers, args.map_only)
     output: Path | None = args.output
     if output is None and not args.quick:
         output = DEFAULT_OUTPUT

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, packing
 from .backends import create_backend
 from .errors import ConfigurationError, FanoutError, InvalidArgument
 from .job import Job
@@ -75,6 +75,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _n_calls(backend: Any, info: Any) -> int:
+    """The job's tasks as the user counts them: a packed map's calls, not its chunks."""
+    if not info.spec.options.pack:
+        return int(info.spec.n_tasks)
+    return packing.element_count(backend.store, info.spec)
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     backend = create_backend(args.backend, **_backend_options(args))
     rows = []
@@ -84,7 +91,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         summary = info.summary or backend.counts(info.job_id)
         state = "orphaned" if info.orphaned else info.state
         rows.append((info.job_id, _when(info.spec.created), info.spec.kind,
-                     info.spec.function.rsplit(".", 1)[-1], info.spec.n_tasks, state,
+                     info.spec.function.rsplit(".", 1)[-1], _n_calls(backend, info), state,
                      summary.get(SUCCEEDED, ""), summary.get(FAILED, "")))
     if not rows:
         print("no jobs yet; try `fanout demo`")
@@ -106,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     state = f"{info.state} (orphaned: its client {info.owner} is gone)" if info.orphaned \
         else info.state
-    print(f"job {job.job_id}: {info.spec.function}, {info.spec.n_tasks} tasks, {state}")
+    print(f"job {job.job_id}: {info.spec.function}, {job.n_tasks} tasks, {state}")
     print("  " + "  ".join(f"{name} {counts[name]}" for name in TASK_STATES))
     if info.summary:
         print(f"  task time {info.summary.get('task_seconds', 0):.2f} s over "
@@ -189,12 +196,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not 0 <= args.task < job.n_tasks:
         raise SystemExit(f"fanout: job {job.job_id} has tasks 0..{job.n_tasks - 1}, "
                          f"not {args.task}")
-    record = job._backend.record(job.job_id, args.task)
+    pack = job.info.spec.options.pack
+    if pack:  # a packed map's call: its own record, its chunk's output (fanout.packing)
+        record = next((r for r in job.records() if r.task_index == args.task), None)
+    else:
+        record = job._backend.record(job.job_id, args.task)
     if record is None:
         print(f"task {args.task} has not finished; its output appears when it does",
               file=sys.stderr)
         return 1
-    output = job._backend.logs(job.job_id, args.task, args.stream)
+    output = job._backend.logs(job.job_id, args.task // pack if pack else args.task,
+                               args.stream)
     sys.stdout.write(output)
     if record.status == FAILED and record.traceback and args.stream != "stdout":
         sys.stdout.write(f"\n--- task {args.task} failed (attempt {record.attempt}) ---\n")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, InvalidStateError
 from typing import Any
 
-from . import serialization
+from . import packing, serialization
 from .errors import RemoteError, SerializationError
 from .future import Future
 from .protocol import CANCELLED, FAILED, REDUCE_INDEX, SUCCEEDED, JobSpec, ResultRecord
@@ -50,13 +50,25 @@ def rebuild_exception(record: ResultRecord) -> BaseException:
     return exc
 
 
-def resolve(future: Future, record: ResultRecord, load_value: Callable[[ResultRecord], bytes]
-            ) -> None:
-    """Settle ``future`` from ``record`` unless the future is already settled."""
+def resolve(future: Future, record: ResultRecord, load_value: Callable[[ResultRecord], bytes],
+            pack: int = 0) -> None:
+    """Settle ``future`` from ``record`` unless the future is already settled.
+
+    A packed chunk's record (``pack`` > 0) that holds its calls' outcomes settles the
+    chunk's future with a :class:`~fanout.packing.PackOutcome`, even when some calls failed:
+    their exceptions are raised at their own positions by whoever unrolls it.
+    """
     if future.done():
         return
     try:
-        if record.status == SUCCEEDED:
+        if pack and packing.is_outcome(record):
+            try:
+                unrolled = packing.outcome(record, pack, load_value)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(unrolled)
+        elif record.status == SUCCEEDED:
             try:
                 value = serialization.loads(load_value(record))
             except BaseException as exc:
@@ -191,7 +203,7 @@ class JobRun:
                 self.first_failure = record
             now_finished = self.sealed and not self._open
             self._advance_progress(now_finished)
-        resolve(future, record, self._load_value)
+        resolve(future, record, self._load_value, self.spec.options.pack)
         if now_finished and self.reduce_future is None:
             self._finish()
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from . import serialization
+from .seeding import derive_seed
 
 if TYPE_CHECKING:
     import numpy
@@ -44,6 +45,60 @@ def _context(api: str) -> TaskContext:
             "task function yourself (in a debugger, with the seeds, checkpoints and logs it "
             "gets on workers), run it with fanout.Executor(backend=\"inline\")")
     return _current
+
+
+class ElementContext(TaskContext):
+    """The calls of a packed chunk (``fanout.packing``), one after another: one object whose
+    ``task_index`` the runner moves on per call, so a call costs one attribute store.
+
+    The seed (and ``task_rng()``'s generator) belong to the current index and are derived
+    only when the call asks for them: deriving costs more than a no-op call, and most calls
+    never ask. The seed is the one the same call gets as a task of its own,
+    ``derive_seed(job seed, "task", index)``.
+    """
+
+    def __init__(self, job_id: str, task_index: int, attempt: int, job_seed: int,
+                 store: TaskStore) -> None:
+        self.job_id = job_id
+        self.task_index = task_index
+        self.attempt = attempt
+        self.store = store
+        self.checkpointed = False
+        self._job_seed = job_seed
+        self._seed: tuple[int, int] | None = None  # (index, its seed)
+        self._rng_of: tuple[int, Any] | None = None  # (index, its generator)
+
+    @property
+    def seed(self) -> int:
+        cached = self._seed
+        if cached is None or cached[0] != self.task_index:
+            cached = (self.task_index, derive_seed(self._job_seed, "task", self.task_index))
+            self._seed = cached
+        return cached[1]
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = (self.task_index, value)
+
+    @property
+    def _rng(self) -> Any:
+        cached = self._rng_of
+        return cached[1] if cached is not None and cached[0] == self.task_index else None
+
+    @_rng.setter
+    def _rng(self, value: Any) -> None:
+        self._rng_of = None if value is None else (self.task_index, value)
+
+
+def swap(ctx: TaskContext | None) -> TaskContext | None:
+    """Make ``ctx`` the current task without seeding anything; return the previous one.
+
+    The packed runner's per-call step: a packed chunk seeds the global RNGs once, as its
+    whole (see ``fanout.packing``), and each call only changes what ``task_seed()`` sees.
+    """
+    global _current
+    previous, _current = _current, ctx
+    return previous
 
 
 @contextmanager

@@ -157,9 +157,28 @@ def _upstream_error(record: ResultRecord) -> tuple[BaseException, str]:
     return rebuild_exception(record), record.traceback or ""
 
 
+def _record(source: ResultSource, job_id: str, task_index: int) -> ResultRecord | None:
+    """The input's record; a call of a packed map's chunk (``fanout.packing``) gets the one
+    derived from its chunk's record."""
+    load_spec = getattr(source, "load_spec", None)
+    pack = load_spec(job_id).options.pack if callable(load_spec) and task_index >= 0 else 0
+    if not pack:
+        return source.result(job_id, task_index)
+    from . import packing  # it imports this module's neighbours; only needed here
+
+    chunk = source.result(job_id, task_index // pack)
+    if chunk is None or not packing.is_outcome(chunk):
+        return chunk  # not finished, or lost or cancelled as a whole: each call shares it
+    unrolled = packing.outcome(chunk, pack, source.load_value)
+    offset = task_index - unrolled.first
+    fields = unrolled.failures.get(offset)
+    value = None if fields is not None else serialization.dumps_value(unrolled.values[offset])
+    return packing.element_record(chunk, task_index, fields, value)
+
+
 def resolve(source: ResultSource, job_id: str, task_index: int) -> Any:
     """The stored result of an input task, or ``DependencyFailed`` naming it."""
-    record = source.result(job_id, task_index)
+    record = _record(source, job_id, task_index)
     where = f"task {task_index} of job {job_id}"
     if record is None or record.status not in (SUCCEEDED, FAILED, CANCELLED):
         raise DependencyFailed(

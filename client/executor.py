@@ -30,10 +30,13 @@ from .dependencies import TaskInputs, dumps_call
 from .errors import ExecutorClosed, InvalidArgument, InvalidArgumentType
 from .future import Future
 from .options import TaskOptions
+from .packing import ElementLogs, Packer, PackOutcome, element_futures
 from .seeding import derive_seed, fresh_seed
-from .streaming import AUTO, MapFeed, known_length, window_tasks
+from .streaming import AUTO, MapFeed, known_length, window_chunks, window_tasks
 
 _FUNCTION_CACHE_SIZE = 256
+#: A packed map's first segment, in chunks per worker (see ``Executor._map``).
+HEAD_START_CHUNKS = 2
 _live_backends: weakref.WeakSet[Backend[Any]] = weakref.WeakSet()
 
 
@@ -107,10 +110,12 @@ class MapIterator(Iterator[Any]):
 
     A streaming map (a long input, see :mod:`fanout.streaming`) has a ``feed`` that
     appends the next tasks to the job as results are taken, before each one is yielded.
+    A packed map (``chunksize`` > 1, see :mod:`fanout.packing`) holds one future per chunk
+    and unrolls each chunk's outcome in order; ``packer`` knows how many calls each has.
     """
 
     def __init__(self, futures: list[Future], timeout: float | None, job_id: str,
-                 feed: MapFeed | None = None) -> None:
+                 feed: MapFeed | None = None, packer: Packer | None = None) -> None:
         self.job_id = job_id
         # Only the futures not yet yielded: a result is not kept alive once it was handed
         # out (the stdlib's ``test_free_reference``).
@@ -118,39 +123,108 @@ class MapIterator(Iterator[Any]):
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._started = False
         self._feed = feed
+        self._packer = packer
+        self._chunk: Future | None = None  # the packed chunk being unrolled
+        self._unrolled: PackOutcome | None = None
+        self._offset = 0
+        self._calls: dict[int, list[Future]] = {}  # per-call futures made for ``futures``
+        self._ready: list[Any] = []  # results to hand out next, last first
 
     @property
     def futures(self) -> list[Future]:
         """The futures of the tasks submitted and not yet yielded, in task order.
 
         Before iterating that is every task, unless the map streams: then it is the
-        current window only (the rest of the input is not read yet).
+        current window only (the rest of the input is not read yet). A packed map makes
+        them here, one per call, from its chunks' futures.
         """
-        return list(self._pending)
+        if self._packer is None:
+            return list(self._pending)
+        out: list[Future] = []
+        if self._chunk is not None:
+            out.extend(self._calls_of(self._chunk, self._offset - len(self._ready)))
+        for chunk in self._pending:
+            out.extend(self._calls_of(chunk, 0))
+        return out
+
+    def _calls_of(self, chunk: Future, skip: int) -> list[Future]:
+        assert self._packer is not None
+        made = self._calls.get(chunk.task_index)
+        if made is None:
+            size = self._packer.size
+            first = size * chunk.task_index
+            count = min(size, self._packer.elements - first)
+            made = element_futures(chunk, first, count, ElementLogs(chunk._source, size))
+            self._calls[chunk.task_index] = made
+        return made[skip:]
 
     def __iter__(self) -> MapIterator:
         return self
 
     def __next__(self) -> Any:
+        # A packed chunk's results up to its next failure wait here, last first: a result
+        # costs one pop (a no-op call takes about a microsecond on the worker; the
+        # iterator must not take more).
+        ready = self._ready
+        if ready:
+            return ready.pop()
         self._started = True
         try:
+            if self._packer is not None:
+                return self._next_call()
             if self._feed is not None:
                 self._pending.extend(self._feed.top_up(len(self._pending)))
             if not self._pending:
                 raise StopIteration
-            future = self._pending.popleft()
-            if self._deadline is None:
-                return future.result()
-            return future.result(max(0.0, self._deadline - time.monotonic()))
+            return self._wait(self._pending.popleft())
         except StopIteration:
             raise
         except BaseException:
             self.close()
             raise
 
+    def _wait(self, future: Future) -> Any:
+        if self._deadline is None:
+            return future.result()
+        return future.result(max(0.0, self._deadline - time.monotonic()))
+
+    def _next_call(self) -> Any:
+        """The next call's result from the packed chunk being unrolled (or the next one).
+
+        Moves the chunk's results up to its next failure into ``_ready`` (which
+        ``__next__`` pops), and raises a failed call's exception at its own position.
+        """
+        while self._unrolled is None or self._offset >= len(self._unrolled.values):
+            if self._chunk is not None:
+                self._calls.pop(self._chunk.task_index, None)
+            self._chunk = self._unrolled = None
+            if self._feed is not None:
+                self._pending.extend(self._feed.top_up(len(self._pending)))
+            if not self._pending:
+                raise StopIteration
+            chunk = self._pending.popleft()
+            self._unrolled = self._wait(chunk)
+            self._chunk, self._offset = chunk, 0
+        unrolled, offset = self._unrolled, self._offset
+        error = unrolled.error(offset)
+        if error is not None:
+            self._offset += 1
+            raise error
+        end = min((k for k in unrolled.failures if k > offset), default=len(unrolled.values))
+        # The chunk's outcome keeps its values until the iterator moves past the chunk
+        # (at most one chunk's results), so per-call futures asked for midway get them.
+        ready = unrolled.values[offset:end]
+        ready.reverse()
+        self._offset = end
+        value = ready.pop()
+        self._ready = ready
+        return value
+
     def close(self) -> None:
         """Cancel the tasks not yet started, as closing the stdlib's map generator does."""
         pending, self._pending = self._pending, deque()
+        self._unrolled = self._chunk = None
+        self._ready = []
         for future in pending:
             future.cancel()
         if self._feed is not None:
@@ -335,32 +409,54 @@ class Executor(concurrent.futures.Executor):
         started = time.monotonic()
         size = (self._options if chunksize is None
                 else self._options.with_overrides(chunksize=chunksize)).chunksize
-        window = window_tasks(buffersize, size, getattr(self.backend, "max_workers", 1))
+        workers = getattr(self.backend, "max_workers", 1)
         inputs = TaskInputs(self.backend)  # futures among the arguments, noted per task
-        payloads = inputs.payloads(arg_tuples)
+        # map's own chunksize > 1 packs each chunk into one task (see fanout.packing); the
+        # executor's chunksize option groups tasks that each keep their own record.
+        packer = Packer(size, inputs) if chunksize is not None and size > 1 else None
+        if packer is not None:  # from here on, tasks (and the window) are chunks
+            window = window_chunks(buffersize, size, workers)
+            payloads = packer.payloads(arg_tuples)
+            if expected is not None:
+                expected = -(-expected // size)
+        else:
+            window = window_tasks(buffersize, size, workers)
+            payloads = inputs.payloads(arg_tuples)
         first: Iterable[bytes] = payloads
-        streaming = False
+        streaming = head_start = False
         if window is not None and self.backend.supports_streaming:
-            first = list(itertools.islice(payloads, window))
+            # A packed map starts its workers on a first segment of two chunks per worker
+            # and writes the rest of its window while they run, as ProcessPoolExecutor
+            # pickles chunks while its workers run the first ones.
+            head = HEAD_START_CHUNKS * workers
+            if packer is None or not head or window <= head:
+                head = window
+            first = list(itertools.islice(payloads, head))
+            head_start = head < window and len(first) == head
             # An input that fits in the first window is one plain job, as without streaming.
-            streaming = len(first) == window and (
-                buffersize != AUTO or expected is None or expected > window)
+            streaming = head_start or (len(first) == window and (
+                buffersize != AUTO or expected is None or expected > window))
         run = self._start(kind, fn, first, inputs, chunksize, streaming=streaming,
-                          expected=expected)
+                          expected=expected, pack=0 if packer is None else size)
         remaining = None if timeout is None else timeout - (time.monotonic() - started)
         if not streaming:
-            return MapIterator(run.futures, remaining, run.job_id)
+            return MapIterator(run.futures, remaining, run.job_id, packer=packer)
         assert window is not None
-        feed = MapFeed(self.backend, run, payloads, window, size)
-        return MapIterator(run.take_futures(), remaining, run.job_id, feed)
+        feed = MapFeed(self.backend, run, payloads, window, 1 if packer is not None else size)
+        futures = run.take_futures()
+        if head_start:
+            futures.extend(feed.top_up(len(futures)))
+        return MapIterator(futures, remaining, run.job_id, feed, packer)
 
     def _start(self, kind: str, fn: Callable[..., Any], payloads: Iterable[bytes],
                inputs: TaskInputs, chunksize: int | None, reducer: bytes | None = None,
                reducer_name: str | None = None, streaming: bool = False,
-               expected: int | None = None) -> JobRun:
+               expected: int | None = None, pack: int = 0) -> JobRun:
         self._check_open()
         options = self._options
-        if chunksize is not None:
+        if pack:  # a task is a chunk of ``pack`` calls, and a manifest chunk is one task
+            options = options.with_overrides(chunksize=1, pack=pack)
+        elif chunksize is not None:
             options = options.with_overrides(chunksize=chunksize)
         function, name = self._shared.function(fn)
         progress = _progress_bar(self._progress, name.rsplit(".", 1)[-1])

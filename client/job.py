@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+from . import packing
 from .backends import Backend, JobInfo, create_backend
 from .collector import LIVE_RUNS, JobRun
 from .errors import WorkerLost
@@ -78,6 +79,8 @@ class Job:
         self._backend_options = backend_options
         self._run: JobRun | None = None
         self._watcher: _Watcher | None = None
+        self._n_calls: int | None = None
+        self._calls: tuple[JobRun, list[Future]] | None = None  # a packed job's, per call
         self._lock = threading.Lock()
 
     @classmethod
@@ -99,12 +102,18 @@ class Job:
 
     @property
     def n_tasks(self) -> int:
-        return self._info.spec.n_tasks
+        """How many calls the job runs (a packed job's are more than its stored tasks)."""
+        spec = self._info.spec
+        if not spec.options.pack:
+            return spec.n_tasks
+        if self._n_calls is None:
+            self._n_calls = packing.element_count(self._backend.store, spec)
+        return self._n_calls
 
     def _live(self) -> JobRun:
         with self._lock:
             run = LIVE_RUNS.get(self.job_id)
-            if run is not None and len(run.futures) == self.n_tasks:
+            if run is not None and len(run.futures) == self._info.spec.n_tasks:
                 return run  # this process drives the job: share its futures
             if self._run is None:
                 spec = self._info.spec
@@ -118,8 +127,26 @@ class Job:
             return self._run
 
     def futures(self) -> list[Future]:
-        """One future per task, in task order; they settle as results are stored."""
-        return list(self._live().futures)
+        """One future per task, in task order; they settle as results are stored.
+
+        A packed job (``map(..., chunksize=n)``) has one per call, made here from its
+        chunks' futures; ``logs()`` of one is its chunk's output.
+        """
+        run = self._live()
+        pack = self._info.spec.options.pack
+        if not pack:
+            return list(run.futures)
+        with self._lock:
+            if self._calls is None or self._calls[0] is not run:
+                total = self.n_tasks
+                logs = packing.ElementLogs(self._backend, pack)
+                calls: list[Future] = []
+                for chunk in run.futures:
+                    first = chunk.task_index * pack
+                    calls.extend(packing.element_futures(chunk, first,
+                                                         min(pack, total - first), logs))
+                self._calls = (run, calls)
+            return list(self._calls[1])
 
     def reduce_future(self) -> Future | None:
         """For a ``map_reduce`` job, the future of the reduced value."""
@@ -135,7 +162,13 @@ class Job:
         return out
 
     def records(self) -> list[ResultRecord]:
-        return self._backend.records(self.job_id)
+        """The stored records in task order; a packed job's as one per call, derived from
+        its chunks' records (a chunk's captured output is on each of its calls')."""
+        records = self._backend.records(self.job_id)
+        pack = self._info.spec.options.pack
+        if pack:
+            return packing.element_records(records, pack, self._backend.load_value)
+        return records
 
     def status(self) -> dict[str, int]:
         """Task counts by state: pending, running, succeeded, failed, cancelled."""

@@ -33,6 +33,10 @@ class TaskOptions:
     #: The executor's ``initializer(*initargs)``, pickled once and base64-encoded, so it
     #: travels inside the job spec to every backend's worker runtime (see runtime.py).
     initializer: str | None = field(default=None, repr=False)
+    #: Elements per packed task (``map(..., chunksize=n)`` with n > 1; see ``fanout.packing``):
+    #: each task of the job is a chunk of ``pack`` calls run, stored and delivered as one
+    #: unit. 0: every call is a task of its own.
+    pack: int = 0
 
     def __post_init__(self) -> None:
         validate(self)
@@ -77,6 +81,9 @@ def validate(options: TaskOptions) -> None:
     c = options.chunksize
     if isinstance(c, bool) or not isinstance(c, int) or c < 1:
         raise InvalidArgument(f"chunksize must be an integer >= 1, got {c!r}")
+    k = options.pack
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InvalidArgument(f"pack must be an integer >= 0, got {k!r}")
     s = options.seed
     if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
         raise InvalidArgument(f"seed must be a non-negative integer or None, got {s!r}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import serialization
+from . import packing, serialization
 from .capture import Capture, StreamCapture
 from .context import TaskContext, running
 from .dependencies import loads_call
@@ -127,9 +127,13 @@ def share_initializer_globals(fn: Callable[..., Any], text: str | None) -> None:
     fn_globals.update({k: v for k, v in init_globals.items() if not k.startswith("__")})
 
 
+#: fanout's own frames above a task's code (this module, and the packed chunk's loop).
+_OWN_FILES = frozenset({__file__, packing.__file__})
+
+
 def _user_frames(tb: TracebackType | None) -> TracebackType | None:
-    """The traceback from the first frame outside this module: the user's code first."""
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    """The traceback from the first frame outside fanout's runner: the user's code first."""
+    while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
         tb = tb.tb_next
     return tb
 
@@ -338,10 +342,21 @@ class WorkerRuntime:
             else:
                 ctx = TaskContext(chunk.job_id, task.index, chunk.attempt, task.seed, self.store)
                 data = prefetched.pop(task.index, None)
-                record = self._run_one(
-                    ctx, started,
-                    lambda t=task, d=data: self._call(fn, chunk.job_id, t, d),  # type: ignore[misc]
-                )
+                spec = self.spec(chunk.job_id)
+                if spec.options.pack:
+                    # The global RNGs are seeded once per packed chunk, as its first call
+                    # would be seeded as a task of its own (see fanout.packing).
+                    ctx.seed = derive_seed(spec.seed, "task", spec.options.pack * task.index)
+                    record = self._run_one(
+                        ctx, started,
+                        lambda t=task, d=data: self._call_pack(  # type: ignore[misc]
+                            fn, chunk.job_id, chunk.attempt, t, d),
+                        packed=True)
+                else:
+                    record = self._run_one(
+                        ctx, started,
+                        lambda t=task, d=data: self._call(  # type: ignore[misc]
+                            fn, chunk.job_id, t, d))
             self._finish(record, on_result)
             self._reraise_interrupt()
 
@@ -361,6 +376,18 @@ class WorkerRuntime:
             share_initializer_globals(fn, self.spec(job_id).options.initializer)
             self._shared.add((job_id, "function"))
         return fn(*args, **kwargs)
+
+    def _call_pack(self, fn: Callable[..., Any], job_id: str, attempt: int, task: Any,
+                   data: bytes | None) -> packing.PackRun:
+        """A packed chunk (``fanout.packing``): its calls' outcomes, each in its own context."""
+        if data is None:
+            data = self.store.read_task(job_id, task)
+        (calls,), _ = loads_call(data, self.store)
+        if (job_id, "function") not in self._shared:
+            share_initializer_globals(fn, self.spec(job_id).options.initializer)
+            self._shared.add((job_id, "function"))
+        return packing.run_pack(fn, calls, self.spec(job_id), task.index, attempt, self.store,
+                                exception_fields, self.interruptible)
 
     def run_reduce(self, job_id: str, attempt: int,
                    on_result: ResultCallback | None = None) -> None:
@@ -393,7 +420,7 @@ class WorkerRuntime:
         return ResultRecord(job_id, index, FAILED, attempt, self.worker_id, started, started)
 
     def _run_one(
-        self, ctx: TaskContext, started: float, call: Callable[[], Any]
+        self, ctx: TaskContext, started: float, call: Callable[[], Any], packed: bool = False
     ) -> ResultRecord:
         record = self._record(ctx.job_id, ctx.task_index, ctx.attempt, started)
         if self.on_start is not None:
@@ -409,7 +436,8 @@ class WorkerRuntime:
                 with _deadline(timeout, ctx.task_index), _isolated(self.restore_rngs), \
                         running(ctx):
                     value = call()
-                blob = serialization.dumps_value(value)
+                blob = (packing.encode(value, exception_fields) if packed
+                        else serialization.dumps_value(value))
             except BaseException as exc:  # a task's exception (even SystemExit) is its result
                 if isinstance(exc, KeyboardInterrupt) and self.interruptible:
                     self._interrupt = exc
@@ -418,6 +446,8 @@ class WorkerRuntime:
                     setattr(record, key, val)
             else:
                 record.status = SUCCEEDED
+                if packed:
+                    packing.finish_record(record, value)
                 if len(blob) > self.store.max_record_value_bytes:
                     try:
                         record.value_ref = self.store.put_value_blob(
@@ -425,6 +455,7 @@ class WorkerRuntime:
                         )
                     except Exception as exc:  # e.g. a full disk: the task's record says so
                         record.status = FAILED
+                        record.extra.pop(packing.ELEMENTS, None)
                         for key, val in exception_fields(exc).items():
                             setattr(record, key, val)
                 else:
@@ -433,8 +464,11 @@ class WorkerRuntime:
         record.stdout, record.stderr = captured.stdout, captured.stderr
         if self.on_start is not None:
             self.on_start(None)
-        # Only an earlier attempt or this one can have left a checkpoint to clean up.
-        record.extra["checkpoint"] = ctx.checkpointed or ctx.attempt > 1
+        # Only an earlier attempt or this one can have left a checkpoint to clean up. A
+        # packed chunk's calls checkpoint under their own indexes, not the chunk's: theirs
+        # are left for the job's expiry rather than deleting another call's by mistake.
+        if not packed:
+            record.extra["checkpoint"] = ctx.checkpointed or ctx.attempt > 1
         return record
 
     def _finish(self, record: ResultRecord, on_result: ResultCallback | None) -> None:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 AUTO_WINDOW_TASKS = 10_000
 #: ``buffersize="auto"``: stream a long input with the default window.
 AUTO = "auto"
+#: The default window of a packed map (``chunksize`` > 1 given to ``map``, see
+#: :mod:`fanout.packing`), in calls: a call in flight costs its arguments and result
+#: only (futures are per chunk), so the window is ten times longer, in whole chunks.
+AUTO_WINDOW_PACKED_CALLS = 100_000
 
 
 def window_tasks(buffersize: int | str | None, chunksize: int, workers: int) -> int | None:
@@ -40,11 +44,24 @@ def window_tasks(buffersize: int | str | None, chunksize: int, workers: int) -> 
         return None
     if buffersize == AUTO:
         return max(AUTO_WINDOW_TASKS, 4 * workers * chunksize)
+    return _explicit(buffersize) * chunksize
+
+
+def window_chunks(buffersize: int | str | None, chunksize: int, workers: int) -> int | None:
+    """A packed map's window in chunks (None: submit everything at once)."""
+    if buffersize is None:
+        return None
+    if buffersize == AUTO:
+        return max(4 * workers, AUTO_WINDOW_PACKED_CALLS // chunksize)
+    return _explicit(buffersize)
+
+
+def _explicit(buffersize: int | str) -> int:
     if isinstance(buffersize, bool) or not isinstance(buffersize, int):
         raise InvalidArgumentType(f"buffersize must be an integer or None, got {buffersize!r}")
     if buffersize < 1:
         raise InvalidArgument(f"buffersize must be None or > 0, got {buffersize!r}")
-    return buffersize * chunksize
+    return buffersize
 
 
 def known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:

@@ -48,6 +48,10 @@ class SummaryStore(Protocol):
 
     def timings(self, job_id: str) -> Timings: ...
 
+    def results(self, job_id: str) -> list[ResultRecord]:
+        """The job's map-task records (a packed job's calls are counted from them)."""
+        ...
+
 
 def status_counts(records: Iterable[ResultRecord]) -> dict[str, int]:
     return dict(Counter(str(r.status) for r in records))
@@ -78,6 +82,14 @@ def summary_from(stored: Mapping[str, int], timings: Timings) -> dict[str, Any]:
     }
 
 
-def job_summary(store: SummaryStore, job_id: str) -> dict[str, Any]:
-    """:func:`summary_from` the job's stored records, as its store counts and times them."""
+def job_summary(store: SummaryStore, job_id: str, pack: int = 0) -> dict[str, Any]:
+    """:func:`summary_from` the job's stored records, as its store counts and times them.
+
+    A packed job (``pack`` calls per task, see ``fanout.packing``) is counted in calls,
+    from its chunks' records.
+    """
+    if pack:
+        from .packing import final_counts
+
+        return summary_from(final_counts(store.results(job_id), pack), store.timings(job_id))
     return summary_from(store.status_counts(job_id), store.timings(job_id))

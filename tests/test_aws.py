@@ -90,6 +90,24 @@ def test_output_with_a_lone_surrogate_keeps_its_chunk(ex: fanout.Executor,
     assert "task 1 saw data-\\udcff.csv" in job.futures()[1].logs()
 
 
+def test_a_packed_chunk_is_one_result_item_with_every_calls_outcome(
+        ex: fanout.Executor, aws: EmulatedAws) -> None:
+    """map's own chunksize packs a chunk into one task on AWS too (fanout.packing)."""
+    results = ex.map(tasks.fail_if, range(8), [5] * 8, chunksize=4)
+    calls = results.futures
+    seen = []
+    with pytest.raises(ValueError, match="task 5 is bad"):
+        for value in results:
+            seen.append(value)
+    assert seen == [0, 1, 2, 3, 4]
+    assert [f.result(timeout=120) for f in calls[:5]] == [0, 1, 2, 3, 4]
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    stored = ex.backend.records(results.job_id)
+    assert [r.task_index for r in stored] == [0, 1]  # two items for eight calls
+    assert [r.task_index for r in job.records()] == list(range(8))
+    assert [r.task_index for r in job.records() if r.status == "failed"] == [5]
+
+
 def test_batch_tier_runs_on_batch(ex: fanout.Executor, aws: EmulatedAws) -> None:
     long_tasks = ex.options(tier="batch")
     results = long_tasks.map(tasks.square, range(6), chunksize=3)

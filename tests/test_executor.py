@@ -63,10 +63,18 @@ def test_map_accepts_several_iterables_and_starmap(ex: fanout.Executor) -> None:
 
 
 def test_map_chunksize_groups_tasks_into_chunks(ex: fanout.Executor) -> None:
-    results = ex.map(tasks.square, range(20), chunksize=7)
+    # The executor's chunksize groups tasks that keep a record each...
+    results = ex.options(chunksize=7).map(tasks.square, range(20))
     assert list(results) == [i * i for i in range(20)]
     manifest = ex.backend.store.manifest(results.job_id)
     assert [len(c.tasks) for c in manifest] == [7, 7, 6]
+    # ...map's own chunksize packs each chunk into one task (fanout.packing), as
+    # ProcessPoolExecutor sends a chunk as one call.
+    results = ex.map(tasks.square, range(20), chunksize=7)
+    assert list(results) == [i * i for i in range(20)]
+    manifest = ex.backend.store.manifest(results.job_id)
+    assert [len(c.tasks) for c in manifest] == [1, 1, 1]
+    assert fanout.Job.attach(results.job_id).n_tasks == 20
     with pytest.raises(ValueError, match="chunksize"):
         ex.map(tasks.square, range(3), chunksize=0)
 

@@ -38,7 +38,9 @@ def tiny(x: int, log: str, block_at: int, started: str, go: str) -> int:
 
 def test_a_grouped_result_is_stored_before_its_future_resolves(ex: fanout.Executor,
                                                                home: Path) -> None:
-    results = ex.map(abs, range(-3000, 0), chunksize=100)
+    # options(chunksize=): tasks grouped in chunks, each with its own record (map's own
+    # chunksize packs a chunk into one record; tests/test_packed_map.py covers that).
+    results = ex.options(chunksize=100).map(abs, range(-3000, 0))
     reader = LocalStore(home)  # another connection, as another process would have
     for n, value in enumerate(results):
         index = n
@@ -53,8 +55,8 @@ def test_killing_a_worker_costs_at_most_its_uncommitted_group(ex: fanout.Executo
                                                               home: Path) -> None:
     n, block_at = 3000, 1700
     log, started, go = (str(tmp_path / name) for name in ("log", "started", "go"))
-    results = ex.map(tiny, range(n), [log] * n, [block_at] * n, [started] * n, [go] * n,
-                     chunksize=50, buffersize=None)
+    results = ex.options(chunksize=50).map(tiny, range(n), [log] * n, [block_at] * n,
+                                           [started] * n, [go] * n, buffersize=None)
     eventually(lambda: os.path.exists(started) and Path(started).read_text() != "",
                what="the blocking task to start")
     pid = int(Path(started).read_text())

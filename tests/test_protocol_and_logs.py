@@ -22,7 +22,7 @@ import tasks
 
 
 def test_a_job_is_one_function_object_and_one_payload_object(ex: fanout.Executor) -> None:
-    results = ex.map(tasks.add, range(50), range(50), chunksize=8)
+    results = ex.options(chunksize=8).map(tasks.add, range(50), range(50))
     assert list(results) == [2 * i for i in range(50)]
     store: LocalStore = ex.backend.store
     files = sorted(p.name for p in store.job_dir(results.job_id).iterdir())

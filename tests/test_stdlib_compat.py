@@ -191,10 +191,14 @@ def test_max_tasks_per_child_replaces_the_worker(home: Path) -> None:
     """test_max_tasks_per_child: a worker is replaced after that many tasks."""
     with fanout.Executor(1, max_tasks_per_child=3, progress=False) as ex:
         pids = [ex.submit(pid_of, i).result(timeout=60) for i in range(7)]
-        mapped = list(ex.map(pid_of, range(6), chunksize=4))
+        mapped = list(ex.options(chunksize=4).map(pid_of, range(6)))
+        # map's own chunksize: a chunk is one task (one work item, as in the stdlib).
+        packed = list(ex.map(pid_of, range(12), chunksize=4))
     assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
     # The seventh task's worker has two tasks left; chunks of 4 are split to fit.
     assert mapped[0] == mapped[1] == pids[6] != mapped[2] == mapped[3] == mapped[4] != mapped[5]
+    # mapped[5]'s worker has two tasks left: the first two chunks, then a new worker.
+    assert packed[:8] == [mapped[5]] * 8 and packed[8:] == [packed[8]] * 4 != packed[:4]
 
 
 def test_max_tasks_per_child_validation(home: Path) -> None:

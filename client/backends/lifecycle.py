@@ -26,7 +26,7 @@ from abc import abstractmethod
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from .. import records
+from .. import packing, records
 from ..collector import JobRun
 from ..errors import ExecutorClosed, JobNotFound, JobStillRunning
 from ..future import Future
@@ -158,11 +158,19 @@ class JobLifecycle(Backend[StoreT]):
 
     def counts(self, job_id: str) -> dict[str, int]:
         job = self.store.job(job_id)
+        pack = job.spec.options.pack
+        if pack:  # counted in calls, from the chunks' records (see fanout.packing)
+            running = self._running_tasks(job)
+            records = self.store.results(job_id)
+            if running is None:
+                running = sum(1 for r in records if r.status == TaskState.RUNNING)
+            return packing.element_counts(records, packing.element_count(self.store, job.spec),
+                                          pack, running)
         return task_counts(self.store.status_counts(job_id), job.n_tasks,
                            self._running_tasks(job))
 
     def summarize(self, job_id: str) -> dict[str, Any]:
-        return job_summary(self.store, job_id)
+        return job_summary(self.store, job_id, self.store.job(job_id).spec.options.pack)
 
     # -- ending and running again ------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ...capture import StreamCapture
 from ...context import current_task
 from ...errors import ConfigurationError, WorkerLost
 from ...ids import new_job_id
+from ...packing import final_counts
 from ...protocol import (
     FAILED,
     REDUCE_INDEX,
@@ -225,6 +226,8 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
             attempt = 1 if previous is None else previous.attempt + 1
             runtime = WorkerRuntime(store, "lambda/finalize", StreamCapture())
             runtime.run_reduce(job_id, attempt)
+    if spec.options.pack:  # a packed job's summary counts calls (see fanout.packing)
+        counts = final_counts(final.values(), spec.options.pack)
     summary = summary_from(counts, Timings.of(final.values()))
     if map_error:
         summary["map_error"] = map_error

@@ -71,7 +71,8 @@ class InlineBackend(LocalBackend):
             self._interrupted(run)
             raise
         state = JobState.CANCELLED if run.cancelled else JobState.FINISHED
-        self.store.set_job_state(run.job_id, state, summary=job_summary(self.store, run.job_id))
+        self.store.set_job_state(run.job_id, state, summary=job_summary(self.store, run.job_id,
+                                                 run.spec.options.pack))
         run.close()
 
     def _interrupted(self, run: JobRun) -> None:
@@ -90,7 +91,8 @@ class InlineBackend(LocalBackend):
         if run.reduce_future is not None and not run.reduce_future.done():
             run.fail_reduce()
         self.store.set_job_state(run.job_id, JobState.CANCELLED,
-                                 summary=job_summary(self.store, run.job_id))
+                                 summary=job_summary(self.store, run.job_id,
+                                                 run.spec.options.pack))
         run.close()
 
     def _run_chunk(self, run: JobRun, chunk: Chunk) -> None:

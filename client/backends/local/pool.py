@@ -474,7 +474,8 @@ class Supervisor:
             state = JobState.CANCELLED if run.cancelled else JobState.FINISHED
             try:
                 self.store.set_job_state(run.job_id, state,
-                                         summary=job_summary(self.store, run.job_id))
+                                         summary=job_summary(self.store, run.job_id,
+                                                                 run.spec.options.pack))
             except StoreError:  # the futures have their outcomes; the store is told later
                 log.exception("fanout could not record the end of job %s", run.job_id)
             run.close()

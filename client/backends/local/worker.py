@@ -19,6 +19,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from ... import packing
 from ...capture import FdCapture
 from ...context import TaskContext
 from ...errors import StoreError
@@ -74,7 +75,10 @@ class GroupCommitter:
         interrupt the next CPU-bound task to take the GIL. The commit lock keeps records
         committed and reported in task order either way.
         """
-        if record.duration < SYNC_COMMIT_AFTER_SECONDS:
+        # A packed chunk's record (fanout.packing) goes to the committer whatever its
+        # length: its calls are short, and the committer's store write and message then
+        # overlap the next chunk's calls.
+        if record.duration < SYNC_COMMIT_AFTER_SECONDS or packing.ELEMENTS in record.extra:
             with self._cond:
                 self._pending.append(record)
                 # Wake the committer only to start a group's window or to close a full
