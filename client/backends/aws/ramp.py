@@ -40,6 +40,8 @@ LAMBDA_SCALING_SECONDS = 10.0
 CHILD_STARTS_PER_SECOND = 100
 #: The share of both rates the ramp uses.
 RAMP_SHARE = 0.8
+#: The share of the child start rate a running job's chunk restarts may plan for.
+CHILD_START_SHARE = 0.5
 #: The Lambda map's label: its Map Run ARN is ``…:mapRun:<machine>/<label>:<id>``.
 LAMBDA_MAP_LABEL = "LambdaChunks"
 
@@ -121,6 +123,19 @@ def next_raise(ramp: Ramp, current: int, started_at: float, now: float) -> tuple
                        math.ceil(ramp.interval), done)
 
 
-__all__ = ["CHILD_STARTS_PER_SECOND", "LAMBDA_MAP_LABEL", "LAMBDA_SCALING_ENVIRONMENTS",
-           "LAMBDA_SCALING_SECONDS", "RAMP_SHARE", "Ramp", "next_raise", "plan_ramp",
-           "ramp_step"]
+def min_chunk_seconds(width: int) -> float:
+    """The chunk plan's rule: how long a chunk must run so that ``width`` chunks running at
+    once restart at no more than half of a Map Run's child start rate (100/s, Standard).
+
+    Shorter chunks are not throttled: Step Functions makes the extra children wait
+    (service-quotas.html), so the job runs narrower than its ``MaxConcurrency``. fanout
+    does not know a task's duration before it runs, so this is the rule for the user's
+    ``chunksize`` (``chunksize * task seconds >= min_chunk_seconds(width)``; at 10,000 wide,
+    200 s of work per chunk), and the scale model's plan.
+    """
+    return width / (CHILD_START_SHARE * CHILD_STARTS_PER_SECOND)
+
+
+__all__ = ["CHILD_STARTS_PER_SECOND", "CHILD_START_SHARE", "LAMBDA_MAP_LABEL",
+           "LAMBDA_SCALING_ENVIRONMENTS", "LAMBDA_SCALING_SECONDS", "RAMP_SHARE", "Ramp",
+           "min_chunk_seconds", "next_raise", "plan_ramp", "ramp_step"]
