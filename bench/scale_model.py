@@ -29,13 +29,19 @@ Three designs are modelled (see ``docs/scale.md`` for the proposed one in full):
     ``jobs/<id>/values/``, the user's chunk size (10 here) and ``MaxConcurrency`` 1,000.
 ``today-keys``
     Today's keys and items, but with the proposed chunk plan, so the job really reaches the
-    requested concurrency: this isolates what the key design alone does at scale.
+    requested concurrency: this isolates what the key design alone does at scale. No ramp
+    (``concurrency_ramp=False`` in the code): every Map Run starts at its full width.
 ``proposed``
     Built: per-page result items (up to ``PAGE_TASKS`` consecutive tasks of a chunk in one item,
     written when full or ``FLUSH_SECONDS`` old), write-sharded partition keys
     ``<job_id>#<shard>``, a KEYS_ONLY polling index on ``(<job_id>#<shard>, finished)``,
-    hashed value prefixes. Not built yet: a chunk plan that follows the child start rate
-    and the ``MaxConcurrency`` ramp.
+    hashed value prefixes, and the ``MaxConcurrency`` ramp (``client/backends/aws/ramp.py``:
+    the Lambda map starts at ``RAMP_SHARE`` of Lambda's 1,000 new environments per 10 s and
+    the state machine raises it by as much every 10 s with ``UpdateMapRun``). The chunk plan
+    is the rule ``ramp.min_chunk_seconds`` (a chunk runs long enough that the running chunks
+    restart at half the child start rate); in the code it is the user's ``chunksize``, as
+    fanout cannot know a task's duration before it runs. Not built: splitting a manifest
+    over several Map Runs (the 100,000 rows' ten Map Runs).
 
 Limits are cited by the keys of ``/work/shared/aws-limits.md`` (its Sources list has the
 URLs); prices by URL and the date they were read.
@@ -137,14 +143,15 @@ ROUND_TRIP = 0.010
 #: counted 104 for 100 chunks on the emulation, docs/benchmarks.md).
 TRANSITIONS_PER_CHUNK = 1
 
-#: The design's parameters (docs/scale.md, "The design, as built"; the chunk plan and the
-#: ramp are not built yet).
+#: The design's parameters (docs/scale.md, "The design, as built").
 PAGE_TASKS = 8
 FLUSH_SECONDS = 10.0
 PROPOSED_POLL_OVERLAP = 5.0
 PROPOSED_INLINE_LIMIT = 16_000  # store.MAX_RECORD_VALUE_BYTES
-#: The proposed ramp: MaxConcurrency grows by 80% of Lambda's +1,000 per 10 s.
-RAMP_SHARE = 0.8
+#: The built ramp: MaxConcurrency grows by 80% of Lambda's +1,000 per 10 s; the chunk plan's
+#: share of the child start rate (client/backends/aws/ramp.py).
+from fanout.backends.aws.ramp import CHILD_START_SHARE, RAMP_SHARE  # noqa: E402
+
 #: Client CPU per polled record (override with --client-us), from bench/aws_ingest.py on
 #: 2026-11-23 (docs/scale.md): 44.2 µs of the client thread's CPU end to end against moto
 #: (HTTP, botocore's parse, AwsStore._record, unpickle, resolve); offline 41.3 µs for a new
@@ -369,7 +376,7 @@ def plan_chunks(workload: Workload, design: Design) -> tuple[int, int, int]:
         chunk = workload.chunksize
     else:
         per_map = c / maps
-        seconds = per_map / (PLAN_UTILISATION * CHILD_START_RATE_STANDARD)
+        seconds = per_map / (CHILD_START_SHARE * CHILD_START_RATE_STANDARD)
         seconds = min(seconds, 0.8 * LAMBDA_TIMEOUT)
         chunk = max(workload.chunksize, math.ceil(seconds / workload.task_seconds))
         # Whole pages per chunk, so two chunks never write to one page item.

@@ -41,8 +41,10 @@ BATCH_MEMORY_MB = 2048
 #: Fargate bills per second with a one-minute minimum per task (aws.amazon.com/fargate/pricing).
 FARGATE_MINIMUM_SECONDS = 60.0
 #: Parent-workflow transitions per job: IsScheduledRun, RunChunks, the two Distributed
-#: Maps, Finalize (statemachine/fanout.asl.json).
-SFN_TRANSITIONS_PER_JOB = 5
+#: Maps, the ramp branch's RampDue and NoRamp, Finalize (statemachine/fanout.asl.json). A job
+#: whose Lambda map ramps (client/backends/aws/ramp.py: wider than 800 chunks) adds 3 per
+#: raise and one plan-function request, at most 13 of each up to 10,000 chunks: not counted.
+SFN_TRANSITIONS_PER_JOB = 7
 #: S3 PUTs per job: function, payload, spec and the two tiers' manifests (manifest.py);
 #: GETs besides three per chunk (its byte range of the manifest, the function bundle and its
 #: tasks' byte range of the payload): the two Distributed Maps' ItemReaders and the finalize

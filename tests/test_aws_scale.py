@@ -7,6 +7,11 @@ page flusher, ``AwsStore.put_results``) running as threads of this process, and 
 polls with ``AwsStore.results_since`` meanwhile. The old key design is the same code with
 ``Layout(shards=1, page_tasks=1, value_prefixes=1)``: one item per task under the job's one
 partition key, each write also landing on one polling-index key.
+
+The same scale divides Lambda's scaling rate (1,000 new execution environments per 10 s
+per function, 10 here): a job whose Lambda map starts wider than that is throttled unless
+its ``MaxConcurrency`` ramps (``client/backends/aws/ramp.py``), which the last tests run
+through the real state machine.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from pathlib import Path
 
 import pytest
 
+import fanout
 from fanout import context, serialization
 from fanout.backends.aws import handlers
 from fanout.backends.aws.config import AwsConfig
 from fanout.backends.aws.layout import Layout
+from fanout.backends.aws.ramp import next_raise, plan_ramp, ramp_step
 from fanout.backends.aws.store import AwsStore
 from fanout.backends.aws.upload import upload_layout
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
@@ -35,6 +42,13 @@ SCALE = 100
 WORKERS = 100
 TASKS_PER_WORKER = 8
 TASK_SECONDS = 1.0
+#: The ramp tests: a Lambda map of 16 one-task chunks, more than the 10 new environments
+#: Lambda gives a function per 10 s at this scale; the ramp starts 8 and adds 8 after 10 s
+#: (8, 16). Kept this small so that the test stays under a minute on a loaded 2-core
+#: machine (each new environment is a fresh interpreter; 24 chunks took up to 74 s at a
+#: load average of 18).
+RAMP_CHUNKS = 16
+RAMP_TASK_SECONDS = 2.0
 
 
 def one_second(x: int) -> int:
@@ -55,7 +69,9 @@ def one_current_task_after() -> Iterator[None]:
 def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FANOUT_HOME", str(tmp_path_factory.mktemp("aws-home")))
-        with emulated_aws(scale=SCALE, progress_every=None) as emulation:
+        with emulated_aws(scale=SCALE, progress_every=None,
+                          lambda_concurrency=RAMP_CHUNKS + 8,
+                          parameters={"MaxConcurrency": RAMP_CHUNKS}) as emulation:
             yield emulation
 
 
@@ -200,3 +216,94 @@ def test_lambda_scaling_rate_is_applied_scaled() -> None:
     assert refused.value.reason == "TooManyRequestsException"
     tracker.lambda_start("other", warm=False)  # per function
     assert tracker.throttles == {"TooManyRequestsException": 1}
+
+
+def hold(x: int) -> int:
+    time.sleep(RAMP_TASK_SECONDS)
+    return x + 1
+
+
+def new_environment_throttles(aws: EmulatedAws) -> int:
+    assert aws.limits is not None
+    return aws.limits.throttles.get("TooManyRequestsException", 0)
+
+
+def worker_starts(aws: EmulatedAws, since: float) -> list[float]:
+    """When the worker function got each new execution environment, from ``since``."""
+    assert aws.limits is not None
+    name = aws.backend_options["worker_function_arn"].split(":function:")[-1].split(":")[0]
+    return [t - since for t in aws.limits.new_environments.get(name, []) if t >= since]
+
+
+def test_the_ramp_plan_follows_the_scaled_scaling_rate() -> None:
+    """80% of what Lambda adds per 10 s, after the scale: 8 at scale 100, 800 on AWS."""
+    assert ramp_step(SCALE) == 8 and ramp_step(1) == 800
+    start, ramp = plan_ramp(RAMP_CHUNKS, cap=RAMP_CHUNKS, scale=SCALE)
+    assert start == 8 and ramp is not None and ramp.widths() == [8, 16]
+    start, ramp = plan_ramp(24, cap=24, scale=SCALE)
+    assert start == 8 and ramp is not None and ramp.widths() == [8, 16, 24]
+    start, ramp = plan_ramp(10_000, cap=10_000, scale=1)
+    assert start == 800 and ramp is not None and len(ramp.widths()) == 13  # 2 minutes
+    assert plan_ramp(6, cap=RAMP_CHUNKS, scale=SCALE) == (6, None)  # narrow: no ramp
+    assert plan_ramp(RAMP_CHUNKS, cap=RAMP_CHUNKS, enabled=False, scale=SCALE) == (16, None)
+
+
+def test_a_raise_waits_a_scaling_interval_and_never_lowers() -> None:
+    _, ramp = plan_ramp(24, cap=24, scale=SCALE)
+    assert ramp is not None
+    # 4 s after the Map Run started: not yet; the state machine waits the remaining 6 s.
+    width, after = next_raise(ramp, 8, started_at=100.0, now=104.0)
+    assert (width, after.wait, after.done) == (8, 6, False)
+    width, after = next_raise(after, 8, started_at=100.0, now=110.5)
+    assert (width, after.raised_at, after.done) == (16, 110.5, False)
+    width, after2 = next_raise(after, 16, started_at=100.0, now=115.0)  # 4.5 s later
+    assert width == 16
+    width, after = next_raise(after, 16, started_at=100.0, now=121.0)
+    assert (width, after.done) == (24, True)
+    # Someone raised the Map Run by hand (UpdateMapRun): the ramp goes on from there.
+    width, _ = next_raise(after2, 20, started_at=100.0, now=130.0)
+    assert width == 24
+
+
+def test_a_wide_job_ramps_its_map_and_lambda_never_throttles(aws: EmulatedAws) -> None:
+    """16 chunks against 10 new environments per 10 s: the Lambda map starts at 8 and the
+    state machine's ramp raises it with UpdateMapRun after 10 s; no invoke is refused."""
+    before = new_environment_throttles(aws)
+    started = time.monotonic()
+    with fanout.Executor(backend="aws", progress=False, chunksize=1,
+                         **aws.backend_options) as ex:
+        results = ex.map(hold, range(RAMP_CHUNKS))
+        assert list(results) == [x + 1 for x in range(RAMP_CHUNKS)]
+    took = time.monotonic() - started
+    assert new_environment_throttles(aws) == before, "Lambda throttled a ramped job"
+    starts = worker_starts(aws, started)
+    # Not all at once: within 9 s of the first new worker environment, at most the
+    # first step's (the raise comes 10 s after the Map Run starts; warm environments are
+    # reused, so later steps may need fewer new ones).
+    assert starts and len([t for t in starts if t - starts[0] < 9.0]) <= ramp_step(SCALE), \
+        starts
+    sfn = aws.client("stepfunctions")
+    machine = aws.backend_options["state_machine_arn"]
+    arn = f"{machine.replace(':stateMachine:', ':execution:')}:{results.job_id}"
+    runs = sfn.list_map_runs(executionArn=arn)["mapRuns"]
+    lambda_run = [r for r in runs if "/LambdaChunks:" in r["mapRunArn"]]
+    assert lambda_run, runs
+    assert sfn.describe_map_run(mapRunArn=lambda_run[0]["mapRunArn"])[
+        "maxConcurrency"] == RAMP_CHUNKS  # raised to the target
+    assert took < 60, f"the ramped job took {took:.0f} s"
+
+
+def test_without_the_ramp_the_same_job_is_throttled(aws: EmulatedAws) -> None:
+    """The behaviour before the ramp (``concurrency_ramp=False``): the map starts all 16
+    children at once and Lambda refuses what it cannot scale to. The job is cancelled as
+    soon as that is seen (its retries would take minutes of backoff)."""
+    before = new_environment_throttles(aws)
+    with fanout.Executor(backend="aws", progress=False, chunksize=1, concurrency_ramp=False,
+                         **aws.backend_options) as ex:
+        results = ex.map(hold, range(RAMP_CHUNKS))
+        deadline = time.monotonic() + 45
+        while new_environment_throttles(aws) == before and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling the emulation's counter, with a deadline
+        throttled = new_environment_throttles(aws) - before
+        fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options).cancel()
+    assert throttled > 0, "starting 16 at once should exceed 10 new environments per 10 s"

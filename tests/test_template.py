@@ -714,7 +714,11 @@ def test_max_concurrency_leaves_a_new_accounts_quota_room_for_plan_and_finalize(
     definition = json.loads(DEFINITION.read_text())
     maps = [s for _, s in limits._states(definition) if s.get("Type") == "Map"]
     assert len(maps) == 2
-    assert all(m.get("MaxConcurrencyPath") == "$.max_concurrency" for m in maps)
+    # The Batch map runs at the stack's MaxConcurrency; the Lambda map starts at the
+    # ramp's first width (client/backends/aws/ramp.py: never above MaxConcurrency) and
+    # is labelled so that the ramp finds its Map Run.
+    paths = {m.get("Label", "batch"): m.get("MaxConcurrencyPath") for m in maps}
+    assert paths == {"LambdaChunks": "$.lambda_max_concurrency", "batch": "$.max_concurrency"}
     from fanout.backends.aws.upload import DEFAULT_MAX_CONCURRENCY
 
     assert DEFAULT_MAX_CONCURRENCY <= limits.LAMBDA_DEFAULT_CONCURRENCY

@@ -13,8 +13,9 @@ error AWS returns, and botocore's own retries handle it as they would on AWS:
   throttling-key-range-limit-exceeded-mitigation.html, .../APIReference/
   API_ThrottlingReason.html). A write unit is 1 KB of item, a strongly consistent read
   unit 4 KB (8 KB eventually consistent); an index write costs the projected item's size.
-* Lambda: 1,000 new execution environments per 10 s per function; over it the invoke fails
-  with ``TooManyRequestsException`` (429; docs.aws.amazon.com/lambda/latest/dg/
+* Lambda: 1,000 new execution environments per 10 s per function, refilled continuously
+  (a token bucket of 1,000 refilled at 100/s); over it the invoke fails with
+  ``TooManyRequestsException`` (429; docs.aws.amazon.com/lambda/latest/dg/
   scaling-behavior.html), which the state machine's ``Retry`` retries.
 * S3: 3,500 PUT/COPY/POST/DELETE and 5,500 GET/HEAD per second per prefix; over it
   ``503 SlowDown`` ("Please reduce your request rate"; docs.aws.amazon.com/AmazonS3/latest/
@@ -22,7 +23,7 @@ error AWS returns, and botocore's own retries handle it as they would on AWS:
   everything up to its last ``/`` (S3 partitions at any character, so this is the most
   favourable reading for a design that spreads keys over sub-prefixes).
 
-Every request is checked against a sliding one-second window. The emulation serves
+Every DynamoDB and S3 request is checked against a sliding one-second window. The emulation serves
 DynamoDB requests one at a time: DynamoDB applies a conditional write atomically per item,
 and moto does not lock, so concurrent conditional writes could otherwise both succeed.
 """
@@ -120,6 +121,10 @@ class LimitTracker:
         #: Units spent in all, per kind ("table-write", "index-write", ...): what a bill
         #: counts as write and read request units.
         self.consumed: dict[str, float] = collections.defaultdict(float)
+        #: Lambda's scaling bucket per function: (tokens, when last refilled).
+        self.scaling: dict[str, tuple[float, float]] = {}
+        #: When each function got each new execution environment (monotonic seconds).
+        self.new_environments: dict[str, list[float]] = collections.defaultdict(list)
         self.lock = threading.Lock()
 
     def limit(self, units: int) -> float:
@@ -253,21 +258,26 @@ class LimitTracker:
 
     def lambda_start(self, function: str, warm: bool) -> None:
         """An invocation that needs a new execution environment: Lambda adds at most 1,000
-        per 10 s per function (docs.aws.amazon.com/lambda/latest/dg/scaling-behavior.html);
-        over it the invoke fails with ``TooManyRequestsException`` (429)."""
+        per 10 s per function, "refill[ed] continuously over time" and never more than
+        1,000 at any time (docs.aws.amazon.com/lambda/latest/dg/scaling-behavior.html,
+        "Concurrency scaling rate"): a token bucket of 1,000 refilled at 100 per second,
+        both divided by the scale. Over it the invoke fails with
+        ``TooManyRequestsException`` (429)."""
         if warm:
             return
         name = function.split(":function:")[-1].split(":")[0]
         now = time.monotonic()
+        capacity = self.limit(LAMBDA_NEW_ENVIRONMENTS)
         with self.lock:
-            window = self.windows[("lambda-scaling", name)]
-            while window.spent and window.spent[0][0] <= now - LAMBDA_SCALING_WINDOW:
-                window.total -= window.spent.popleft()[1]
-            if window.total + 1 > self.limit(LAMBDA_NEW_ENVIRONMENTS):
+            tokens, last = self.scaling.get(name, (capacity, now))
+            tokens = min(capacity, tokens + (now - last) * capacity / LAMBDA_SCALING_WINDOW)
+            if tokens < 1:
+                self.scaling[name] = (tokens, now)
                 self.throttles["TooManyRequestsException"] += 1
                 raise Throttled("TooManyRequestsException", name)
-            window.charge(now, 1)
+            self.scaling[name] = (tokens - 1, now)
             self.consumed["lambda-scaling"] += 1
+            self.new_environments[name].append(now)
 
     # -- S3 --------------------------------------------------------------------------------
 

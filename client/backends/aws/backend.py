@@ -47,7 +47,7 @@ from .config import load_config
 from .schedules import AwsSchedules
 from .stack_check import StackCheck
 from .store import AwsStore
-from .upload import execution_input, put_manifests, upload_job
+from .upload import execution_input, lambda_chunks, put_manifests, upload_job
 
 log = logging.getLogger("fanout.aws")
 POLL_MIN_SECONDS = 0.2
@@ -133,13 +133,16 @@ class AwsBackend(JobLifecycle[AwsStore]):
             self.store.update_job(run.job_id, waves="0")
         retry_number = int(time.time())
         put_manifests(self.store, run.job_id, f"manifest-retry-{retry_number}", chunks)
-        self._execute(run, f"manifest-retry-{retry_number}", f"{run.job_id}-retry-{retry_number}")
+        self._execute(run, f"manifest-retry-{retry_number}", f"{run.job_id}-retry-{retry_number}",
+                      lambda_chunks(chunks))
 
-    def _execute(self, run: JobRun, manifest: str, name: str) -> None:
-        """Start the job's execution over the tier manifests written as ``manifest``."""
+    def _execute(self, run: JobRun, manifest: str, name: str, lambda_chunk_count: int) -> None:
+        """Start the job's execution over the tier manifests written as ``manifest``
+        (``lambda_chunk_count`` of its chunks on Lambda: the ramp's target)."""
         response = self.sfn.start_execution(
             stateMachineArn=self.config.state_machine_arn, name=name,
-            input=json.dumps(execution_input(self.store, run.job_id, manifest)))
+            input=json.dumps(execution_input(self.store, run.job_id, manifest,
+                                             lambda_chunk_count)))
         arn = response["executionArn"]
         self.store.update_job(run.job_id, execution_arn=arn, state=JobState.RUNNING)
         LIVE_RUNS[run.job_id] = run
@@ -162,7 +165,7 @@ class AwsBackend(JobLifecycle[AwsStore]):
         """
         held = [c for c in manifest if not ready(self._chunk_inputs(run, c))]
         if not held:
-            self._execute(run, "manifest", run.job_id)
+            self._execute(run, "manifest", run.job_id, lambda_chunks(manifest))
             return
         self.store.update_job(run.job_id, waves="1")
         LIVE_RUNS[run.job_id] = run
@@ -186,7 +189,7 @@ class AwsBackend(JobLifecycle[AwsStore]):
         record_cancelled(self.store, [f for c in chunks for f in self._chunk_inputs(run, c)])
         name = f"manifest-wave-{item.waves}"
         put_manifests(self.store, run.job_id, name, chunks)
-        self._execute(run, name, f"{run.job_id}-wave-{item.waves}")
+        self._execute(run, name, f"{run.job_id}-wave-{item.waves}", lambda_chunks(chunks))
         item.waves += 1
 
     def _release(self, item: _Followed) -> bool:

@@ -67,6 +67,10 @@ class AwsConfig:
     #: The record layout of jobs this client submits (None: planned per job by
     #: ``layout.plan_layout``), and of records written without a job bundle.
     layout: Layout | None = None
+    #: Start the Lambda map narrow and raise its MaxConcurrency at Lambda's scaling rate
+    #: (``ramp.py``). False: start at the full width, as before the ramp (Lambda throttles
+    #: what it cannot scale to; kept as a switch for the scale test and the model).
+    concurrency_ramp: bool = True
 
 
 def config_path(home: str | os.PathLike[str] | None = None) -> Path:
@@ -105,8 +109,29 @@ def load_config(options: dict[str, Any], home: str | None = None) -> tuple[AwsCo
                        endpoint_url=options.get("endpoint_url"),
                        retention_days=_positive(values, "retention_days", RECORD_TTL_DAYS),
                        max_concurrency=_positive(values, "max_concurrency", None),
-                       worker_function_arn=values["worker_function_arn"] or "")
+                       worker_function_arn=values["worker_function_arn"] or "",
+                       concurrency_ramp=_ramp_switch(options))
     return config, options.get("python_runtime") or saved.get("python_runtime")
+
+
+#: Set to 0 to start every job's Lambda map at its full width (no ramp; ``ramp.py``).
+RAMP_ENVIRONMENT = "FANOUT_AWS_CONCURRENCY_RAMP"
+
+
+def _ramp_switch(options: dict[str, Any]) -> bool:
+    """The ``concurrency_ramp`` option, else $FANOUT_AWS_CONCURRENCY_RAMP, else on."""
+    raw = options.get("concurrency_ramp")
+    if raw is None:
+        raw = os.environ.get(RAMP_ENVIRONMENT, "1")
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"concurrency_ramp must be true or false (1/0), got {raw!r} "
+                             f"(from the options or ${RAMP_ENVIRONMENT})")
 
 
 def _positive(values: dict[str, Any], field: str, default: int | None) -> Any:

@@ -33,8 +33,9 @@ from ...states import JobState, TaskState
 from ...summary import Timings, status_counts, summary_from
 from .config import RECORD_TTL_DAYS, AwsConfig
 from .flusher import PageFlusher, active_flusher
+from .ramp import LAMBDA_MAP_LABEL, Ramp, next_raise
 from .store import AwsStore
-from .upload import execution_input, upload_job
+from .upload import execution_input, lambda_chunks, upload_job
 
 try:  # Powertools is in the `aws` extra; the handlers still work without it (tests, tools)
     from aws_lambda_powertools import Logger, Metrics
@@ -274,19 +275,65 @@ def plan(event: dict[str, Any], store: AwsStore | None = None,
     items = run_items(spec, bundle["items"])
     seed = run_seed(spec, fired_at)
     job_id = new_job_id()
-    upload_job(store, job_id, "scheduled", bundle["function"], spec.function,
-               (serialization.dumps_call((item,), {}) for item in items), None, spec.options,
-               seed, bundle.get("reducer"), spec.reducer)
+    _spec, manifest = upload_job(
+        store, job_id, "scheduled", bundle["function"], spec.function,
+        (serialization.dumps_call((item,), {}) for item in items), None, spec.options, seed,
+        bundle.get("reducer"), spec.reducer)
     store.put_schedule_run(name, fired_at, job_id, "started")
     if hasattr(logger, "set_correlation_id"):
         logger.set_correlation_id(job_id)
     logger.info("scheduled run planned", extra={"schedule": name, "tasks": len(items)})
-    return execution_input(store, job_id, "manifest")
+    return execution_input(store, job_id, "manifest", lambda_chunks(manifest))
+
+
+# -- Lambda: the MaxConcurrency ramp (ramp.py) ---------------------------------------------------
+
+
+def _lambda_map_run(sfn: Any, execution_arn: str) -> str | None:
+    """The ARN of the execution's Lambda-tier Map Run (``…/LambdaChunks:<id>``), if started."""
+    for page in sfn.get_paginator("list_map_runs").paginate(executionArn=execution_arn):
+        for run in page.get("mapRuns", []):
+            arn = str(run["mapRunArn"])
+            if arn.rsplit("/", 1)[-1].split(":")[0] == LAMBDA_MAP_LABEL:
+                return arn
+    return None
+
+
+def ramp(event: dict[str, Any], sfn: Any = None, now: float | None = None) -> dict[str, Any]:
+    """One step of the ``RampConcurrency`` loop: raise the Lambda map's MaxConcurrency by a
+    step (``UpdateMapRun``) when an interval has passed since the last raise.
+
+    Returns ``{"ramp": ...}`` for the next loop: ``done`` once the target is reached or
+    the Map Run has ended, ``wait`` the seconds until the next raise is due. Before the Map
+    Run exists (its ItemReader is still reading the manifest) nothing changes.
+    """
+    import boto3
+
+    sfn = sfn or boto3.client("stepfunctions")
+    state = Ramp.from_json(event["ramp"])
+    now = time.time() if now is None else now
+    arn = _lambda_map_run(sfn, event["execution_arn"])
+    if arn is None:
+        return {"ramp": {**state.to_json(), "wait": 1}}
+    run = sfn.describe_map_run(mapRunArn=arn)
+    if run["status"] != "RUNNING":
+        return {"ramp": {**state.to_json(), "done": True}}
+    current = int(run["maxConcurrency"])
+    started = run["startDate"]
+    started_at = started.timestamp() if hasattr(started, "timestamp") else float(started)
+    width, after = next_raise(state, current, started_at, now)
+    if width != current:
+        sfn.update_map_run(mapRunArn=arn, maxConcurrency=width)
+        logger.info("map concurrency raised", extra={"map_run": arn, "from": current,
+                                                     "to": width, "target": state.target})
+    return {"ramp": after.to_json()}
 
 
 def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Lambda entry for the ``PlanScheduledRun`` state."""
+    """Lambda entry for the ``PlanScheduledRun`` and ``RaiseConcurrency`` states."""
     try:
+        if event.get("action") == "ramp":
+            return ramp(event)
         return plan(event)
     finally:
         _flush_metrics()

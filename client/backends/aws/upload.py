@@ -17,6 +17,7 @@ from ...options import TaskOptions
 from ...protocol import Chunk, JobSpec, client_id
 from ...states import JobState
 from .layout import Layout, page_tasks_for, plan_layout
+from .ramp import plan_ramp
 from .store import AwsStore
 
 
@@ -71,11 +72,23 @@ def put_manifests(store: AwsStore, job_id: str, name: str, chunks: list[Chunk]) 
 DEFAULT_MAX_CONCURRENCY = 8
 
 
-def execution_input(store: AwsStore, job_id: str, manifest: str) -> dict[str, Any]:
-    """What the state machine's map states read: where the job's tier manifests are, and
-    how many chunks may run at once (the stack's MaxConcurrency, read by MaxConcurrencyPath)."""
+def lambda_chunks(chunks: Iterable[Chunk]) -> int:
+    """How many of ``chunks`` the Lambda tier's map runs (the ramp's target)."""
+    return sum(1 for chunk in chunks if chunk.tier == "lambda")
+
+
+def execution_input(store: AwsStore, job_id: str, manifest: str,
+                    lambda_chunk_count: int) -> dict[str, Any]:
+    """What the state machine reads: where the job's tier manifests are, how many chunks
+    may run at once (the stack's MaxConcurrency, read by the Batch map's
+    MaxConcurrencyPath), the Lambda map's starting width and its ramp (``ramp.py``; None
+    when the job is no wider than one step or ``AwsConfig.concurrency_ramp`` is off)."""
+    cap = store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY
+    start, ramp = plan_ramp(lambda_chunk_count, cap, enabled=store.config.concurrency_ramp)
     return {"job_id": job_id, "bucket": store.bucket,
             "lambda_manifest_key": store.key(job_id, f"{manifest}-lambda.json"),
             "batch_manifest_key": store.key(job_id, f"{manifest}-batch.json"),
-            "max_concurrency": store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY,
+            "max_concurrency": cap,
+            "lambda_max_concurrency": start,
+            "ramp": ramp.to_json() if ramp else None,
             "map_error": None}

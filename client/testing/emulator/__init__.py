@@ -11,7 +11,9 @@ Batch jobs run the container command as a local process. Everything stays on loo
 What moto 5.2 lacks is filled in here, and only here: Batch's ``submitJob.sync``
 parameters and responses are normalised between the ASL's and the API's casing, Batch
 retry strategies are applied, a stopped execution's workers are ended (moto waits for
-running states), and ``jsonpath_ng`` parses are memoised (the interpreter re-parsed every
+running states), a running Distributed Map follows ``UpdateMapRun``'s ``maxConcurrency``
+(moto records it but starts a Map Run's workers once), and ``jsonpath_ng`` parses are
+memoised (the interpreter re-parsed every
 path on every lookup). The interpreter's own AWS clients retry a dropped connection the way
 the SDK's standard retry mode does (moto builds them with retries off, so a connection the
 loaded local server closed failed the chunk as ``States.Runtime``).
@@ -80,7 +82,8 @@ def emulated_aws(
     ``progress_every`` seconds, a line on stderr tells what the emulation has run (None: quiet);
     ``scale``: apply DynamoDB's per-key, S3's per-prefix and Lambda's scaling limits divided
     by this factor (``throttling.py``), so a job ``scale`` times narrower meets the pressure
-    of the wide one; the factor is published to clients and workers through the environment.
+    of the wide one; the factor is published to clients and workers through the environment
+    (the layout planner and the ``MaxConcurrency`` ramp plan against the scaled limits).
     """
     from moto.moto_api._internal.models import moto_api_backend
     from moto.moto_server.werkzeug_app import (

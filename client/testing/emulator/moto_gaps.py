@@ -1,9 +1,11 @@
 """What moto 5.2 lacks, filled in here and only here: Batch ``submitJob.sync`` casing,
-a dropped connection retried as the SDK does, and memoised ``jsonpath_ng`` parses."""
+a dropped connection retried as the SDK does, memoised ``jsonpath_ng`` parses, and a
+Distributed Map that follows ``UpdateMapRun``'s ``maxConcurrency`` while it runs."""
 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 
@@ -99,3 +101,78 @@ def memo_parse(parse: Any) -> Any:
         return parse(path)
 
     return cached
+
+
+#: How often a running Map Run looks for a changed maxConcurrency (besides being woken by
+#: UpdateMapRun itself).
+MAP_RUN_WATCH_SECONDS = 0.2
+
+
+def following_map_run(job_pool_class: Any, unlimited: int) -> Any:
+    """moto's ``DistributedIterationComponent._map_run``, with ``UpdateMapRun`` applied.
+
+    moto records an UpdateMapRun's ``maxConcurrency`` on the Map Run but starts its
+    workers once ("TODO: add watch on map_run_record update event"). On AWS the new value
+    governs the running Map Run: "the maximum number of child workflow executions that can
+    be specified to run in parallel for the Map Run at the same time"
+    (docs.aws.amazon.com/step-functions/latest/apireference/API_UpdateMapRun.html), 0 (or
+    none) meaning no limit below the Distributed Map's 10,000 (docs.aws.amazon.com/
+    step-functions/latest/dg/state-map-distributed.html). So here a raise starts more
+    workers at once, and after a lowering a worker that finishes its child takes no next
+    one while more workers run than the new value allows: running children are never cut
+    short, new ones wait.
+    """
+
+    class FollowingJobPool(job_pool_class):  # type: ignore[misc]
+        def __init__(self, job_program: Any, job_inputs: list[Any], record: Any) -> None:
+            super().__init__(job_program=job_program, job_inputs=job_inputs)
+            self.record = record
+            self.items = len(job_inputs)
+            self.workers = 0
+            self.gate = threading.Lock()
+
+        def width(self) -> int:
+            wanted = int(self.record.max_concurrency)
+            return self.items if wanted == unlimited else min(wanted, self.items)
+
+        def next_job(self) -> Any:
+            with self.gate:
+                if self.workers > self.width():
+                    self.workers -= 1  # this worker retires; its job is closed by moto
+                    return None
+            job = super().next_job()
+            if job is None:
+                with self.gate:
+                    self.workers -= 1
+            return job
+
+        def open_jobs(self) -> int:
+            with self._mutex:
+                return len(self._open_jobs)
+
+    def map_run(self: Any, env: Any, eval_input: Any) -> None:
+        input_items: list[Any] = env.stack.pop()
+        record = eval_input.map_run_record
+        pool = FollowingJobPool(self._get_iteration_program(), input_items, record)
+
+        def launch() -> None:
+            while True:
+                with pool.gate:
+                    # each live worker holds a child or takes the next one
+                    if pool.workers >= pool.width() or not pool.open_jobs():
+                        return
+                    pool.workers += 1
+                self._launch_worker(env=env, eval_input=eval_input, job_pool=pool)
+
+        launch()
+        while not pool._is_terminated():
+            record.update_event.wait(MAP_RUN_WATCH_SECONDS)
+            record.update_event.clear()
+            launch()
+        pool.await_jobs()
+        worker_exception = pool.get_worker_exception()
+        if worker_exception is not None:
+            raise worker_exception
+        env.stack.append([closed.job_output for closed in pool.get_closed_jobs()])
+
+    return map_run

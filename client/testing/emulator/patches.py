@@ -16,6 +16,7 @@ from ..throttling import LimitTracker, Throttled
 from .bridge import Bridge, TooManyRequestsError
 from .moto_gaps import (
     client_modules,
+    following_map_run,
     memo_parse,
     normalise_batch_parameters,
     normalise_batch_response,
@@ -145,6 +146,18 @@ def install_patches(stack: contextlib.ExitStack, bridge: Bridge,
                                  normalise_batch_parameters))
     stack.enter_context(patched(batch_service, "_normalise_response",
                                  normalise_batch_response))
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import (
+        distributed_iteration_component as distributed,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.job import (
+        JobPool,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.max_concurrency import (
+        DEFAULT_MAX_CONCURRENCY_VALUE,
+    )
+
+    stack.enter_context(patched(distributed.DistributedIterationComponent, "_map_run",
+                                 following_map_run(JobPool, DEFAULT_MAX_CONCURRENCY_VALUE)))
     from moto.stepfunctions.parser.asl.utils import json_path
 
     parse = json_path.parse  # type: ignore[attr-defined]
