@@ -47,21 +47,27 @@ class Watchdog:
         stopped idle worker would hold the next task it is given for a whole stall interval,
         and keep a slot that a fresh worker can fill now. A worker whose CPU time still grows
         is working (in C, holding the GIL) and is spared.
-        When the watchdog itself wakes far later than it asked, this whole process group was
-        stopped (Ctrl-Z, then ``fg``): every heartbeat is old for that reason alone, so the
-        round is skipped and the workers get a full interval from now.
+        When the watchdog itself wakes far later than it asked, this whole process group may
+        have been stopped (Ctrl-Z, then ``fg``), or the machine is too busy to run it on
+        time: either way every heartbeat is older by the time it overslept, for that reason
+        alone, so that time is not counted as anyone's silence (nor as a lack of CPU
+        progress). Only the overslept time is forgiven, not the silence before it: on a
+        machine so loaded that the watchdog oversleeps every few rounds, a stopped worker is
+        still killed, a little later, rather than never.
         """
         interval = self.stall_seconds / 4
         last = time.monotonic()
         while not self._stop.wait(interval):
             clock = time.monotonic()
-            overslept = clock - last > interval + self.stall_seconds / 2
+            overslept = clock - last - interval
             last = clock
+            if overslept > self.stall_seconds / 2:
+                for worker in list(self._workers()):
+                    silent = min(worker.heartbeat_age(clock), clock - worker.beacon_grace)
+                    worker.beacon_grace = clock - max(0.0, silent - overslept)
+                    worker.progress_at = min(clock, worker.progress_at + overslept)
+                continue
             for worker in list(self._workers()):
-                if overslept:
-                    worker.progress_at = clock
-                    worker.beacon_grace = clock
-                    continue
                 idle = worker.ready and not worker.inflight
                 if worker.stalled or (idle and not worker.stopped()):
                     continue
