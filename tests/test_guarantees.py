@@ -23,7 +23,7 @@ import pytest
 import fanout
 from fanout import serialization
 from fanout.backends.aws.config import AwsConfig
-from fanout.backends.aws.store import AwsStore
+from fanout.backends.aws.store import POLL_OVERLAP_MS, AwsStore
 from fanout.backends.local.store import LocalStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
@@ -260,6 +260,38 @@ def test_the_reduce_record_and_the_poll_cursor_keep_the_documented_layout(
     polled, cursor = store.results_since(job_id, 0)
     assert sorted(r.task_index for r in polled) == [REDUCE_INDEX, 0]
     assert before_ms <= cursor <= after_ms
+
+
+def test_a_page_written_late_is_still_polled(aws: EmulatedAws, job_id: str) -> None:
+    """A page's ``written`` is its writer's clock when the request was built; a request the
+    SDK resends after a long backoff lands with an old stamp, behind the poll cursor by more
+    than the poll's overlap. The regular poll cannot see it (shown first, so this test
+    fails if that ever changes without the deep look being needed); the periodic deep
+    look does. The stale stamp is put into the real UpdateItem request, as a resend has it."""
+    store = aws_store(aws)
+    store.deep_poll_every_seconds = 3600.0
+    store.put_result(record(job_id, SUCCEEDED, 1, "on-time", task=0))
+    polled, cursor = store.results_since(job_id, 0)
+    assert [r.task_index for r in polled] == [0]
+    stale = str(cursor - POLL_OVERLAP_MS - 60_000)
+
+    def resent(params: dict[str, Any], **_: Any) -> None:
+        params["ExpressionAttributeValues"][":now"] = {"N": stale}
+
+    store.dynamodb.meta.events.register("provide-client-params.dynamodb.UpdateItem", resent)
+    try:
+        store.put_result(record(job_id, SUCCEEDED, 1, "late", task=100))  # another page
+    finally:
+        store.dynamodb.meta.events.unregister("provide-client-params.dynamodb.UpdateItem",
+                                              resent)
+    store.put_result(record(job_id, SUCCEEDED, 1, "after", task=200))
+    polled, cursor = store.results_since(job_id, cursor)
+    assert [r.task_index for r in polled] == [200]  # the regular look misses the late page
+    store.deep_poll_every_seconds = 0.0
+    polled, cursor = store.results_since(job_id, cursor)
+    assert [origin(r) for r in polled] == [("succeeded", 1, "late")]
+    polled, _ = store.results_since(job_id, cursor)
+    assert polled == []  # and a deep look re-reads no page it has read
 
 
 def test_keys_dynamodb_leaves_unprocessed_are_asked_again(aws: EmulatedAws,

@@ -66,6 +66,14 @@ from .pages import (
 MAX_RECORD_VALUE_BYTES = 16_000
 #: How far back each poll looks again, for records the eventually consistent index shows late.
 POLL_OVERLAP_MS = 5_000
+#: Every this often, a poll looks back DEEP_LOOKBACK_MS instead: a page's ``written`` is its
+#: writer's clock when the request was built, so a write that reached the table late (an
+#: SDK retry after a throttle or a 5xx resends the same request; a worker starved of CPU;
+#: an index lagging under load) sorts behind the poll cursor by more than the overlap.
+#: Such a page is delivered by the next deep look, and at the latest by the full read a
+#: client makes when the job ends (AwsBackend._abandon).
+DEEP_POLL_EVERY_SECONDS = 30.0
+DEEP_LOOKBACK_MS = 120_000
 #: The sparse, KEYS_ONLY polling index (HASH job_id, RANGE written): only result pages and
 #: the reduce record carry ``written``.
 POLL_INDEX = "by_written"
@@ -91,6 +99,9 @@ class AwsStore:
 
     max_record_value_bytes = MAX_RECORD_VALUE_BYTES
 
+    #: How often a poll looks DEEP_LOOKBACK_MS back (per job); an instance may change it.
+    deep_poll_every_seconds: float = DEEP_POLL_EVERY_SECONDS
+
     def __init__(self, config: AwsConfig, session: Any = None) -> None:
         import boto3
 
@@ -104,6 +115,7 @@ class AwsStore:
         self._bundles: dict[str, dict[str, Any]] = {}
         self._layouts: dict[str, Layout] = {}
         self._polled: dict[str, dict[tuple[str, str], int]] = {}
+        self._deep_polled: dict[str, float] = {}  # job -> when a poll last looked far back
 
     # -- S3 objects ------------------------------------------------------------------------
 
@@ -498,13 +510,18 @@ class AwsStore:
 
         Queries the KEYS_ONLY ``by_written`` index on each of the job's partitions, looking
         a short overlap back (the index is eventually consistent and ``written`` is the
-        writer's clock), skips page versions already read, and reads the new ones from the
+        writer's clock), and every ``deep_poll_every_seconds`` much further back (see
+        DEEP_LOOKBACK_MS); skips page versions already read, and reads the new ones from the
         table, strongly consistently. A cursor of 0 starts over.
         """
         seen = self._polled.setdefault(job_id, {})
         if cursor == 0:
             seen.clear()
-        since = max(0, cursor - POLL_OVERLAP_MS)
+        clock = time.monotonic()
+        deep = clock - self._deep_polled.get(job_id, clock) >= self.deep_poll_every_seconds
+        if deep or job_id not in self._deep_polled:
+            self._deep_polled[job_id] = clock
+        since = max(0, cursor - (DEEP_LOOKBACK_MS if deep else POLL_OVERLAP_MS))
         fresh: dict[tuple[str, str], int] = {}
         for partition in [job_id, *self.layout(job_id).partitions(job_id)]:
             for key in self._query(
@@ -525,7 +542,8 @@ class AwsStore:
             seen[name] = max(written, fresh[name])
             records.extend(self._records_of(job_id, item))
         newest = max(fresh.values())
-        for name in [n for n, w in seen.items() if w < newest - 2 * POLL_OVERLAP_MS]:
+        # Versions a deep look could still return are remembered, so it re-reads none.
+        for name in [n for n, w in seen.items() if w < newest - 2 * DEEP_LOOKBACK_MS]:
             del seen[name]
         return records, max(cursor, newest)
 
