@@ -273,6 +273,11 @@ class JobLifecycle(Backend[StoreT]):
         needs_reduce = spec.has_reducer and (
             reduce_record is None or reduce_record.status != TaskState.SUCCEEDED)
         if not chunks and not needs_reduce:
+            if job.state == JobState.RUNNING:
+                # Orphaned with every task recorded (e.g. a streaming map's client died
+                # after its last segment ran, so nothing sealed the job): end it here.
+                self.store.set_job_state(job_id, JobState.FINISHED,
+                                         summary=self.summarize(job_id))
             return self.counts(job_id)
         futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
         reduce_future = Future(job_id, REDUCE_INDEX, self) if needs_reduce else None

@@ -577,7 +577,8 @@ class AwsStore:
     def manifest(self, job_id: str) -> list[Chunk]:
         """The job's first chunks (``manifest.json``), then each appended segment's."""
         response = self.dynamodb.get_item(
-            TableName=self.table, ConsistentRead=True, ProjectionExpression="segments",
+            TableName=self.table, ConsistentRead=True, ProjectionExpression="#segments",
+            ExpressionAttributeNames={"#segments": "segments"},
             Key={"job_id": {"S": job_id}, "item": {"S": "job"}})
         segments = int(response.get("Item", {}).get("segments", {}).get("N", "0"))
         names = ["manifest.json", *(segment_manifest(s) for s in range(1, segments + 1))]
