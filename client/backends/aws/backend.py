@@ -144,15 +144,22 @@ class AwsBackend(JobLifecycle[AwsStore]):
             self.store.update_job(run.job_id, waves="0", open="0")
         retry_number = int(time.time())
         put_manifests(self.store, run.job_id, f"manifest-retry-{retry_number}", chunks)
-        self._execute(run, f"manifest-retry-{retry_number}", f"{run.job_id}-retry-{retry_number}")
+        self._execute(run, f"manifest-retry-{retry_number}", f"{run.job_id}-retry-{retry_number}",
+                      retry=True)
 
-    def _execute(self, run: JobRun, manifest: str, name: str) -> None:
-        """Start the job's execution over the tier manifests written as ``manifest``."""
+    def _execute(self, run: JobRun, manifest: str, name: str, retry: bool = False) -> None:
+        """Start the job's execution over the tier manifests written as ``manifest``.
+
+        Only a retry marks the job running again: a new job's record says so already, and
+        a later wave or streamed segment must not revive a job cancelled meanwhile."""
         response = self.sfn.start_execution(
             stateMachineArn=self.config.state_machine_arn, name=name,
             input=json.dumps(execution_input(self.store, run.job_id, manifest)))
         arn = response["executionArn"]
-        self.store.update_job(run.job_id, execution_arn=arn, state=JobState.RUNNING)
+        if retry:
+            self.store.update_job(run.job_id, execution_arn=arn, state=JobState.RUNNING)
+        else:
+            self.store.update_job(run.job_id, execution_arn=arn)
         LIVE_RUNS[run.job_id] = run
         with self._lock:
             item = self._followed.get(run.job_id)
