@@ -15,6 +15,7 @@ import sys
 import textwrap
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,8 @@ def test_an_open_stream_is_not_retried_under_its_client(ex: fanout.Executor,
     assert next(results) == 0
     job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
     assert job.info.state == "running" and not job.info.orphaned
+    counts = job.status()
+    assert sum(counts[k] for k in ("pending", "running", "succeeded")) == job.n_tasks >= 4
     with pytest.raises(fanout.JobStillRunning, match="streaming map still being fed"):
         job.retry()
     results.close()  # the rest of the input is never read; the job ends
@@ -139,6 +142,28 @@ def test_an_open_stream_is_not_retried_under_its_client(ex: fanout.Executor,
                what="the closed stream's job to end")
     assert job.n_tasks == fanout.Job.attach(results.job_id, backend="aws",
                                             **aws.backend_options).n_tasks
+
+
+def test_cancelling_a_streamed_aws_job_stops_its_map(ex: fanout.Executor,
+                                                     aws: EmulatedAws) -> None:
+    """``fanout cancel`` mid-stream: the map raises CancelledError, reads no more input,
+    and the job stays cancelled (no later segment is appended or revives it)."""
+    source = CountingInput(10**9)
+    results = ex.map(tasks.square, source, buffersize=4)
+    assert next(results) == 0
+    job = fanout.Job.attach(results.job_id, backend="aws", **aws.backend_options)
+    job.cancel()
+    assert job.info.state == "cancelled"
+    taken = 1
+    with pytest.raises(CancelledError):
+        for _ in results:
+            taken += 1
+    assert source.read <= taken + 4
+    read = source.read
+    assert list(results) == [] and source.read == read
+    assert job.info.state == "cancelled"
+    counts = job.status()
+    assert counts["succeeded"] + counts["cancelled"] == job.n_tasks
 
 
 def test_retry_of_a_stream_whose_client_died(aws: EmulatedAws, tmp_path: Path) -> None:

@@ -188,7 +188,12 @@ class JobLifecycle(Backend[StoreT]):
         run.spec = spec
         futures = [Future(job_id, ref.index, self) for ref in refs]
         run.add(futures)
-        self._launch_segment(run, chunks)
+        try:
+            self._launch_segment(run, chunks)
+        except Exception as exc:  # e.g. AWS unreachable: these tasks will not start
+            for future in futures:
+                run.settle_error(future.task_index, exc)
+            raise
         return futures
 
     def seal_job(self, run: JobRun) -> None:

@@ -72,6 +72,9 @@ class _Followed:
     held: list[Chunk] = field(default_factory=list)
     waves: int = 0
     executions: list[str] = field(default_factory=list)
+    #: A streaming run's tasks below this index are started (or held): an open task at or
+    #: above it belongs to a segment whose execution is being started right now.
+    launched: int = 0
 
 
 class AwsBackend(JobLifecycle[AwsStore]):
@@ -135,6 +138,8 @@ class AwsBackend(JobLifecycle[AwsStore]):
                 # recorded. Marked before the first execution starts.
                 self.store.update_job(run.job_id, waves="1", open="1")
             self._begin(run, chunks)
+            if run.streaming:
+                self._launched(run, chunks)
             return
         job = self.store.job(run.job_id)
         if job.waves or job.open:
@@ -227,9 +232,17 @@ class AwsBackend(JobLifecycle[AwsStore]):
         held = [c for c in chunks if not ready(self._chunk_inputs(run, c))]
         item.held.extend(held)
         self._start_wave(item, [c for c in chunks if c not in held])
+        self._launched(run, chunks)
         if cancelling:
             self._cancel_held(item)
         self._ensure_poller()
+
+    def _launched(self, run: JobRun, chunks: list[Chunk]) -> None:
+        end = max((t.index + 1 for c in chunks for t in c.tasks), default=0)
+        with self._lock:
+            item = self._followed.get(run.job_id)
+            if item is not None:
+                item.launched = max(item.launched, end)
 
     def _sealed(self, run: JobRun) -> None:
         """The map appends no more: the job's last finalize may end it. If every execution
@@ -330,11 +343,18 @@ class AwsBackend(JobLifecycle[AwsStore]):
         settled = run.map_finished and (run.reduce_future is None or run.reduce_future.done())
         if item.held and not settled:
             return bool(records)  # tasks wait for inputs: no execution needs to be running
-        if not run.sealed and not run.open_tasks():
+        open_tasks = run.open_tasks()
+        if not run.sealed and not open_tasks:
             return bool(delivered)  # an open stream's tasks so far are done: its map appends
+        if run.streaming and open_tasks and open_tasks[-1] >= item.launched:
+            return bool(delivered)  # a segment was appended; its execution is starting
         if settled or item.polls % EXECUTION_CHECK_EVERY == 0:
             job = self.store.job(run.job_id)
-            item.executions = [a for a in item.executions if self._execution_running(a)]
+            with self._lock:
+                known = list(item.executions)
+            ended = {a for a in known if not self._execution_running(a)}
+            with self._lock:  # keep an execution started meanwhile (a streamed segment)
+                item.executions = [a for a in item.executions if a not in ended]
             if job.state != JobState.RUNNING and settled:
                 self._forget(run)
             elif job.state != JobState.RUNNING or not item.executions:
