@@ -1,6 +1,7 @@
 """Peak client RSS of one ``map`` over many no-op tasks: fanout next to ProcessPoolExecutor.
 
     python bench/map_rss.py [--tasks 1000000] [--workers 2] [--executor fanout|stdlib]
+                            [--backend local|inline]
 
 Each executor runs in its own fresh interpreter (``--executor``), so one's peak does not
 hide the other's; the parent prints both peaks (``VmHWM`` of the child, which counts
@@ -8,7 +9,8 @@ only the client process, not its workers) and their ratio. fanout's supervisor i
 of the client, so its memory is in the client's figure; the largest worker process's peak
 (``RUSAGE_CHILDREN``, read after the executor shut its workers down) is printed beside it.
 The loop consumes results as they come, as ``for r in ex.map(f, range(n))`` does, and
-keeps none of them.
+keeps none of them. ``--backend inline`` runs fanout's tasks in the client itself (there
+are no workers then; its streaming map runs each segment inside ``next()``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import tempfile
 import time
 
 
-def _run_one(kind: str, tasks: int, workers: int) -> dict[str, float]:
+def _run_one(kind: str, tasks: int, workers: int, backend: str = "local"
+             ) -> dict[str, float]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.tasks import noop
 
@@ -34,7 +37,7 @@ def _run_one(kind: str, tasks: int, workers: int) -> dict[str, float]:
         import fanout
 
         with tempfile.TemporaryDirectory() as home, \
-                fanout.Executor(workers, progress=False, home=home) as ex:
+                fanout.Executor(workers, backend=backend, progress=False, home=home) as ex:
             for value in ex.map(noop, range(tasks), chunksize=1000):
                 total += value
     else:
@@ -69,20 +72,23 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--executor", choices=("fanout", "stdlib"))
+    parser.add_argument("--backend", choices=("local", "inline"), default="local",
+                        help="fanout's backend (default: local)")
     args = parser.parse_args()
     if args.executor:
-        print(json.dumps(_run_one(args.executor, args.tasks, args.workers)))
+        print(json.dumps(_run_one(args.executor, args.tasks, args.workers, args.backend)))
         return 0
     results = {}
     for kind in ("stdlib", "fanout"):
         out = subprocess.run([sys.executable, __file__, "--executor", kind, "--tasks",
-                              str(args.tasks), "--workers", str(args.workers)],
+                              str(args.tasks), "--workers", str(args.workers),
+                              "--backend", args.backend],
                              capture_output=True, text=True, check=True, timeout=3600)
         results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = results["fanout"]["peak_mb"] / results["stdlib"]["peak_mb"]
     print("| executor | peak client RSS (MB) | largest worker's peak RSS (MB) | seconds |\n"
           "|---|---|---|---|")
-    for kind, name in (("stdlib", "ProcessPoolExecutor"), ("fanout", "fanout (local)")):
+    for kind, name in (("stdlib", "ProcessPoolExecutor"), ("fanout", f"fanout ({args.backend})")):
         print(f"| {name} | {results[kind]['peak_mb']:.0f} | "
               f"{results[kind]['worker_peak_mb']:.0f} | {results[kind]['seconds']:.1f} |")
     print(f"\n{args.tasks:,} no-op tasks, chunksize=1000, {args.workers} workers; "

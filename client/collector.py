@@ -132,6 +132,10 @@ class JobRun:
         self.mean_seconds: float | None = None  # moving average of task durations
         #: The futures each task takes as arguments: it is started only once they are done.
         self.inputs: dict[int, tuple[Future, ...]] = {}
+        #: The backend that runs this job inside this process's own calls (``inline``), so
+        #: another backend object here (``Job.attach``) asks it to cancel instead of
+        #: waiting for an owner process to notice; None for every other backend.
+        self.driver: Any = None
         if not self._open and reduce_future is None and self.sealed:
             self.done.set()
 

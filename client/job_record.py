@@ -71,6 +71,9 @@ class JobRecord:
     owner: Owner | None  # the client that started (or last retried) it
     execution_arn: str | None = None  # aws: the Step Functions execution running it
     waves: bool = False  # aws: started in waves (tasks that take futures), see dependencies
+    #: aws: a streaming map still appends segments to it (not sealed): no execution's
+    #: finalize may end it, whatever its tasks so far have recorded.
+    open: bool = False
 
     @property
     def n_tasks(self) -> int:

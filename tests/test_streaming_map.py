@@ -3,7 +3,9 @@
 The stdlib's ``Executor.map(buffersize=)`` (Python 3.14) reads its input at most
 ``buffersize`` calls ahead of the results taken; fanout does the same by default for long
 inputs, appending the tasks to the map's one job. These tests count (how much of the input
-was read, what is still referenced), never time.
+was read, what is still referenced), never time. They run on the local backend and on
+``inline`` (where each segment runs inside the ``next()`` that appends it); the AWS
+emulation's are in ``test_aws_streaming.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from fanout.backends.inline.backend import InlineBackend
 
 from conftest import eventually
 from tasks import fail_unless, randomness, square
+
+
+@pytest.fixture(params=["local", "inline"])
+def ex(request: pytest.FixtureRequest, home: Path) -> Iterator[fanout.Executor]:
+    executor = fanout.Executor(2, backend=request.param, progress=False)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 class Payload:
@@ -142,9 +153,11 @@ def test_a_streamed_map_is_one_job(ex: fanout.Executor, home: Path) -> None:
     assert len({c.index for c in manifest}) == len(manifest)  # chunk numbers stay unique
 
 
-def test_streamed_and_eager_maps_give_identical_seeds(home: Path) -> None:
-    """A task's seed follows its index, so appending in segments changes no result."""
-    with fanout.Executor(2, progress=False, seed=11) as ex:
+@pytest.mark.parametrize("backend", ["local", "inline"])
+def test_streamed_and_eager_maps_give_identical_seeds(home: Path, backend: str) -> None:
+    """A task's seed follows its index, so appending in segments changes no result, and
+    a streamed inline map gives what an eager local one gives (bit-identical)."""
+    with fanout.Executor(2, backend=backend, progress=False, seed=11) as ex:
         streamed = list(ex.map(randomness, range(60), buffersize=7))
     with fanout.Executor(2, progress=False, seed=11) as ex:
         eager = list(ex.map(randomness, range(60), buffersize=None))
@@ -197,9 +210,10 @@ def test_buffersize_is_checked_as_the_stdlib_does(ex: fanout.Executor) -> None:
         ex.map(square, range(3), buffersize=0)
 
 
-def test_executor_shutdown_ends_an_unfinished_stream(home: Path) -> None:
+@pytest.mark.parametrize("backend", ["local", "inline"])
+def test_executor_shutdown_ends_an_unfinished_stream(home: Path, backend: str) -> None:
     """An open job never stays "running": shutdown seals it and records it cancelled."""
-    ex = fanout.Executor(2, progress=False)
+    ex = fanout.Executor(2, backend=backend, progress=False)
     results = ex.map(square, CountingInput(10**9), buffersize=4)
     assert next(results) == 0
     ex.shutdown(wait=True)
@@ -211,13 +225,43 @@ def test_executor_shutdown_ends_an_unfinished_stream(home: Path) -> None:
     assert os.path.isdir(home)
 
 
-def test_inline_backend_reads_the_whole_input(home: Path) -> None:
-    """``inline`` runs each task as it is submitted: no window, no worker processes."""
-    source = CountingInput(30)
+def test_inline_map_runs_at_most_a_window_ahead(home: Path) -> None:
+    """``inline`` streams: a task runs in the caller's ``next()``, in submission order, at
+    most one window ahead of the results taken; no worker processes. (A task's record is
+    stored when it has run, so the store counts what ran.)"""
+    source = CountingInput(10**9)  # never materialised
     with fanout.Executor(backend="inline", progress=False) as ex:
-        results = ex.map(square, source, buffersize=4)
-        assert source.read == 30
-        assert list(results) == [x * x for x in range(30)]
+        results = ex.map(square, source, buffersize=8)
+        job_id = results.job_id
+        store = ex.backend.store
+
+        def ran() -> list[int]:
+            return [r.task_index for r in store.results(job_id)]
+
+        assert source.read == 8 and ran() == list(range(8))
+        for taken, value in enumerate(results, 1):
+            assert value == (taken - 1) ** 2
+            done = ran()
+            assert done == list(range(len(done)))  # in order, each once
+            assert len(done) <= taken + 8, (len(done), taken)
+            assert source.read == len(done)
+            if taken == 300:
+                break
+        results.close()
         backend = ex.backend
         assert isinstance(backend, InlineBackend)
         assert backend.worker_pids() == []
+    job = fanout.Job.attach(job_id)
+    assert job.info.state in ("cancelled", "finished")
+    assert 300 <= job.n_tasks <= 308
+    assert job.status()["succeeded"] == job.n_tasks
+
+
+def test_inline_streamed_job_is_recorded_finished_when_exhausted(home: Path) -> None:
+    with fanout.Executor(backend="inline", progress=False) as ex:
+        results = ex.map(square, CountingInput(103), buffersize=10)
+        assert list(results) == [x * x for x in range(103)]
+        job = fanout.Job.attach(results.job_id)
+        assert job.info.state == "finished"  # at once: inline ends the job in the call
+        assert job.n_tasks == 103
+        assert job.info.summary is not None and job.info.summary["succeeded"] == 103

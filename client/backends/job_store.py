@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..job_record import JobRecord
-from ..protocol import Chunk, ResultRecord
+from ..protocol import Chunk, JobSpec, ResultRecord
 from ..summary import Timings
 
 
@@ -31,6 +31,12 @@ class JobStore(Protocol):
 
     def set_job_state(self, job_id: str, state: str, *,
                       summary: dict[str, Any] | None = None) -> bool: ...
+
+    def append_tasks(self, spec: JobSpec, segment: int, chunks: list[Chunk]) -> bool:
+        """Add ``segment``'s ``chunks`` to a running job whose new spec (task count) is
+        ``spec``, atomically; False (nothing added) when the job is no longer running.
+        ``manifest`` returns them after the job's first chunks, in segment order."""
+        ...
 
     # -- records -----------------------------------------------------------------------------
 

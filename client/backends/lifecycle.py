@@ -14,7 +14,16 @@ between running work here and running it on AWS:
 ``_orphaned``          a running job whose driver is gone
 ``_running_tasks``     tasks running now, if the backend can see them (else None)
 ``_describe_owner``    who drives a job, for messages
+``_write_segment``     upload the payload object of tasks appended to an open job
+``_launch_segment``    start an appended segment's chunks
+``_sealed``            a streaming job takes no more tasks: let it end
 =====================  =============================================================
+
+A streaming ``map`` (:mod:`fanout.streaming`) appends its input to its one job segment by
+segment through :meth:`JobLifecycle.extend_job`, the same way on every backend: the
+segment's payload object is written, its chunks are planned with the job's options and
+numbered after the job's, and ``JobStore.append_tasks`` commits them with the job's new
+task count (only while the job is still running), before any of them is started.
 
 Every record a job's tasks need when no worker writes one (a cancellation) comes from
 ``fanout.records``; every count and summary from ``fanout.summary``.
@@ -22,8 +31,10 @@ Every record a job's tasks need when no worker writes one (a cancellation) comes
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
 from collections.abc import Collection, Iterable
+from concurrent.futures import CancelledError
 from typing import Any
 
 from .. import packing, records
@@ -32,8 +43,9 @@ from ..errors import ExecutorClosed, JobNotFound, JobStillRunning
 from ..future import Future
 from ..ids import new_job_id
 from ..job_record import JobRecord
+from ..manifest import payload_object, plan_chunks
 from ..options import TaskOptions
-from ..protocol import REDUCE_INDEX, Chunk, JobSpec, retry_plan
+from ..protocol import REDUCE_INDEX, Chunk, JobSpec, TaskRef, retry_plan
 from ..states import JobState, TaskState
 from ..summary import job_summary, task_counts
 from .base import Backend, JobInfo, JobRequest, StoreT
@@ -45,6 +57,11 @@ class JobLifecycle(Backend[StoreT]):
 
     _batches: SubmitBatches
     _closed: bool = False
+    #: Every backend over a JobStore can append tasks to a running job.
+    supports_streaming = True
+    #: Open (streaming) jobs this process feeds: the run, its next segment number and the
+    #: number of its next chunk. A backend's ``__init__`` makes it empty.
+    _streams: dict[str, tuple[JobRun, int, int]]
 
     # -- what a backend supplies -------------------------------------------------------------
 
@@ -90,6 +107,20 @@ class JobLifecycle(Backend[StoreT]):
     @abstractmethod
     def _describe_owner(self, job: JobRecord) -> str | None: ...
 
+    @abstractmethod
+    def _write_segment(self, job_id: str, name: str, payloads: list[bytes], first: int,
+                       job_seed: int) -> list[TaskRef]:
+        """Write an appended segment's arguments as payload object ``name``; task indexes
+        (and so seeds) start at ``first``. Durable before it returns."""
+
+    @abstractmethod
+    def _launch_segment(self, run: JobRun, chunks: list[Chunk]) -> None:
+        """Start the chunks of a segment just appended to ``run``'s job."""
+
+    def _sealed(self, run: JobRun) -> None:
+        """``run`` takes no more tasks (``run.sealed`` is set): let its job end once its
+        tasks are settled. Nothing by default."""
+
     # -- starting --------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -118,8 +149,63 @@ class JobLifecycle(Backend[StoreT]):
         run = JobRun(spec, futures, self.store.load_value, reduce_future, request.progress,
                      streaming=request.streaming)
         run.inputs = inputs  # a task that takes futures starts once they are done
+        if run.streaming:  # segments follow: their payload objects and chunks number on
+            self._streams[job_id] = (run, 1, len(manifest))
         self._launch(run, manifest, retry=False)
         return run
+
+    # -- streaming: segments appended to a running job ---------------------------------------
+
+    def extend_job(self, run: JobRun, payloads: list[bytes]) -> list[Future]:
+        """Append one segment to ``run``'s open job and start it; its tasks' futures.
+
+        The segment is durable (payload object written, chunks and task count committed
+        by ``JobStore.append_tasks``) before any of its tasks starts, as a job's first tasks
+        are. A job that is no longer running (cancelled, from here or elsewhere) takes no
+        more: ``CancelledError``, and the map's caller sees its cancellation.
+        """
+        job_id = run.job_id
+        self._check_open()
+        if run.cancelled:
+            raise CancelledError(f"job {job_id} was cancelled; the rest of the map's input "
+                                 "is not submitted")
+        stream = self._streams.get(job_id)
+        if run.sealed or stream is None:
+            raise RuntimeError(f"job {job_id} takes no more tasks: its map was closed")
+        if not payloads:
+            return []
+        _, segment, first_chunk = stream
+        spec = run.spec
+        refs = self._write_segment(job_id, payload_object(segment), payloads, spec.n_tasks,
+                                   spec.seed)
+        chunks = plan_chunks(job_id, refs, spec.options, first_chunk, alone=run.inputs)
+        spec = dataclasses.replace(spec, n_tasks=spec.n_tasks + len(refs))
+        if not self.store.append_tasks(spec, segment, chunks):
+            raise CancelledError(
+                f"job {job_id} is no longer running (it was cancelled, e.g. by `fanout "
+                "cancel`); the rest of the map's input is not submitted")
+        self._streams[job_id] = (run, segment + 1, first_chunk + len(chunks))
+        run.spec = spec
+        futures = [Future(job_id, ref.index, self) for ref in refs]
+        run.add(futures)
+        try:
+            self._launch_segment(run, chunks)
+        except Exception as exc:  # e.g. AWS unreachable: these tasks will not start
+            for future in futures:
+                run.settle_error(future.task_index, exc)
+            raise
+        return futures
+
+    def seal_job(self, run: JobRun) -> None:
+        """No more tasks for ``run``: its job ends once the ones it has are settled."""
+        self._streams.pop(run.job_id, None)
+        run.seal()
+        self._sealed(run)
+
+    def _seal_streams(self) -> None:
+        """Shutting down: every open stream of this process ends with the tasks it has."""
+        for run, _, _ in list(self._streams.values()):
+            self.seal_job(run)
 
     def _submitted_jobs(self, everything: bool) -> list[tuple[JobRun, list[Chunk]]]:
         """Turn waiting ``submit`` calls into written jobs (``everything``: even a batch
@@ -179,7 +265,9 @@ class JobLifecycle(Backend[StoreT]):
         if job.state != JobState.RUNNING or self._stop(job):
             return
         # Nobody else records this cancellation: record its unfinished tasks here; the
-        # conditional put keeps any result that lands first.
+        # conditional put keeps any result that lands first. Read the job again: a
+        # streaming map may have appended tasks until the job stopped running.
+        job = self.store.job(job_id)
         done = {r.task_index for r in records.final(self.store.results(job_id))}
         self.store.put_results(records.cancelled(
             job_id, (i for i in range(job.n_tasks) if i not in done)))
@@ -198,6 +286,11 @@ class JobLifecycle(Backend[StoreT]):
         needs_reduce = spec.has_reducer and (
             reduce_record is None or reduce_record.status != TaskState.SUCCEEDED)
         if not chunks and not needs_reduce:
+            if job.state == JobState.RUNNING:
+                # Orphaned with every task recorded (e.g. a streaming map's client died
+                # after its last segment ran, so nothing sealed the job): end it here.
+                self.store.set_job_state(job_id, JobState.FINISHED,
+                                         summary=self.summarize(job_id))
             return self.counts(job_id)
         futures = [Future(job_id, t.index, self) for c in chunks for t in c.tasks]
         reduce_future = Future(job_id, REDUCE_INDEX, self) if needs_reduce else None

@@ -37,6 +37,7 @@ from ...protocol import (
     Chunk,
     JobSpec,
     ResultRecord,
+    TaskRef,
     now,
 )
 from ...schedules import ScheduleRequest, ScheduleSpec
@@ -47,7 +48,7 @@ from .config import load_config
 from .schedules import AwsSchedules
 from .stack_check import StackCheck
 from .store import AwsStore
-from .upload import execution_input, lambda_chunks, put_manifests, upload_job
+from .upload import execution_input, lambda_chunks, put_manifests, upload_job, upload_payload
 
 log = logging.getLogger("fanout.aws")
 POLL_MIN_SECONDS = 0.2
@@ -71,6 +72,9 @@ class _Followed:
     held: list[Chunk] = field(default_factory=list)
     waves: int = 0
     executions: list[str] = field(default_factory=list)
+    #: A streaming run's tasks below this index are started (or held): an open task at or
+    #: above it belongs to a segment whose execution is being started right now.
+    launched: int = 0
 
 
 class AwsBackend(JobLifecycle[AwsStore]):
@@ -98,6 +102,7 @@ class AwsBackend(JobLifecycle[AwsStore]):
         self.schedules = AwsSchedules(self.config, self.store, self.check_stack)
         self._closed = False
         self._cancelling = False  # shutdown(cancel_futures=True): held tasks never start
+        self._streams = {}
 
     # -- checks before anything is uploaded (stack_check.py) ------------------------------
 
@@ -127,24 +132,42 @@ class AwsBackend(JobLifecycle[AwsStore]):
 
     def _launch(self, run: JobRun, chunks: list[Chunk], retry: bool) -> None:
         if not retry:  # upload_job wrote the manifests already
+            if run.streaming:
+                # Segments run as waves, and the job is open: no execution's finalize may
+                # end it before the map seals it (``_sealed``), even with all tasks so far
+                # recorded. Marked before the first execution starts.
+                self.store.update_job(run.job_id, waves="1", open="1")
             self._begin(run, chunks)
+            if run.streaming:
+                self._launched(run, chunks)
             return
-        if self.store.job(run.job_id).waves:  # this execution covers every unfinished task
-            self.store.update_job(run.job_id, waves="0")
+        job = self.store.job(run.job_id)
+        if job.waves or job.open:
+            # This execution covers every unfinished task, and a streamed job ends with
+            # the tasks it has: the map that fed it is gone (``_still_running`` refused
+            # while it was not), and the rest of its input was never submitted.
+            self.store.update_job(run.job_id, waves="0", open="0")
         retry_number = int(time.time())
         put_manifests(self.store, run.job_id, f"manifest-retry-{retry_number}", chunks)
         self._execute(run, f"manifest-retry-{retry_number}", f"{run.job_id}-retry-{retry_number}",
-                      lambda_chunks(chunks))
+                      lambda_chunks(chunks), retry=True)
 
-    def _execute(self, run: JobRun, manifest: str, name: str, lambda_chunk_count: int) -> None:
+    def _execute(self, run: JobRun, manifest: str, name: str, lambda_chunk_count: int,
+                 retry: bool = False) -> None:
         """Start the job's execution over the tier manifests written as ``manifest``
-        (``lambda_chunk_count`` of its chunks on Lambda: the ramp's target)."""
+        (``lambda_chunk_count`` of its chunks on Lambda: the ramp's target).
+
+        Only a retry marks the job running again: a new job's record says so already, and
+        a later wave or streamed segment must not revive a job cancelled meanwhile."""
         response = self.sfn.start_execution(
             stateMachineArn=self.config.state_machine_arn, name=name,
             input=json.dumps(execution_input(self.store, run.job_id, manifest,
                                              lambda_chunk_count)))
         arn = response["executionArn"]
-        self.store.update_job(run.job_id, execution_arn=arn, state=JobState.RUNNING)
+        if retry:
+            self.store.update_job(run.job_id, execution_arn=arn, state=JobState.RUNNING)
+        else:
+            self.store.update_job(run.job_id, execution_arn=arn)
         LIVE_RUNS[run.job_id] = run
         with self._lock:
             item = self._followed.get(run.job_id)
@@ -187,10 +210,48 @@ class AwsBackend(JobLifecycle[AwsStore]):
             return
         run = item.run
         record_cancelled(self.store, [f for c in chunks for f in self._chunk_inputs(run, c)])
-        name = f"manifest-wave-{item.waves}"
+        # Named by its first chunk: a chunk starts in one wave only (a retry's execution is
+        # named apart), so the name is unique for the job even if this client lost count.
+        first = min(c.index for c in chunks)
+        name = f"manifest-wave-{first}"
         put_manifests(self.store, run.job_id, name, chunks)
-        self._execute(run, name, f"{run.job_id}-wave-{item.waves}", lambda_chunks(chunks))
+        self._execute(run, name, f"{run.job_id}-wave-{first}", lambda_chunks(chunks))
         item.waves += 1
+
+    # -- streaming: each appended segment is one more wave of the job ----------------------
+
+    def _write_segment(self, job_id: str, name: str, payloads: list[bytes], first: int,
+                       job_seed: int) -> list[TaskRef]:
+        return upload_payload(self.store, job_id, name, payloads, job_seed, None, first)
+
+    def _launch_segment(self, run: JobRun, chunks: list[Chunk]) -> None:
+        """Start a segment's chunks as one more wave; those whose inputs (futures) are not
+        done yet are held, as a job's first chunks are (``_begin``)."""
+        with self._lock:
+            item = self._followed.get(run.job_id)
+            if item is None or item.run is not run:
+                item = self._followed[run.job_id] = _Followed(run, "")
+            cancelling = self._cancelling
+        held = [c for c in chunks if not ready(self._chunk_inputs(run, c))]
+        item.held.extend(held)
+        self._start_wave(item, [c for c in chunks if c not in held])
+        self._launched(run, chunks)
+        if cancelling:
+            self._cancel_held(item)
+        self._ensure_poller()
+
+    def _launched(self, run: JobRun, chunks: list[Chunk]) -> None:
+        end = max((t.index + 1 for c in chunks for t in c.tasks), default=0)
+        with self._lock:
+            item = self._followed.get(run.job_id)
+            if item is not None:
+                item.launched = max(item.launched, end)
+
+    def _sealed(self, run: JobRun) -> None:
+        """The map appends no more: the job's last finalize may end it. If every execution
+        finalized before the seal, the poller finalizes the job once its tasks settle."""
+        self.store.update_job(run.job_id, open="0")
+        self._wake.set()
 
     def _release(self, item: _Followed) -> bool:
         """Start one wave over the held chunks whose inputs are now done; True if any."""
@@ -285,14 +346,29 @@ class AwsBackend(JobLifecycle[AwsStore]):
         settled = run.map_finished and (run.reduce_future is None or run.reduce_future.done())
         if item.held and not settled:
             return bool(records)  # tasks wait for inputs: no execution needs to be running
+        open_tasks = run.open_tasks()
+        if not run.sealed and not open_tasks:
+            return bool(delivered)  # an open stream's tasks so far are done: its map appends
+        if run.streaming and open_tasks and open_tasks[-1] >= item.launched:
+            return bool(delivered)  # a segment was appended; its execution is starting
         if settled or item.polls % EXECUTION_CHECK_EVERY == 0:
             job = self.store.job(run.job_id)
-            item.executions = [a for a in item.executions if self._execution_running(a)]
+            with self._lock:
+                known = list(item.executions)
+            ended = {a for a in known if not self._execution_running(a)}
+            with self._lock:  # keep an execution started meanwhile (a streamed segment)
+                item.executions = [a for a in item.executions if a not in ended]
             if job.state != JobState.RUNNING and settled:
                 self._forget(run)
             elif job.state != JobState.RUNNING or not item.executions:
                 if not settled:
                     self._abandon(run, f"its execution ended ({job.state})")
+                elif run.streaming:
+                    # Sealed after its last execution's finalize ran (and left it open):
+                    # nobody else will end it.
+                    from .handlers import finalize
+
+                    finalize({"job_id": run.job_id, "map_error": None}, self.store)
                 self._forget(run)
         return bool(delivered)
 
@@ -350,9 +426,11 @@ class AwsBackend(JobLifecycle[AwsStore]):
         """Start the executions of pending ``submit`` calls; do not wait for remote jobs."""
         self._closed = True
         self._flush_submits(True)
+        self._seal_streams()
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._closed = True
+        self._seal_streams()  # an open streaming map's job ends with the tasks it has
         if cancel_futures:
             for batch in self._batches.take(True):
                 for future in batch.futures:
@@ -374,13 +452,27 @@ class AwsBackend(JobLifecycle[AwsStore]):
         return self.store.job(job_id)
 
     def _orphaned(self, job: JobRecord) -> bool:
-        return bool(job.execution_arn) and job.job_id not in self._followed \
-            and not self._execution_running(job.execution_arn or "")
+        if job.job_id in self._followed or self._fed_elsewhere(job):
+            return False
+        return bool(job.execution_arn) and not self._execution_running(job.execution_arn or "")
+
+    @staticmethod
+    def _fed_elsewhere(job: JobRecord) -> bool:
+        """An open streamed job whose feeding client may still live (on another host we
+        cannot tell, so it may): between its segments no execution runs, yet it is not
+        orphaned, and retrying it would end it under that client."""
+        return job.open and job.owner is not None and job.owner.alive()
 
     def _describe_owner(self, job: JobRecord) -> str | None:
         return job.execution_arn
 
     def _still_running(self, job: JobRecord) -> str | None:
+        if job.state == JobState.RUNNING and job.open and (
+                job.job_id in self._followed or self._fed_elsewhere(job)):
+            return (f"job {job.job_id} is a streaming map still being fed by its client "
+                    f"({job.owner.describe() if job.owner else 'unknown'}); wait for the map "
+                    f"to end, or cancel the job (`fanout cancel {job.job_id}`) and then retry "
+                    "it: a retry runs the tasks the job has, never the rest of the map's input")
         arn = job.execution_arn
         if job.state == JobState.RUNNING and arn and self._execution_running(arn) and \
                 len(self.store.results(job.job_id)) == job.n_tasks:

@@ -200,15 +200,16 @@ def finalize(event: dict[str, Any], store: AwsStore | None = None) -> dict[str, 
     """Run the reducer when every task succeeded, account for every task, write the summary."""
     store = store or store_from_env()
     job_id = event["job_id"]
-    spec = store.load_spec(job_id)
     job = store.job(job_id)
+    spec = job.spec  # the record's: a streamed job's task count grows with each segment
     final = {r.task_index: r for r in records.final(store.results(job_id))}
     map_error = event.get("map_error")
     if job.state == JobState.CANCELLED:
         state = JobState.CANCELLED
-    elif job.waves and len(final) < spec.n_tasks:
-        # A job started in waves (its tasks take futures) is finished by the execution that
-        # lands its last result; an earlier wave's tasks may still be running or held.
+    elif job.open or (job.waves and len(final) < spec.n_tasks):
+        # A job started in waves (its tasks take futures, or a streaming map appends them)
+        # is finished by the execution that lands its last result; an earlier wave's tasks
+        # may still be running or held, and an open stream may append more tasks.
         logger.info("wave finished", extra={"job_id": job_id, "recorded": len(final)})
         return {"job_id": job_id, "state": JobState.RUNNING, "summary": None}
     else:

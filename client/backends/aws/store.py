@@ -44,6 +44,7 @@ from ...protocol import (
     ResultRecord,
     TaskRef,
 )
+from ...states import JobState
 from ...summary import Timings, status_counts
 from .config import AwsConfig
 from .layout import Layout
@@ -81,6 +82,11 @@ POLL_INDEX = "by_written"
 JOBS_PREFIX = "jobs/"
 #: Long-lived objects (schedule definitions) live here, outside the expiring prefix.
 SCHEDULES_PREFIX = "schedules/"
+
+
+def segment_manifest(segment: int) -> str:
+    """The object holding the chunks of a streamed job's appended ``segment`` (1, 2, ...)."""
+    return f"manifest-segment-{segment}.json"
 
 
 def task_key(index: int) -> str:
@@ -577,6 +583,7 @@ class AwsStore:
             execution_arn=item.get("execution_arn", {}).get("S"),
             # started in waves (tasks that take futures): no one execution covers every task
             waves=item.get("waves", {}).get("S") == "1",
+            open=item.get("open", {}).get("S") == "1",
         )
 
     def jobs(self, limit: int = 50) -> list[JobRecord]:
@@ -586,7 +593,36 @@ class AwsStore:
         return [self._job(item) for item in response["Items"]]
 
     def manifest(self, job_id: str) -> list[Chunk]:
-        return [Chunk.from_json(c) for c in json.loads(self.get_object(job_id, "manifest.json"))]
+        """The job's first chunks (``manifest.json``), then each appended segment's."""
+        response = self.dynamodb.get_item(
+            TableName=self.table, ConsistentRead=True, ProjectionExpression="#segments",
+            ExpressionAttributeNames={"#segments": "segments"},
+            Key={"job_id": {"S": job_id}, "item": {"S": "job"}})
+        segments = int(response.get("Item", {}).get("segments", {}).get("N", "0"))
+        names = ["manifest.json", *(segment_manifest(s) for s in range(1, segments + 1))]
+        return [Chunk.from_json(c) for name in names
+                for c in json.loads(self.get_object(job_id, name))]
+
+    def append_tasks(self, spec: JobSpec, segment: int, chunks: list[Chunk]) -> bool:
+        """Add a streamed segment to a running job: its chunks as their own object, then
+        the record's spec (task count) and segment count in one conditional update, so a
+        job cancelled meanwhile takes nothing (False)."""
+        self.put_chunks(spec.job_id, segment_manifest(segment), chunks)
+        try:
+            self.dynamodb.update_item(
+                TableName=self.table, Key={"job_id": {"S": spec.job_id}, "item": {"S": "job"}},
+                UpdateExpression="SET #spec = :spec, #segments = :segment",
+                ConditionExpression="#state = :running",
+                ExpressionAttributeNames={"#spec": "spec", "#segments": "segments",
+                                          "#state": "state"},
+                ExpressionAttributeValues={":spec": {"S": spec.to_json()},
+                                           ":segment": {"N": str(segment)},
+                                           ":running": {"S": JobState.RUNNING.value}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
 
     def set_job_state(self, job_id: str, state: str, *,
                       summary: dict[str, Any] | None = None) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from ...options import TaskOptions
-from ...protocol import Chunk, JobSpec, client_id
+from ...protocol import Chunk, JobSpec, TaskRef, client_id
 from ...states import JobState
 from .layout import Layout, page_tasks_for, plan_layout
 from .ramp import plan_ramp
@@ -30,10 +30,7 @@ def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, functio
     Used by the client and by the plan step of scheduled runs, so a job looks the same
     whoever made it. ``alone``: tasks that take futures, each planned as a chunk of its own.
     """
-    with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
-        refs = write_payload(payload, payloads, job_seed, seeds)
-        payload.seek(0)
-        store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, PAYLOAD_OBJECT))
+    refs = upload_payload(store, job_id, PAYLOAD_OBJECT, payloads, job_seed, seeds)
     spec, manifest = plan_job(job_id, kind, function_name, refs, options, job_seed,
                               reducer_name, has_reducer=reducer is not None, alone=alone)
     store.put_bundle(spec, function, reducer, upload_layout(store, manifest))
@@ -42,11 +39,29 @@ def upload_job(store: AwsStore, job_id: str, kind: str, function: bytes, functio
     return spec, manifest
 
 
+def upload_payload(store: AwsStore, job_id: str, name: str, payloads: Iterable[bytes],
+                   job_seed: int, seeds: Iterable[int] | None = None, first: int = 0
+                   ) -> list[TaskRef]:
+    """One payload object (the job's first, or a streamed segment's from task ``first``):
+    every task's arguments back to back, addressed by byte range; spooled to disk past
+    64 MiB, so the client never holds a big one in memory."""
+    with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as payload:
+        refs = write_payload(payload, payloads, job_seed, seeds, first, name)
+        payload.seek(0)
+        store.s3.upload_fileobj(payload, store.bucket, store.key(job_id, name))
+    return refs
+
+
 def upload_layout(store: AwsStore, manifest: list[Chunk]) -> Layout:
     """The job's record layout: the configured one, else planned for the rate the job can
     write at, its chunks running at once (at most the stack's MaxConcurrency) finishing a
     task a second each (a task's duration is not known before it runs; shorter tasks write
-    no faster, as a worker writes a page per P tasks)."""
+    no faster, as a worker writes a page per P tasks).
+
+    A streaming map's job is planned from its first window, and its later segments fit
+    that plan: the map never has more than a window of tasks submitted and not yet taken,
+    so no more chunks than the first window's run at once, and every segment has the same
+    chunk size (a segment starts at a multiple of it, so no page spans two segments)."""
     if store.config.layout is not None:
         return store.config.layout
     width = min(len(manifest), store.config.max_concurrency or DEFAULT_MAX_CONCURRENCY)

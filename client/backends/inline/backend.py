@@ -5,6 +5,10 @@ go through the same job writing (local store), the same :class:`~fanout.runtime.
 (seeds, checkpoints, captured logs, result records) and the same collector as on the
 other backends, so results are bit-identical; only where the runtime runs differs. Output
 still reaches the terminal and stdin is untouched, so ``breakpoint()`` in a task works.
+
+A long ``map`` streams here too (:mod:`fanout.streaming`): each segment the map appends to
+its one job runs inside the ``next()`` that appends it, so the input is read, and the
+tasks run, at most one window ahead of the results the caller has taken.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ... import records
 from ...collector import LIVE_RUNS, JobRun
 from ...future import Claim, Future
 from ...ids import new_job_id
+from ...job_record import JobRecord
 from ...options import TaskOptions
 from ...protocol import Chunk
 from ...runtime import WorkerRuntime
@@ -30,8 +35,6 @@ class InlineBackend(LocalBackend):
     """``max_workers`` is accepted (so a pool's code runs unchanged) and has no effect."""
 
     name = "inline"
-    #: Every task runs inside the call that submits it, so a map is read whole, in order.
-    supports_streaming = False
 
     def __init__(self, max_workers: int | None = None, home: str | None = None) -> None:
         super().__init__(max_workers=max_workers, home=home)
@@ -57,11 +60,32 @@ class InlineBackend(LocalBackend):
         return future
 
     def _start(self, run: JobRun, manifest: list[Chunk]) -> None:
-        """Run the job's chunks here, in order; then its reduce step; then record its end."""
+        """Run the job's chunks here, in order; then, unless a streaming map will append
+        more, its reduce step and its end."""
         LIVE_RUNS[run.job_id] = run
+        run.driver = self  # Job.attach(...).cancel() in this process asks this backend
+        self._run_chunks(run, manifest)
+        if run.sealed:
+            self._end(run)
+
+    def _launch_segment(self, run: JobRun, chunks: list[Chunk]) -> None:
+        self._run_chunks(run, chunks)  # inside the map's next(): the window bounds it
+
+    def _sealed(self, run: JobRun) -> None:
+        if not run.stored.is_set():  # not ended already (cancelled, interrupted)
+            self._end(run)
+
+    def _run_chunks(self, run: JobRun, chunks: list[Chunk]) -> None:
         try:
-            for chunk in manifest:
+            for chunk in chunks:
                 self._run_chunk(run, chunk)
+        except KeyboardInterrupt:
+            self._interrupted(run)
+            raise
+
+    def _end(self, run: JobRun) -> None:
+        """Every task has run: the reduce step, then the job's end in the store."""
+        try:
             if run.reduce_future is not None and not run.reduce_future.done():
                 if run.needs_reduce():
                     self._runtime.run_reduce(run.job_id, run.reduce_attempt, run.deliver)
@@ -70,6 +94,8 @@ class InlineBackend(LocalBackend):
         except KeyboardInterrupt:
             self._interrupted(run)
             raise
+        if run.streaming and self.store.job(run.job_id).state == JobState.CANCELLED:
+            run.cancelled = True  # cancelled by another process while the map was open
         state = JobState.CANCELLED if run.cancelled else JobState.FINISHED
         self.store.set_job_state(run.job_id, state, summary=job_summary(self.store, run.job_id,
                                                  run.spec.options.pack))
@@ -112,9 +138,19 @@ class InlineBackend(LocalBackend):
             self._runtime.run_chunk(Chunk(chunk.job_id, chunk.index, chunk.tier, chunk.attempt,
                                           tuple(keep)), run.deliver)
 
+    def _stop(self, job: JobRecord) -> bool:
+        """Cancel a job of this process: only an open streaming map's job can be running
+        (any other ran whole inside its call); its tasks have run, so the job ends here."""
+        run = LIVE_RUNS.get(job.job_id)
+        if run is None or run.stored.is_set():
+            return super()._stop(job)
+        self._interrupted(run)
+        return True
+
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         with self._lock:
             self._closed = True  # every task has run by the time its call returned
+        self._seal_streams()  # an open streaming map ends with the tasks it appended
 
     def __repr__(self) -> str:
         return f"InlineBackend(home={str(self.store.home)!r})"

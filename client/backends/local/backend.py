@@ -8,12 +8,10 @@ process that started it (its ``Owner``).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
 from collections.abc import Collection, Iterable
-from concurrent.futures import CancelledError
 from typing import Any
 
 from ...collector import LIVE_RUNS, JobRun
@@ -21,7 +19,7 @@ from ...errors import ConfigurationError, InvalidArgument
 from ...future import Future
 from ...ids import new_job_id
 from ...job_record import JobRecord, Owner
-from ...manifest import PAYLOAD_OBJECT, payload_object, plan_chunks, plan_job, write_payload
+from ...manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from ...options import TaskOptions
 from ...protocol import Chunk, JobSpec, TaskRef
 from ...schedules import ScheduleRequest, ScheduleSpec
@@ -64,8 +62,7 @@ class LocalBackend(JobLifecycle[LocalStore]):
         self._batches = SubmitBatches(new_job_id, self)
         self._supervisor: Supervisor | None = None
         self._closed = False
-        #: Open (streaming) jobs: the next payload segment and chunk number of each.
-        self._segments: dict[str, tuple[int, int]] = {}
+        self._streams = {}
 
     # -- running work ----------------------------------------------------------------------
 
@@ -119,42 +116,16 @@ class LocalBackend(JobLifecycle[LocalStore]):
     def _launch(self, run: JobRun, chunks: list[Chunk], retry: bool) -> None:
         if retry:  # this process drives the job from now on
             self.store.set_job_state(run.job_id, JobState.RUNNING, owner=Owner.me())
-        elif run.streaming:  # a map that appends segments: chunk numbers continue
-            self._segments[run.job_id] = (1, len(chunks))
         self._start(run, chunks)
 
-    def extend_job(self, run: JobRun, payloads: list[bytes]) -> list[Future]:
-        """Append one segment: its own payload object and manifest row, then dispatch it.
+    def _write_segment(self, job_id: str, name: str, payloads: list[bytes], first: int,
+                       job_seed: int) -> list[TaskRef]:
+        return self._write_payload(job_id, name, payloads, None, job_seed, first)
 
-        The segment is durable (payload fsynced, manifest and task count committed in one
-        transaction) before any of its tasks is dispatched, as a job's first tasks are.
-        """
-        job_id = run.job_id
-        self._check_open()
-        if run.cancelled:
-            raise CancelledError(f"job {job_id} was cancelled; the rest of the map's input "
-                                 "is not submitted")
-        if run.sealed or job_id not in self._segments:
-            raise RuntimeError(f"job {job_id} takes no more tasks: its map was closed")
-        if not payloads:
-            return []
-        segment, first_chunk = self._segments[job_id]
-        spec = run.spec
-        refs = self._write_payload(job_id, payload_object(segment), payloads, None, spec.seed,
-                                   first=spec.n_tasks)
-        chunks = plan_chunks(job_id, refs, spec.options, first_chunk, alone=run.inputs)
-        spec = dataclasses.replace(spec, n_tasks=spec.n_tasks + len(refs))
-        self.store.append_tasks(spec, segment, chunks)
-        self._segments[job_id] = (segment + 1, first_chunk + len(chunks))
-        run.spec = spec
-        futures = [Future(job_id, ref.index, self) for ref in refs]
-        run.add(futures)
+    def _launch_segment(self, run: JobRun, chunks: list[Chunk]) -> None:
         self._pool().post(StartRun(run, tuple(Dispatch(run, chunk) for chunk in chunks)))
-        return futures
 
-    def seal_job(self, run: JobRun) -> None:
-        self._segments.pop(run.job_id, None)
-        run.seal()
+    def _sealed(self, run: JobRun) -> None:
         supervisor = self._supervisor
         if supervisor is not None and supervisor.alive:
             supervisor.post(SealRun(run))
@@ -223,6 +194,9 @@ class LocalBackend(JobLifecycle[LocalStore]):
 
     def _stop(self, job: JobRecord) -> bool:
         run = LIVE_RUNS.get(job.job_id)
+        if run is not None and run.driver is not None and run.driver is not self:
+            stopped: bool = run.driver._stop(job)  # run inline by this process's calls
+            return stopped
         if run is not None and self._supervisor is not None and self._supervisor.alive:
             self._supervisor.post(CancelJob(job.job_id))  # it records the cancellation
             run.stored.wait(60)

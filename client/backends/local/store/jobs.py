@@ -74,19 +74,25 @@ class JobTable(Database):
             "SELECT manifest FROM job_segments WHERE job_id = ? ORDER BY segment", (job_id,)))]
         return [Chunk.from_json(c) for text in texts for c in json.loads(text)]
 
-    def append_tasks(self, spec: JobSpec, segment: int, chunks: list[Chunk]) -> None:
-        """Add ``chunks`` to an open job whose new spec (task count) is ``spec``, atomically.
+    def append_tasks(self, spec: JobSpec, segment: int, chunks: list[Chunk]) -> bool:
+        """Add ``chunks`` to a running job whose new spec (task count) is ``spec``, atomically.
 
         Each segment is its own row, so appending costs the new tasks only, never a rewrite
         of the job's earlier manifest. Tasks exist from this commit on: a retry, ``fanout
-        status`` and ``Job.attach`` see them together with their new ``n_tasks``.
+        status`` and ``Job.attach`` see them together with their new ``n_tasks``. A job no
+        longer running (cancelled meanwhile) takes nothing: False.
         """
         manifest_json = json.dumps([c.to_json() for c in chunks], separators=(",", ":"))
         with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE jobs SET n_tasks = ?, spec = ?, updated = ? WHERE job_id = ?"
+                " AND state = ?",
+                (spec.n_tasks, spec.to_json(), time.time(), spec.job_id, JobState.RUNNING))
+            if updated.rowcount != 1:
+                return False
             conn.execute("INSERT INTO job_segments (job_id, segment, manifest) VALUES (?, ?, ?)",
                          (spec.job_id, segment, manifest_json))
-            conn.execute("UPDATE jobs SET n_tasks = ?, spec = ?, updated = ? WHERE job_id = ?",
-                         (spec.n_tasks, spec.to_json(), time.time(), spec.job_id))
+        return True
 
     def set_job_state(
         self, job_id: str, state: str, *, summary: dict[str, Any] | None = None,
