@@ -127,7 +127,8 @@ class MapIterator(Iterator[Any]):
         self._chunk: Future | None = None  # the packed chunk being unrolled
         self._unrolled: PackOutcome | None = None
         self._offset = 0
-        self._calls: dict[int, list[Future]] = {}  # per-call futures made for ``futures``
+        # Per-call futures made for ``futures``, by chunk; a yielded call's is dropped (None).
+        self._calls: dict[int, list[Future | None]] = {}
         self._ready: list[Any] = []  # results to hand out next, last first
 
     @property
@@ -154,9 +155,9 @@ class MapIterator(Iterator[Any]):
             size = self._packer.size
             first = size * chunk.task_index
             count = min(size, self._packer.elements - first)
-            made = element_futures(chunk, first, count, ElementLogs(chunk._source, size))
+            made = list(element_futures(chunk, first, count, ElementLogs(chunk._source, size)))
             self._calls[chunk.task_index] = made
-        return made[skip:]
+        return [future for future in made[skip:] if future is not None]
 
     def __iter__(self) -> MapIterator:
         return self
@@ -167,7 +168,9 @@ class MapIterator(Iterator[Any]):
         # iterator must not take more).
         ready = self._ready
         if ready:
-            return ready.pop()
+            value = ready.pop()
+            self._forget(self._offset - len(ready) - 1)
+            return value
         self._started = True
         try:
             if self._packer is not None:
@@ -211,14 +214,27 @@ class MapIterator(Iterator[Any]):
             self._offset += 1
             raise error
         end = min((k for k in unrolled.failures if k > offset), default=len(unrolled.values))
-        # The chunk's outcome keeps its values until the iterator moves past the chunk
-        # (at most one chunk's results), so per-call futures asked for midway get them.
+        # The chunk's outcome keeps the values not yet yielded until the iterator moves past
+        # the chunk, so per-call futures asked for midway get them; a yielded one is
+        # forgotten there as it is handed out (as the stdlib's map pops it from the chunk).
         ready = unrolled.values[offset:end]
         ready.reverse()
         self._offset = end
         value = ready.pop()
         self._ready = ready
+        self._forget(offset)
         return value
+
+    def _forget(self, offset: int) -> None:
+        """Drop the packed chunk's references to a result being handed out (its value in
+        the chunk's outcome, its per-call future if ``futures`` made one), as the stdlib's
+        map pops it from its chunk: a yielded result is not kept alive by the iterator."""
+        assert self._unrolled is not None and self._chunk is not None
+        self._unrolled.values[offset] = None
+        if self._calls:
+            made = self._calls.get(self._chunk.task_index)
+            if made is not None:
+                made[offset] = None
 
     def close(self) -> None:
         """Cancel the tasks not yet started, as closing the stdlib's map generator does."""

@@ -428,11 +428,13 @@ def element_futures(chunk: Future, first: int, count: int, source: ElementLogs,
             for future in futures:
                 if future.cancel():
                     future.set_running_or_notify_cancel()
+            futures.clear()
             return
         except BaseException as exc:
             for future in futures:
                 if not future.done():
                     future.set_exception(exc)
+            futures.clear()
             return
         for k, future in zip(range(skip, count), futures, strict=False):
             if future.done():
@@ -442,7 +444,11 @@ def element_futures(chunk: Future, first: int, count: int, source: ElementLogs,
                 future.set_exception(error)
             elif k < len(packed.values):
                 future.set_result(packed.values[k])
+        # The chunk's future keeps this callback (and so this list) for as long as it
+        # lives; the per-call futures, and the results they hold, must not live that long.
+        futures.clear()
 
+    made = list(futures)  # settle() empties its own list once it ran
     chunk.add_done_callback(settle)
-    return futures
+    return made
 

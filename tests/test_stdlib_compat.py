@@ -236,6 +236,19 @@ def test_free_reference(ex: fanout.Executor) -> None:
         eventually(lambda r=ref: _freed(r), what="the yielded result to be freed")  # type: ignore[misc]
 
 
+def test_free_reference_with_chunks(ex: fanout.Executor) -> None:
+    """test_free_reference, with ``chunksize``: the stdlib's map pops each result from its
+    chunk's list as it yields it. fanout's packed chunk must not keep a yielded result
+    alive either: not in the chunk's outcome, nor in the per-call futures ``futures``
+    made before (the window's futures, asked for first, as a caller may)."""
+    results = ex.map(make_dummy_object, range(12), chunksize=4)
+    assert len(results.futures) == 12
+    for obj in results:
+        ref = weakref.ref(obj)
+        del obj
+        eventually(lambda r=ref: _freed(r), what="the yielded result to be freed")  # type: ignore[misc]
+
+
 def test_no_stale_references(ex: fanout.Executor) -> None:
     """test_no_stale_references (issue #16284): a submitted bound method's object is freed."""
     my_object = MyObject()
