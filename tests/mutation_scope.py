@@ -24,25 +24,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module (under client/) -> the functions mutated in it; ``None`` means all of them.
 SCOPE: dict[str, set[str] | None] = {
-    # the conditional put and what it reads and writes
+    # the local conditional put (one record, or a group commit's batch in one transaction)
+    # and what it reads and writes
     "backends/local/store/results.py": {"ResultTable._params", "ResultTable._record",
                                         "ResultTable.put_result", "ResultTable.put_results",
                                         "ResultTable.result", "ResultTable.results"},
+    # the AWS conditional writes: a result page per UpdateItem, the reduce item, and the reads
     "backends/aws/store.py": {"task_key", "AwsStore._reduce_item", "AwsStore._reduce_record",
-                              "AwsStore._records_of", "AwsStore.put_result",
-                              "AwsStore.put_results", "AwsStore._put_page",
-                              "AwsStore._put_reduce", "AwsStore.result", "AwsStore.results",
-                              "AwsStore.finished_tasks"},
-    # a result page's entries and the per-entry rule
+                              "AwsStore._page_key", "AwsStore._records_of", "AwsStore._resolve",
+                              "AwsStore._entry", "AwsStore.put_result", "AwsStore.put_results",
+                              "AwsStore._put_page", "AwsStore._put_reduce", "AwsStore.result",
+                              "AwsStore.results", "AwsStore.finished_tasks"},
+    # a result page's entries and the per-entry rule (condition, may_replace, encode, decode)
     "backends/aws/pages.py": None,
+    # which item and partition key hold a task's record (writers and readers must agree)
+    "backends/aws/layout.py": {"Layout.page", "Layout.partition", "Layout.partitions"},
     # the task protocol, including the retry plan
     "protocol.py": None,
     "collector.py": None,
     "seeding.py": None,
-    # the runtime's record path: a task's outcome becomes one stored record
+    # the runtime's record path: a task's outcome becomes one stored record, directly or
+    # through a sink: the local worker's group commit, the AWS worker's page flusher
     "runtime.py": {"_user_frames", "exception_fields", "WorkerRuntime.run_chunk",
                    "WorkerRuntime._call", "WorkerRuntime._record", "WorkerRuntime._run_one",
                    "WorkerRuntime._finish", "WorkerRuntime.settle"},
+    "backends/local/worker.py": {"GroupCommitter._commit"},
+    "backends/aws/flusher.py": {"PageFlusher.__call__", "PageFlusher.flush"},
 }
 
 #: Surviving mutants that change nothing anyone can observe, with the reason (docs/testing.md).
@@ -76,21 +83,10 @@ EQUIVALENT: dict[str, str] = {
     "fanout.seeding.x_derive_seed__mutmut_19":
         "int.from_bytes(digest) without 'big': the default byte order is 'big' since "
         "Python 3.11, the oldest fanout supports",
-    "fanout.backends.aws.store.xǁAwsStoreǁresults__mutmut_11":
-        "'and' for 'AND' in a key condition: DynamoDB's expression keywords are not case "
-        "sensitive",
-    "fanout.backends.aws.store.xǁAwsStoreǁput_result__mutmut_13":
-        "'or'/'and' for 'OR'/'AND' in the condition expression: DynamoDB's expression "
-        "keywords are not case sensitive",
     **dict.fromkeys(
         [f"fanout.backends.local.store.results.xǁResultTableǁresults__mutmut_{n}" for n in (7, 8)],
         "ORDER BY in lower or upper case: SQL keywords and column names are not case "
         "sensitive in SQLite"),
-    **dict.fromkeys(
-        [f"fanout.backends.aws.store.xǁAwsStoreǁ_record__mutmut_{n}"
-         for n in (90, 92, 94, 96, 101, 103, 105, 107, 109, 114, 117, 119, 121, 123, 128)],
-        "the default for a missing stdout, stderr or extra attribute: the only writer of "
-        "task items, AwsStore._item, always sets all three"),
     "fanout.backends.local.store.results.xǁResultTableǁ_record__mutmut_2":
         "row[:17] for row[:16]: the rows it is given have 16 columns",
 }
