@@ -480,12 +480,14 @@ def test_a_job_run_starts_clean_and_closes_its_progress_bar() -> None:
     job = JobRun(spec, futures, lambda r: r.value or b"", progress=bar)
     assert job.job_id == "collect" and job.spec is spec
     assert (job.cancelled, job.reduce_queued, job.reduce_attempt) == (False, False, 1)
-    assert job.first_failure is None and job.mean_seconds is None
+    assert job.first_failure is None and job.mean_seconds is None and job.inputs == {}
     assert not job.done.is_set() and not job.stored.is_set()
     job.deliver(record(0, SUCCEEDED, 0))
     assert bar.n == 1 and not job.done.is_set(), "one of two tasks is not the whole job"
+    assert job.progress is bar
     job.deliver(record(1, SUCCEEDED, 1))
     assert bar.n == 2 and job.done.is_set() and not job.stored.is_set()
+    assert job.progress is None, "the bar's line ends with the last task, before close()"
     job.close()
     assert job.stored.is_set() and job.progress is None
 
