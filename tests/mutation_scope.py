@@ -98,6 +98,24 @@ EQUIVALENT: dict[str, str] = {
         [f"fanout.backends.local.worker.xǁGroupCommitterǁ_commit__mutmut_{n}" for n in (8, 10)],
         "a batch of one through put_results instead of put_result: the same conditional put "
         "in an explicit transaction, only slower (why the code avoids it)"),
+    **dict.fromkeys(
+        [f"fanout.backends.local.worker.xǁGroupCommitterǁ_commit__mutmut_{n}"
+         for n in (49, 52, 53)],
+        "zip without strict: put_results returns one record per record given, so the two "
+        "lists never differ in length"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.pages.x_spilled__mutmut_{n}" for n in (3, 4)],
+        "job_id or task_index None in the record spilled() encodes: encode() reads neither"),
+    "fanout.backends.aws.pages.x_spilled__mutmut_7":
+        "worker_id None in the record spilled() encodes: encode() writes '-' for it as for "
+        "'', and _put_page replaces the entry's worker by its @W reference when there is one",
+    **dict.fromkeys(
+        [f"fanout.backends.aws.flusher.xǁPageFlusherǁ__call____mutmut_{n}" for n in (8, 10)],
+        "_waiting.get(page, None/no default): the flusher is given only its chunk's records "
+        "(the reduce runs without it), and each of their pages has an entry, never removed"),
+    "fanout.backends.aws.flusher.xǁPageFlusherǁflush__mutmut_11":
+        "_oldest set although the buffer is empty: the timer's flush then finds nothing to "
+        "write and returns",
     "fanout.backends.local.worker.xǁGroupCommitterǁ_commit__mutmut_16":
         ">= for > between a float clock sum and the deadline: they are never equal",
 }

@@ -635,3 +635,19 @@ def test_closing_a_run_early_releases_its_bar_once() -> None:
     job.close()  # a backend's finally after its own close: nothing left to release
     job.deliver(record(0, SUCCEEDED, 0))  # a late record reaches its future, not the bar
     assert futures[0].result(timeout=0) == 0
+
+
+def test_an_unstored_task_is_one_failure_and_finishes_nothing_early() -> None:
+    spec = JobSpec("collect", "map", "f", 3, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    futures = [Future("collect", i, None) for i in range(3)]  # type: ignore[arg-type]
+    job = JobRun(spec, futures, lambda r: r.value or b"")
+    # The caller cancelled task 2 and the backend dropped it: its error has nowhere to go.
+    assert futures[2].cancel() and futures[2].claim() == "cancelled"
+    job.settle_error(0, StoreError("full"))
+    job.settle_error(2, StoreError("full"))
+    assert futures[2].cancelled()
+    assert job.counts[FAILED] == 2 and job.open_tasks() == [1]
+    assert not job.done.is_set(), "task 1 is still open"
+    streaming, _ = streaming_job(1)
+    streaming.settle_error(0, StoreError("full"))
+    assert not streaming.done.is_set(), "a streaming run's input is not exhausted yet"

@@ -128,6 +128,22 @@ def test_a_lost_race_drops_its_blob_and_a_success_its_checkpoint(
     assert local.get_checkpoint(job, 1) is None
 
 
+def test_a_clean_up_that_fails_is_logged_and_the_record_still_reported(
+        committer: tuple[worker.GroupCommitter, Connection], local: LocalStore,
+        caplog: pytest.LogCaptureFixture) -> None:
+    gc, conn = committer
+    job = "sink-cleanup"
+    local.put_result(record(job, 0, SUCCEEDED, 1, "earlier"))
+    lost = record(job, 0, SUCCEEDED, 2, "late", duration=1.0)
+    lost.value, lost.value_ref = None, f"{job}/../elsewhere.pkl"  # the store refuses it
+    gc.put(lost)
+    [message] = reports(conn, 1)
+    assert isinstance(message, Stored)
+    assert [origin(r) for r in message.records] == [(0, SUCCEEDED, 1, "earlier")]
+    assert "fanout worker could not clean up after task 0" in caplog.text
+    assert "points outside its job" in caplog.text
+
+
 def test_a_store_error_is_retried_then_its_tasks_are_reported_unstored(
         committer: tuple[worker.GroupCommitter, Connection], local: LocalStore,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,7 +174,7 @@ def test_a_store_error_is_retried_then_its_tasks_are_reported_unstored(
 
 def test_a_record_the_store_cannot_take_for_a_bug_is_reported_at_once(
         committer: tuple[worker.GroupCommitter, Connection], local: LocalStore,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     gc, conn = committer
     monkeypatch.setattr(worker, "COMMIT_RETRY_SECONDS", 30.0)
     job = "sink-bug"
@@ -172,6 +188,7 @@ def test_a_record_the_store_cannot_take_for_a_bug_is_reported_at_once(
     assert isinstance(message, Unstored)
     assert message.tasks == ((job, 0), (job, 1))
     assert message.reason.startswith("the worker could not store the result: TypeError(")
+    assert "fanout worker could not store 2 records" in caplog.text
     assert local.result(job, 0) is None  # one transaction: nothing of the group is stored
 
 
@@ -211,14 +228,15 @@ def test_a_page_is_written_when_the_chunks_tasks_of_it_are_done(aws: EmulatedAws
         store.put_result(record(job, 3, SUCCEEDED, 1, "earlier"))  # ours (attempt 2) loses
         flusher(record(job, 2, SUCCEEDED, 2, "two"))
         assert store.result(job, 2) is None, "written before its page was done"
+        flusher(record(job, 4, FAILED, 2, "four"))
         flusher(record(job, 3, SUCCEEDED, 2, "three"))  # page 0 (tasks 2, 3 of the chunk)
         assert [origin(store.result(job, i)) for i in (2, 3)] == [
             (2, SUCCEEDED, 2, "two"), (3, SUCCEEDED, 1, "earlier")]
+        assert store.result(job, 4) is None, "only the page that is done is written"
         assert [(origin(r), origin(s)) for r, s in told] == [
             ((2, SUCCEEDED, 2, "two"), (2, SUCCEEDED, 2, "two")),
             ((3, SUCCEEDED, 2, "three"), (3, SUCCEEDED, 1, "earlier"))]
         assert all("checkpoint" not in r.extra for pair in told for r in pair)
-        flusher(record(job, 4, FAILED, 2, "four"))
         flusher(record(job, 8, SUCCEEDED, 2, "eight"))
         assert store.result(job, 4) is None and store.result(job, 8) is None
         assert len(told) == 2
@@ -249,6 +267,47 @@ def test_records_wait_at_most_max_age(aws: EmulatedAws) -> None:
     finally:
         flusher.close()
     assert [origin(r) for r in told] == [(5, SUCCEEDED, 1, "five")]
+
+
+def wait_for_record(store: AwsStore, job_id: str, task: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while store.result(job_id, task) is None:
+        assert time.monotonic() < deadline, f"task {task}'s record was never written"
+        time.sleep(0.05)  # polling the store, with a deadline
+
+
+def test_what_a_page_flush_leaves_buffered_still_waits_at_most_max_age(
+        aws: EmulatedAws) -> None:
+    job = "flush-age-after-page"
+    store = aws_store(aws, job)
+    flusher = PageFlusher(store, WorkerRuntime(store, "w-1"), chunk_of(job, range(0, 8)),
+                          lambda rec, stored: None, max_age=0.3)
+    try:
+        flusher(record(job, 5, SUCCEEDED, 1, "five"))
+        for task in range(4):  # page 0 is done and written; task 5 stays buffered
+            flusher(record(job, task, SUCCEEDED, 1, f"t{task}"))
+        assert store.result(job, 0) is not None
+        wait_for_record(store, job, 5)  # by the timer, not by close()
+    finally:
+        flusher.close()
+
+
+def test_a_write_that_failed_is_tried_again_by_the_timer(aws: EmulatedAws) -> None:
+    job = "flush-age-after-failure"
+    store = aws_store(aws, job)
+    table = store.table
+    store.table = "no-such-table"  # set first: the timer's own flush fails too
+    flusher = PageFlusher(store, WorkerRuntime(store, "w-1"), chunk_of(job, range(0, 8)),
+                          lambda rec, stored: None, max_age=0.3)
+    try:
+        flusher(record(job, 5, SUCCEEDED, 1, "five"))
+        with pytest.raises(ClientError, match="ResourceNotFound"):
+            flusher.flush()
+        store.table = table
+        wait_for_record(store, job, 5)  # by the timer, not by close()
+    finally:
+        store.table = table
+        flusher.close()
 
 
 def test_records_a_failed_write_did_not_store_are_written_later(aws: EmulatedAws) -> None:
