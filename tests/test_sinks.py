@@ -12,6 +12,7 @@ refuses a write is a real refusal (a string SQLite cannot encode, a table that i
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -203,6 +204,11 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
             yield emulation
 
 
+def unique(name: str) -> str:
+    """A job of its own for every run of a test (the emulated table lives for the module)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
 def aws_store(aws: EmulatedAws, job_id: str) -> AwsStore:
     options = aws.backend_options
     store = AwsStore(AwsConfig(bucket=options["bucket"], table=options["table"],
@@ -219,7 +225,7 @@ def chunk_of(job_id: str, tasks: range) -> Chunk:
 
 
 def test_a_page_is_written_when_the_chunks_tasks_of_it_are_done(aws: EmulatedAws) -> None:
-    job = "flush-pages"
+    job = unique("flush-pages")
     store = aws_store(aws, job)
     told: list[tuple[ResultRecord, ResultRecord]] = []
     flusher = PageFlusher(store, WorkerRuntime(store, "w-1"), chunk_of(job, range(2, 10)),
@@ -252,7 +258,7 @@ def test_a_page_is_written_when_the_chunks_tasks_of_it_are_done(aws: EmulatedAws
 
 
 def test_records_wait_at_most_max_age(aws: EmulatedAws) -> None:
-    job = "flush-age"
+    job = unique("flush-age")
     store = aws_store(aws, job)
     told: list[ResultRecord] = []
     flusher = PageFlusher(store, WorkerRuntime(store, "w-1"), chunk_of(job, range(0, 8)),
@@ -278,7 +284,7 @@ def wait_for_record(store: AwsStore, job_id: str, task: int, within: float = 30.
 
 def test_what_a_page_flush_leaves_buffered_still_waits_at_most_max_age(
         aws: EmulatedAws) -> None:
-    job = "flush-age-after-page"
+    job = unique("flush-age-after-page")
     store = aws_store(aws, job)
     flusher = PageFlusher(store, WorkerRuntime(store, "w-1"), chunk_of(job, range(0, 8)),
                           lambda rec, stored: None, max_age=0.3)
@@ -293,7 +299,7 @@ def test_what_a_page_flush_leaves_buffered_still_waits_at_most_max_age(
 
 
 def test_a_write_that_failed_is_tried_again_by_the_timer(aws: EmulatedAws) -> None:
-    job = "flush-age-after-failure"
+    job = unique("flush-age-after-failure")
     store = aws_store(aws, job)
     table = store.table
     store.table = "no-such-table"  # set first: the timer's own flush fails too
@@ -311,7 +317,7 @@ def test_a_write_that_failed_is_tried_again_by_the_timer(aws: EmulatedAws) -> No
 
 
 def test_records_a_failed_write_did_not_store_are_written_later(aws: EmulatedAws) -> None:
-    job = "flush-retry"
+    job = unique("flush-retry")
     store = aws_store(aws, job)
     told: list[ResultRecord] = []
     flusher = PageFlusher(store, WorkerRuntime(store, "w-1"), chunk_of(job, range(0, 8)),
