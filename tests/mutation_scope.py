@@ -113,6 +113,10 @@ EQUIVALENT: dict[str, str] = {
         [f"fanout.backends.aws.flusher.xǁPageFlusherǁ__call____mutmut_{n}" for n in (8, 10)],
         "_waiting.get(page, None/no default): the flusher is given only its chunk's records "
         "(the reduce runs without it), and each of their pages has an entry, never removed"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.flusher.xǁPageFlusherǁflush__mutmut_{n}" for n in (21, 24, 25)],
+        "zip without strict: put_results returns one record per record given, so the two "
+        "lists never differ in length"),
     "fanout.backends.aws.flusher.xǁPageFlusherǁflush__mutmut_11":
         "_oldest set although the buffer is empty: the timer's flush then finds nothing to "
         "write and returns",
