@@ -141,7 +141,7 @@ def test_a_clean_up_that_fails_is_logged_and_the_record_still_reported(
     [message] = reports(conn, 1)
     assert isinstance(message, Stored)
     assert [origin(r) for r in message.records] == [(0, SUCCEEDED, 1, "earlier")]
-    assert "fanout worker could not clean up after task 0" in caplog.text
+    assert "fanout worker could not clean up after task 0" in caplog.messages
     assert "points outside its job" in caplog.text
 
 
@@ -189,7 +189,7 @@ def test_a_record_the_store_cannot_take_for_a_bug_is_reported_at_once(
     assert isinstance(message, Unstored)
     assert message.tasks == ((job, 0), (job, 1))
     assert message.reason.startswith("the worker could not store the result: TypeError(")
-    assert "fanout worker could not store 2 records" in caplog.text
+    assert "fanout worker could not store 2 records" in caplog.messages
     assert local.result(job, 0) is None  # one transaction: nothing of the group is stored
 
 
