@@ -12,6 +12,7 @@ import collections
 import io
 import json
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pytest
 import fanout
 from fanout import serialization
 from fanout.backends.aws.config import AwsConfig
+from fanout.backends.aws.pages import ENTRY_MAX_BYTES, page_item
 from fanout.backends.aws.store import POLL_OVERLAP_MS, AwsStore
 from fanout.backends.local.store import LocalStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
@@ -480,3 +482,77 @@ def test_an_interruption_never_hides_a_final_record(aws: EmulatedAws, job_id: st
     assert put(store, record(third, RUNNING, 1, "interrupted")) == (RUNNING, 1, "interrupted")
     assert put(store, record(third, SUCCEEDED, 2, "retried")) == (SUCCEEDED, 2, "retried")
     assert put(store, record(third, RUNNING, 3, "late")) == (SUCCEEDED, 2, "retried")
+
+
+# -- a record too large for its page entry -----------------------------------------------------
+
+
+def page_entry(store: AwsStore, job_id: str, task: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The raw page item holding ``task`` and the task's entry in it (pages.py's format)."""
+    layout = store.layout(job_id)
+    page = layout.page(task)
+    raw = store.dynamodb.get_item(
+        TableName=store.table, ConsistentRead=True,
+        Key={"job_id": {"S": layout.partition(job_id, page)},
+             "item": {"S": page_item(page)}})["Item"]
+    return raw, raw[f"t{task - page * layout.page_tasks}"]["M"]
+
+
+def spilled_objects(store: AwsStore, job_id: str) -> list[str]:
+    listing = store.s3.list_objects_v2(Bucket=store.bucket, Prefix=f"jobs/{job_id}/records/")
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def test_a_record_too_large_for_its_entry_is_kept_whole_in_s3(aws: EmulatedAws,
+                                                              job_id: str) -> None:
+    """pages.py's format: an entry over ENTRY_MAX_BYTES keeps s/a/w/b/e and R, a reference
+    to the whole record pickled in S3, so a page stays under DynamoDB's 400 KB item limit
+    (docs.aws.amazon.com/amazondynamodb/latest/developerguide/Constraints.html); the rule
+    still holds on that entry, and a spilled record that loses leaves no object behind."""
+    store = aws_store(aws)
+    big = record(job_id, FAILED, 1, "big")
+    big.stdout = "o" * 30_000
+    assert store.put_result(big) is big
+    raw, entry = page_entry(store, job_id, 0)
+    assert set(entry) == {"s", "a", "w", "b", "e", "R"}
+    assert (entry["s"], entry["a"], entry["b"], entry["e"]) == (
+        {"S": FAILED}, {"N": "1"}, {"N": "1.0"}, {"N": "2.0"})
+    worker = entry["w"]["S"]
+    assert worker.startswith("@W") and raw[worker[1:]] == {"S": "worker-big"}
+    ref = entry["R"]["S"]
+    assert ref.startswith(f"{job_id}/records/")
+    assert pickle.loads(store.get_object(job_id, ref.split("/", 1)[1])) == big
+    assert store.result(job_id, 0) == big and store.results(job_id) == [big]
+    assert store.finished_tasks(job_id, [0]) == set()
+    # A later attempt replaces the spilled failure; its success, spilled too, then stands.
+    retried = record(job_id, SUCCEEDED, 2, "retried")
+    retried.stderr = "e" * 30_000
+    assert store.put_result(retried) is retried
+    assert store.result(job_id, 0) == retried
+    assert store.finished_tasks(job_id, [0]) == {0}
+    objects = spilled_objects(store, job_id)
+    late = record(job_id, SUCCEEDED, 3, "late")
+    late.stdout = "l" * 30_000
+    assert store.put_result(late) == retried
+    assert spilled_objects(store, job_id) == objects, "the loser's object was left behind"
+
+
+def test_an_entry_of_exactly_the_limit_stays_in_the_page(aws: EmulatedAws, job_id: str) -> None:
+    """ENTRY_MAX_BYTES counts as DynamoDB does, attribute names plus values (pages.py):
+    s, a, w, b, e, xt, xm and so here."""
+    store = aws_store(aws)
+
+    def sized(task: int, size: int) -> ResultRecord:
+        rec = record(job_id, FAILED, 1, "edge", task=task)
+        assert rec.exc_type is not None and rec.exc_message is not None
+        fixed = (1 + len(FAILED) + 1 + 1 + 1 + len(rec.worker_id) + 1 + 3 + 1 + 3
+                 + 2 + len(rec.exc_type) + 2 + len(rec.exc_message) + 2)
+        rec.stdout = "s" * (size - fixed)
+        return rec
+
+    at, over = sized(0, ENTRY_MAX_BYTES), sized(1, ENTRY_MAX_BYTES + 1)
+    store.put_results([at, over])
+    assert "R" not in page_entry(store, job_id, 0)[1]
+    assert page_entry(store, job_id, 0)[1]["so"] == {"S": at.stdout}
+    assert "R" in page_entry(store, job_id, 1)[1]
+    assert store.results(job_id) == [at, over]

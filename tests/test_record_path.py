@@ -31,7 +31,7 @@ import fanout
 from fanout import serialization
 from fanout.backends.local.store import LocalStore
 from fanout.collector import JobRun, RemoteTraceback, rebuild_exception, resolve
-from fanout.errors import RemoteError, SerializationError, TaskTimeout
+from fanout.errors import RemoteError, SerializationError, StoreError, TaskTimeout
 from fanout.future import Future
 from fanout.manifest import plan_job, write_payload
 from fanout.options import TaskOptions
@@ -480,12 +480,14 @@ def test_a_job_run_starts_clean_and_closes_its_progress_bar() -> None:
     job = JobRun(spec, futures, lambda r: r.value or b"", progress=bar)
     assert job.job_id == "collect" and job.spec is spec
     assert (job.cancelled, job.reduce_queued, job.reduce_attempt) == (False, False, 1)
-    assert job.first_failure is None and job.mean_seconds is None
+    assert job.first_failure is None and job.mean_seconds is None and job.inputs == {}
     assert not job.done.is_set() and not job.stored.is_set()
     job.deliver(record(0, SUCCEEDED, 0))
     assert bar.n == 1 and not job.done.is_set(), "one of two tasks is not the whole job"
+    assert job.progress is bar
     job.deliver(record(1, SUCCEEDED, 1))
     assert bar.n == 2 and job.done.is_set() and not job.stored.is_set()
+    assert job.progress is None, "the bar's line ends with the last task, before close()"
     job.close()
     assert job.stored.is_set() and job.progress is None
 
@@ -534,3 +536,124 @@ def test_a_retry_that_resumes_deletes_the_checkpoint_of_the_earlier_attempt(
     [resumed] = run(store, retry_plan(manifest, [failed])[0])
     assert (resumed.status, resumed.attempt) == (SUCCEEDED, 2)
     assert store.get_checkpoint(spec.job_id, 0) is None, "the retry left the checkpoint"
+
+
+# -- a streaming run: tasks appended while it runs, a record the store could not take --------
+
+
+def streaming_job(n_tasks: int, progress: Any = None) -> tuple[JobRun, list[Future]]:
+    spec = JobSpec("collect", "map", "f", n_tasks, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    futures = [Future("collect", i, None) for i in range(n_tasks)]  # type: ignore[arg-type]
+    return JobRun(spec, futures, lambda r: r.value or b"", progress=progress,
+                  streaming=True), futures
+
+
+def map_finished(job: JobRun) -> bool:
+    """Read through a call: mypy would keep an asserted property narrowed across steps."""
+    return job.map_finished
+
+
+def test_a_streaming_run_follows_appended_tasks_and_finishes_once_sealed() -> None:
+    job, first = streaming_job(1)
+    assert not job.done.is_set()
+    assert job.take_futures() == first
+    assert job.futures == [], "a streaming run keeps no futures (its memory would grow)"
+    job.deliver(record(0, SUCCEEDED, "zero"))
+    assert first[0].result(timeout=0) == "zero"
+    assert not job.done.is_set() and job.open_tasks() == [], "its input is not exhausted"
+    assert not map_finished(job)
+    # The settled task's future is forgotten; a backend asking for it gets one that is done.
+    assert job.future(0) is not first[0] and job.future(0).done()
+    more = [Future("collect", i, None) for i in (1, 2)]  # type: ignore[arg-type]
+    job.add(more)
+    assert job.n_tasks == 3 and job.open_tasks() == [1, 2]
+    assert job.future(1) is more[0] and job.future(2) is more[1]
+    job.deliver(record(1, SUCCEEDED, "one"))
+    job.seal()
+    assert job.sealed and not job.done.is_set(), "task 2 is still open"
+    job.deliver(record(2, SUCCEEDED, "two"))
+    assert [f.result(timeout=0) for f in more] == ["one", "two"]
+    assert job.map_finished and job.done.is_set()
+    assert job.counts == {SUCCEEDED: 3, FAILED: 0, CANCELLED: 0}
+
+
+def test_sealing_a_streaming_run_whose_tasks_are_settled_finishes_it() -> None:
+    bar = tqdm.tqdm(file=io.StringIO(), disable=False)
+    job, _ = streaming_job(1, progress=bar)
+    job.deliver(record(0, SUCCEEDED, 0))
+    assert not job.done.is_set() and job.progress is bar, "more tasks may come"
+    job.seal()
+    assert job.done.is_set() and job.map_finished
+    assert job.progress is None, "the bar's line ends with the job"
+
+
+def test_a_plain_run_keeps_its_futures() -> None:
+    spec = JobSpec("collect", "map", "f", 2, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    futures = [Future("collect", i, None) for i in range(2)]  # type: ignore[arg-type]
+    job = JobRun(spec, futures, lambda r: r.value or b"")
+    assert job.sealed
+    assert job.take_futures() == futures and job.futures == futures
+    job.deliver(record(0, SUCCEEDED, 0))
+    assert job.future(0) is futures[0]
+
+
+def test_a_task_whose_record_could_not_be_stored_fails_with_that_error() -> None:
+    job, reduce_future = reducing_job(2)
+    error = StoreError("the store is full")
+    job.settle_error(0, error)
+    assert job.future(0).exception(timeout=0) is error
+    assert job.counts[FAILED] == 1 and job.open_tasks() == [1]
+    job.settle_error(0, StoreError("again"))  # settled already: ignored
+    job.deliver(record(0, SUCCEEDED, 0))
+    assert job.future(0).exception(timeout=0) is error and job.counts[FAILED] == 1
+    job.deliver(record(1, SUCCEEDED, 1))
+    assert job.map_finished and not job.needs_reduce(), "one task failed: no reduce"
+    assert not job.done.is_set()
+    job.settle_error(REDUCE_INDEX, error)
+    assert reduce_future.exception(timeout=0) is error and job.done.is_set()
+    job.settle_error(REDUCE_INDEX, StoreError("again"))  # the reduce is settled: ignored
+    assert reduce_future.exception(timeout=0) is error
+
+
+def test_the_last_unstored_task_finishes_the_job_and_its_bar() -> None:
+    bar = tqdm.tqdm(total=2, file=io.StringIO(), disable=False)
+    job, futures = streaming_job(2, progress=bar)
+    job.seal()
+    job.deliver(record(0, SUCCEEDED, 0))
+    error = StoreError("the store is full")
+    job.settle_error(1, error)
+    assert futures[1].exception(timeout=0) is error
+    assert job.future(1) is not futures[1], "a streaming run forgets a settled future"
+    assert job.done.is_set() and job.progress is None and bar.n == 2
+    spec = JobSpec("collect", "map", "f", 0, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    no_reducer = JobRun(spec, [], lambda r: b"")
+    no_reducer.settle_error(REDUCE_INDEX, error)  # a job without a reduce: nothing to fail
+
+
+def test_closing_a_run_early_releases_its_bar_once() -> None:
+    """A job cancelled or abandoned before its tasks settle is closed with its bar open."""
+    bar = tqdm.tqdm(total=2, file=io.StringIO(), disable=False)
+    spec = JobSpec("collect", "map", "f", 2, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    futures = [Future("collect", i, None) for i in range(2)]  # type: ignore[arg-type]
+    job = JobRun(spec, futures, lambda r: r.value or b"", progress=bar)
+    job.close()
+    assert job.progress is None and job.done.is_set() and job.stored.is_set()
+    job.close()  # a backend's finally after its own close: nothing left to release
+    job.deliver(record(0, SUCCEEDED, 0))  # a late record reaches its future, not the bar
+    assert futures[0].result(timeout=0) == 0
+
+
+def test_an_unstored_task_is_one_failure_and_finishes_nothing_early() -> None:
+    spec = JobSpec("collect", "map", "f", 3, 1, TaskOptions(), "3.11", {}, 0.0, "c")
+    futures = [Future("collect", i, None) for i in range(3)]  # type: ignore[arg-type]
+    job = JobRun(spec, futures, lambda r: r.value or b"")
+    # The caller cancelled task 2 and the backend dropped it: its error has nowhere to go.
+    assert futures[2].cancel() and futures[2].claim() == "cancelled"
+    job.settle_error(0, StoreError("full"))
+    job.settle_error(2, StoreError("full"))
+    assert futures[2].cancelled()
+    assert job.counts[FAILED] == 2 and job.open_tasks() == [1]
+    assert not job.done.is_set(), "task 1 is still open"
+    streaming, _ = streaming_job(1)
+    streaming.settle_error(0, StoreError("full"))
+    assert not streaming.done.is_set(), "a streaming run's input is not exhausted yet"
