@@ -65,6 +65,10 @@ from .pages import (
 #: A value above this goes to S3 (a hashed prefix) and its page entry keeps a reference: a
 #: page of up to 16 entries must fit DynamoDB's 400 KB item limit.
 MAX_RECORD_VALUE_BYTES = 16_000
+#: A page write whose condition fails is re-read and retried for the entries that may still
+#: be written; each round settles at least one entry unless the page changes between the
+#: read and the write, so this many rounds means something is wrong: raise, never spin.
+PAGE_WRITE_ROUNDS = 20
 #: How far back each poll looks again, for records the eventually consistent index shows late.
 POLL_OVERLAP_MS = 5_000
 #: Every this often, a poll looks back DEEP_LOOKBACK_MS instead: a page's ``written`` is its
@@ -369,7 +373,9 @@ class AwsStore:
                 entries[pos][0]["w"] = {"S": "@" + worker_ref(record.worker_id)}
         pending = list(group)
         out: dict[int, ResultRecord] = {}
-        while pending:
+        for _round in range(PAGE_WRITE_ROUNDS):
+            if not pending:
+                break
             cond, names, values = condition([(r.task_index - first, r) for _, r in pending])
             sets = []
             workers = {r.worker_id for _, r in pending if r.worker_id}
@@ -415,6 +421,12 @@ class AwsStore:
             for pos, record in pending:
                 out[pos] = record
             pending = []
+        if pending:
+            raise StoreError(
+                f"the write of page {page} of job {job_id} was refused {PAGE_WRITE_ROUNDS} "
+                "times although each re-read allowed it: the stored entries and the write "
+                "condition disagree (a bug, or another writer changing this page as fast); "
+                "the records are not stored, so their tasks count as unfinished")
         return out
 
     def _put_reduce(self, record: ResultRecord) -> ResultRecord:
