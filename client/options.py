@@ -41,6 +41,16 @@ class TaskOptions:
     def __post_init__(self) -> None:
         validate(self)
 
+    @property
+    def task_timeout(self) -> float | None:
+        """How long one task of the job may run: ``timeout``, times ``pack`` for a packed
+        chunk. ``timeout=`` bounds a call, and a chunk of n calls gets n times that in all:
+        calls of a minute each under ``timeout=120`` must not fail because ten of them were
+        packed together (a single call may then use more than its share, up to the whole)."""
+        if self.timeout is None:
+            return None
+        return self.timeout * max(1, self.pack)
+
     def with_overrides(self, **overrides: Any) -> TaskOptions:
         unknown = set(overrides) - set(asdict(self))
         if unknown:
@@ -107,6 +117,7 @@ def plan_tier(options: TaskOptions) -> str:
     """Choose ``lambda`` or ``batch`` for a chunk from the call's hints."""
     if options.tier != "auto":
         return options.tier
-    too_long = options.timeout is not None and options.timeout > LAMBDA_PLANNING_SECONDS
+    longest = options.task_timeout  # a packed chunk may take its calls' timeouts together
+    too_long = longest is not None and longest > LAMBDA_PLANNING_SECONDS
     too_big = options.memory_mb is not None and options.memory_mb > LAMBDA_MEMORY_MB[1]
     return "batch" if too_long or too_big else "lambda"

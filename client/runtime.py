@@ -425,7 +425,7 @@ class WorkerRuntime:
         record = self._record(ctx.job_id, ctx.task_index, ctx.attempt, started)
         if self.on_start is not None:
             self.on_start(ctx)
-        timeout = self.spec(ctx.job_id).options.timeout if self.enforce_timeouts else None
+        timeout = self.spec(ctx.job_id).options.task_timeout if self.enforce_timeouts else None
         with self.capture.task() as captured:
             try:
                 # Outside the task's isolation, so what it sets up stays for the worker's

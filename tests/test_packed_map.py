@@ -184,3 +184,13 @@ def test_the_cli_counts_and_lists_calls(ex: fanout.Executor, home: Path) -> None
     listing = cli("results", results.job_id).splitlines()
     assert len(listing) == 10 and "task 3 is bad" in listing[3]
     assert "ValueError: task 3 is bad" in cli("logs", results.job_id, "3")
+
+
+def test_timeout_bounds_a_call_so_a_chunk_gets_the_sum(ex: fanout.Executor) -> None:
+    """``timeout=`` is per call: four calls of 0.3 s under timeout=0.5 run as one packed
+    chunk (1.2 s) without a timeout, and a chunk whose calls together outrun 4 x 0.5 s is
+    stopped with a TaskTimeout that names both numbers."""
+    bounded = ex.options(timeout=0.5, retries=0)
+    assert list(bounded.map(tasks.spin, [0.3] * 4, chunksize=4)) == [0.3] * 4
+    with pytest.raises(fanout.TaskTimeout, match=r"2\.0s \(timeout=0\.5s per call, 4 calls"):
+        list(bounded.map(tasks.spin, [0.3, 0.3, 0.3, 60.0], chunksize=4))

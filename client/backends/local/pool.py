@@ -363,7 +363,7 @@ class Supervisor:
     def _limit(worker: WorkerProcess) -> float | None:
         if not worker.inflight or worker.inflight[0].is_reduce:
             return None
-        return worker.inflight[0].run.spec.options.timeout
+        return worker.inflight[0].run.spec.options.task_timeout
 
     def _wait_and_handle(self) -> None:
         conns: list[Any] = [w.conn for w in self._workers]
@@ -582,9 +582,13 @@ class Supervisor:
         attempts = f"{chunk.attempt} attempt{'s' if chunk.attempt > 1 else ''}"
         exc: Exception
         if reason == "timeout":
+            options = run.spec.options
+            limit = (f"timeout={options.timeout}s" if options.pack <= 1 else
+                     f"{options.task_timeout}s (timeout={options.timeout}s per call, "
+                     f"{options.pack} calls per chunk)")
             exc = TaskTimeout(
-                f"{what} of job {run.job_id} ran longer than timeout={run.spec.options.timeout}s"
-                f" on each of {attempts} and was stopped; raise timeout= or split the task"
+                f"{what} of job {run.job_id} ran longer than {limit} on each of {attempts} "
+                "and was stopped; raise timeout= or split the task"
             )
         elif reason == "stalled":
             exc = WorkerLost(
