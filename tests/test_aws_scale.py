@@ -227,6 +227,16 @@ def hold(x: int) -> int:
     return x + 1
 
 
+def hold_until(x: int, marker: str) -> int:
+    """A chunk that runs until ``marker`` exists (at most a minute): the first chunks of
+    the ramped map last until the ramp's raise, so the Map Run is still running when it
+    comes, however fast this machine runs the rest."""
+    deadline = time.monotonic() + 60
+    while not Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return x + 1
+
+
 def new_environment_throttles(aws: EmulatedAws) -> int:
     assert aws.limits is not None
     return aws.limits.throttles.get("TooManyRequestsException", 0)
@@ -269,16 +279,42 @@ def test_a_raise_waits_a_scaling_interval_and_never_lowers() -> None:
     assert width == 24
 
 
-def test_a_wide_job_ramps_its_map_and_lambda_never_throttles(aws: EmulatedAws) -> None:
+def test_a_wide_job_ramps_its_map_and_lambda_never_throttles(aws: EmulatedAws,
+                                                             tmp_path: Path) -> None:
     """16 chunks against 10 new environments per 10 s: the Lambda map starts at 8 and the
     state machine's ramp raises it with UpdateMapRun after 10 s; no invoke is refused."""
     before = new_environment_throttles(aws)
     started = time.monotonic()
+    marker = tmp_path / "raised"
+    sfn = aws.client("stepfunctions")
+    raised: list[int] = []
+
+    def watch(execution_arn: str) -> None:
+        """Touch the marker once the Lambda Map Run is at its full width (the raise)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = sfn.list_map_runs(executionArn=execution_arn)["mapRuns"]
+            lambda_runs = [r for r in runs if "/LambdaChunks:" in r["mapRunArn"]]
+            if lambda_runs:
+                width = sfn.describe_map_run(mapRunArn=lambda_runs[0]["mapRunArn"])[
+                    "maxConcurrency"]
+                if width == RAMP_CHUNKS:
+                    raised.append(width)
+                    break
+            time.sleep(0.2)  # polling the emulation, with a deadline
+        marker.touch()
+
+    machine = aws.backend_options["state_machine_arn"]
     with fanout.Executor(backend="aws", progress=False, chunksize=1,
                          **aws.backend_options) as ex:
-        results = ex.map(hold, range(RAMP_CHUNKS))
+        results = ex.map(hold_until, range(RAMP_CHUNKS), [str(marker)] * RAMP_CHUNKS)
+        arn = f"{machine.replace(':stateMachine:', ':execution:')}:{results.job_id}"
+        watcher = threading.Thread(target=watch, args=(arn,), daemon=True)
+        watcher.start()
         assert list(results) == [x + 1 for x in range(RAMP_CHUNKS)]
+        watcher.join(timeout=60)
     took = time.monotonic() - started
+    assert raised == [RAMP_CHUNKS], "the ramp never raised the Map Run to its target"
     assert new_environment_throttles(aws) == before, "Lambda throttled a ramped job"
     starts = worker_starts(aws, started)
     # Not all at once: within 9 s of the first new worker environment, at most the
@@ -286,9 +322,6 @@ def test_a_wide_job_ramps_its_map_and_lambda_never_throttles(aws: EmulatedAws) -
     # reused, so later steps may need fewer new ones).
     assert starts and len([t for t in starts if t - starts[0] < 9.0]) <= ramp_step(SCALE), \
         starts
-    sfn = aws.client("stepfunctions")
-    machine = aws.backend_options["state_machine_arn"]
-    arn = f"{machine.replace(':stateMachine:', ':execution:')}:{results.job_id}"
     runs = sfn.list_map_runs(executionArn=arn)["mapRuns"]
     lambda_run = [r for r in runs if "/LambdaChunks:" in r["mapRunArn"]]
     assert lambda_run, runs
