@@ -30,7 +30,7 @@ from fanout.backends.local.messages import Stored, Unstored
 from fanout.backends.local.store import LocalStore
 from fanout.protocol import FAILED, SUCCEEDED, Chunk, ResultRecord, TaskRef
 from fanout.runtime import WorkerRuntime
-from fanout.testing import EmulatedAws, emulated_aws
+from fanout.testing import EmulatedAws
 
 
 def record(job_id: str, task: int, status: str, attempt: int, value: str,
@@ -197,11 +197,8 @@ def test_a_record_the_store_cannot_take_for_a_bug_is_reported_at_once(
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FANOUT_HOME", str(tmp_path_factory.mktemp("aws-home")))
-        with emulated_aws() as emulation:
-            yield emulation
+def aws(offline_aws: EmulatedAws) -> EmulatedAws:
+    return offline_aws
 
 
 def unique(name: str) -> str:
