@@ -15,10 +15,16 @@ MAKE = shutil.which("make") or "make"
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
 
+#: What an outer make (``make test BROWSER=skip``) passes down to every make it starts: its
+#: command-line variables would override the ones each test sets.
+_OUTER_MAKE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
 def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items() if key not in _OUTER_MAKE}
     return subprocess.run([MAKE, "--no-print-directory", "-C", str(ROOT), *args],
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+                          env={**clean, **(env or {})})
 
 
 def test_make_test_announces_the_browser_install_first_and_how_to_skip_it() -> None:
