@@ -1,0 +1,118 @@
+"""Flake runs: every test of a file N times in a row inside its file (see docs/testing.md).
+
+pytest-repeat's ``--count=N`` (function scope) runs each test N times back to back while the
+file's other tests and its module fixtures run as in a normal run; one pytest process per
+file. Results accumulate in a JSON file so a long campaign can be stopped and resumed, and
+``report`` prints the table docs/testing.md records.
+
+    python tests/flake_runs.py run --count 20 tests/test_cli.py tests/test_api.py
+    python tests/flake_runs.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "build" / "flake-runs" / "results.json"
+
+
+def _load() -> list[dict[str, Any]]:
+    if RESULTS.exists():
+        loaded: list[dict[str, Any]] = json.loads(RESULTS.read_text())
+        return loaded
+    return []
+
+
+def _counts(junit: Path) -> dict[str, Any]:
+    """Passed, failed and skipped test runs, and the names of the ones that failed."""
+    tree = ElementTree.parse(junit)
+    failed: list[str] = []
+    passed = skipped = 0
+    for case in tree.iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(name)
+        elif case.find("skipped") is not None:
+            skipped += 1
+        else:
+            passed += 1
+    return {"passed": passed, "failed": len(failed), "skipped": skipped, "failures": failed}
+
+
+def run(files: list[str], count: int, timeout: float) -> int:
+    """Each file in its own pytest, each test ``count`` times; returns how many files failed."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    bad = 0
+    for name in files:
+        junit = RESULTS.parent / (Path(name).stem + ".xml")
+        load = os.getloadavg()[0]
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                 f"--count={count}", "--repeat-scope=function", f"--junitxml={junit}", name],
+                cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            outcome = _counts(junit) if junit.exists() else {"passed": 0, "failed": 0,
+                                                              "skipped": 0, "failures": []}
+            tail = done.stdout[-2000:] if done.returncode not in (0, 5) else ""
+            code: int | str = done.returncode
+        except subprocess.TimeoutExpired:
+            outcome = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+            tail, code = f"stopped after {timeout:.0f} s", "timeout"
+        entry = {"file": name, "count": count, "returncode": code,
+                 "seconds": round(time.monotonic() - started, 1),
+                 "load": [round(load, 1), round(os.getloadavg()[0], 1)],
+                 "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                 **outcome, "tail": tail}
+        results = _load()
+        results.append(entry)
+        RESULTS.write_text(json.dumps(results, indent=1))
+        print(f"{name}: {outcome['passed']} passed, {outcome['failed']} failed, "
+              f"{outcome['skipped']} skipped, {entry['seconds']} s", flush=True)
+        bad += code not in (0, 5)
+    return bad
+
+
+def report() -> None:
+    print("| file | runs | passed | failed | skipped | wall time | load (start, end) |")
+    print("|---|---|---|---|---|---|---|")
+    for entry in _load():
+        minutes, seconds = divmod(int(entry["seconds"]), 60)
+        failed = str(entry["failed"])
+        if entry["failures"]:
+            failed += " (" + ", ".join(sorted(set(entry["failures"]))) + ")"
+        if entry["returncode"] == "timeout":
+            failed += " (stopped: timeout)"
+        print(f"| `{entry['file']}` | x{entry['count']} | {entry['passed']} | {failed} | "
+              f"{entry['skipped']} | {minutes} min {seconds} s | "
+              f"{entry['load'][0]}, {entry['load'][1]} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run")
+    runner.add_argument("--count", type=int, default=20)
+    runner.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds for one file's whole run")
+    runner.add_argument("files", nargs="+")
+    commands.add_parser("report")
+    args = parser.parse_args()
+    if args.command == "run":
+        return 1 if run(args.files, args.count, args.timeout) else 0
+    report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
