@@ -150,11 +150,12 @@ def list_objects(uri: str) -> list[tuple[str, str, int, str | None]]:
     paginator = _client().get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/"):
+                continue  # a folder marker, even the one named by the prefix itself
             entry = (bucket, obj["Key"], int(obj["Size"]), obj.get("ETag"))
             if obj["Key"] == prefix and prefix:
                 return [entry]
-            if not obj["Key"].endswith("/"):
-                found.append(entry)
+            found.append(entry)
     if not found:
         raise FileNotFoundError(f"no objects under {uri}: check the bucket and prefix (and "
                                 "that these credentials may list them)")

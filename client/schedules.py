@@ -226,16 +226,18 @@ def run_seed(spec: ScheduleSpec, fired_at: float) -> int:
 
 
 def s3_items(prefix: str) -> list[str]:
-    """One task per object under ``s3://bucket/prefix``: the object's full ``s3://`` URI."""
-    import boto3
+    """One task per object under ``s3://bucket/prefix``: the object's full ``s3://`` URI.
 
-    bucket, _, key_prefix = prefix.removeprefix("s3://").partition("/")
-    client = boto3.client("s3")
-    uris = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                 Prefix=key_prefix):
-        uris += [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
-    return uris
+    The objects are the ones a map over the same URI reads (``s3_inputs.list_objects``:
+    folder markers skipped); a run that finds none has no items.
+    """
+    from .s3_inputs import list_objects
+
+    try:
+        objects = list_objects(prefix)
+    except FileNotFoundError:
+        return []
+    return [f"s3://{bucket}/{key}" for bucket, key, _size, _etag in objects]
 
 
 @dataclass

@@ -331,6 +331,9 @@ def test_a_schedule_over_an_s3_prefix_runs_one_task_per_object(ex: fanout.Execut
     for name in ("a.csv", "b.csv", "c.csv"):
         s3.put_object(Bucket="portfolio-data", Key=f"today/{name}", Body=b"1,2,3")
     s3.put_object(Bucket="portfolio-data", Key="yesterday/x.csv", Body=b"0")
+    # folder markers, as the S3 console makes them: not objects to run on
+    for marker in ("today/", "today/archive/"):
+        s3.put_object(Bucket="portfolio-data", Key=marker, Body=b"")
     ex.schedule("per-file", tasks.identity, "s3://portfolio-data/today/", rate="rate(1 day)")
     remote = aws.client("scheduler").get_schedule(
         Name="per-file", GroupName=aws.backend_options["schedule_group"])

@@ -121,6 +121,22 @@ def test_seed_002_regression_as_one_map_reduce(aws: EmulatedAws, tmp_path: Path,
         check_regression(table, answer.result(timeout=300))
 
 
+def test_folder_markers_are_not_objects(aws: EmulatedAws) -> None:
+    """The S3 console's "folders" are empty keys ending in '/': a prefix that names one
+    lists what is under it, not the marker."""
+    from fanout.s3_inputs import list_objects
+
+    for key in ("markers/", "markers/in/", "markers/in/a.csv", "markers/b.csv",
+                "markers/empty/"):
+        put(aws, key, b"" if key.endswith("/") else b"row\n")
+    listed = [key for _bucket, key, _size, _etag in list_objects(f"s3://{BUCKET}/markers/")]
+    assert listed == ["markers/b.csv", "markers/in/a.csv"]
+    assert [key for _b, key, _s, _e in list_objects(f"s3://{BUCKET}/markers/in/")] == [
+        "markers/in/a.csv"]
+    with pytest.raises(FileNotFoundError, match="no objects under"):
+        list_objects(f"s3://{BUCKET}/markers/empty/")  # only a marker there
+
+
 @pytest.mark.parametrize("backend", ["aws", "local"])
 def test_map_over_a_prefix_is_one_task_per_object(aws: EmulatedAws, tmp_path: Path,
                                                   backend: str) -> None:
