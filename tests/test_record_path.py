@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import os
 import pickle
 import random
 import re
@@ -28,7 +29,7 @@ import pytest
 import tqdm
 
 import fanout
-from fanout import serialization
+from fanout import packing, serialization
 from fanout.backends.local.store import LocalStore
 from fanout.collector import JobRun, RemoteTraceback, rebuild_exception, resolve
 from fanout.errors import RemoteError, SerializationError, StoreError, TaskTimeout
@@ -104,6 +105,22 @@ def sleepy(seconds: float) -> float:
     return seconds
 
 
+def counted(x: int) -> int:
+    """``work``, saying that it ran (the chunk's output shows which calls ran); with
+    ``$FAIL_ONCE_DIR`` set, a call of 6 or 7 fails the first time (a marker file says)."""
+    print(f"ran {x}")
+    marker = os.environ.get("FAIL_ONCE_DIR")
+    if marker and x in (6, 7) and not os.path.exists(os.path.join(marker, str(x))):
+        open(os.path.join(marker, str(x)), "w").close()
+        raise KeyError(f"call {x}, first run")
+    return work(x)
+
+
+def ran(records: list[ResultRecord]) -> list[int]:
+    return [int(line.split()[1]) for r in records for line in (r.stdout or "").splitlines()
+            if line.startswith("ran ")]
+
+
 # -- a job in a real store ---------------------------------------------------------------------
 
 
@@ -134,6 +151,29 @@ def make_job(store: LocalStore, fn: Any, items: list[Any], chunksize: int = 10,
         spec = replace(spec, python=python)
     store.create_job(spec, manifest, None)
     return spec, manifest
+
+
+def make_packed_job(store: LocalStore, fn: Any, items: list[Any], pack: int,
+                    seed: int = 42) -> tuple[JobSpec, list[Chunk]]:
+    """What ``map(fn, items, chunksize=pack)`` submits: one task per ``pack`` calls."""
+    job_id = f"packed-{fn.__name__}"
+    store.write_object(job_id, "function.pkl", serialization.dumps_function(fn))
+    groups = [[(x,) for x in items[i:i + pack]] for i in range(0, len(items), pack)]
+    with store.open_payload(job_id, "payload-0.bin") as out:
+        refs = write_payload(out, [serialization.dumps_call((g,), {}) for g in groups], seed)
+    spec, manifest = plan_job(job_id, "map", fn.__name__, refs,
+                              TaskOptions(chunksize=2, pack=pack), seed)
+    store.create_job(spec, manifest, None)
+    return spec, manifest
+
+
+def unrolled(job: JobRun, spec: JobSpec, store: LocalStore) -> list[Future]:
+    """Every call's future, settled from its chunk's, as ``results.futures`` makes them."""
+    pack = spec.options.pack
+    calls = packing.element_count(store, spec)
+    logs = packing.ElementLogs(store, pack)  # type: ignore[arg-type]
+    return [f for k in range(spec.n_tasks) for f in packing.element_futures(
+        job.future(k), pack * k, min(pack, calls - pack * k), logs)]
 
 
 def run(store: LocalStore, chunk: Chunk, worker: str = "w-1") -> list[ResultRecord]:
@@ -657,3 +697,70 @@ def test_an_unstored_task_is_one_failure_and_finishes_nothing_early() -> None:
     streaming, _ = streaming_job(1)
     streaming.settle_error(0, StoreError("full"))
     assert not streaming.done.is_set(), "a streaming run's input is not exhausted yet"
+
+
+# -- packed chunks: one task, one record, one future for several calls (fanout.packing) -----
+
+
+def test_a_packed_chunk_is_one_record_and_each_call_keeps_its_outcome(store: LocalStore
+                                                                       ) -> None:
+    spec, manifest = make_packed_job(store, counted, list(range(7)), pack=3)
+    assert spec.n_tasks == 3 and packing.element_count(store, spec) == 7
+    stored = [r for chunk in manifest for r in run(store, chunk)]
+    assert ran(stored) == list(range(7))
+    assert [r.task_index for r in store.results(spec.job_id)] == [0, 1, 2]
+    assert [r.status for r in stored] == [SUCCEEDED, FAILED, SUCCEEDED]
+    assert [(r.extra[packing.ELEMENTS], r.extra[packing.FAILURES]) for r in stored] == [
+        (3, 0), (3, 2), (1, 0)]
+    # the chunk's record carries its first failure, as a task's record would
+    assert stored[1].exc_type == "builtins.ValueError"
+    assert stored[1].exc_message == "task 3 is bad"
+    assert "ran 3\nerr 3" not in (stored[1].stdout or "")  # stderr is kept apart
+    assert stored[1].stdout == "ran 3\nran 4\nran 5\nout 5\n"  # its calls' output
+
+    job = follow(spec, store, stored)
+    assert job.done.is_set() and job.map_finished
+    chunk = job.future(1).result(timeout=0)
+    assert isinstance(chunk, packing.PackOutcome) and len(chunk) == 3
+    assert chunk.values == [None, None, 50] and sorted(chunk.failures) == [0, 1]
+    futures = unrolled(job, spec, store)
+    assert [f.task_index for f in futures] == list(range(7))
+    assert [futures[i].result(timeout=0) for i in (0, 1, 2, 5, 6)] == [0, 10, 20, 50, 60]
+    exc = futures[3].exception(timeout=0)
+    assert type(exc) is ValueError and str(exc) == "task 3 is bad"
+    assert isinstance(exc.__cause__, RemoteTraceback) and "in work" in str(exc.__cause__)
+    assert "run_pack" not in str(exc.__cause__)  # fanout's own frames are left out
+    remote = futures[4].exception(timeout=0)
+    assert isinstance(remote, RemoteError) and "4: no" in str(remote)
+    assert isinstance(remote.__cause__, RemoteTraceback)
+    per_call = packing.element_records(store.results(spec.job_id), 3, store.load_value)
+    assert [(r.task_index, r.status) for r in per_call] == [
+        (i, FAILED if i in (3, 4) else SUCCEEDED) for i in range(7)]
+    assert packing.final_counts(stored, 3, 7) == {SUCCEEDED: 5, FAILED: 2}
+
+
+def test_a_packed_retry_reruns_only_the_calls_that_failed(
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIL_ONCE_DIR", str(tmp_path))
+    spec, manifest = make_packed_job(store, counted, [5, 6, 7, 8, 9, 10], pack=3)
+    first = [r for chunk in manifest for r in run(store, chunk)]
+    assert [r.status for r in first] == [FAILED, SUCCEEDED]
+    assert first[0].exc_type == "builtins.KeyError"
+    assert ran(first) == [5, 6, 7, 8, 9, 10]
+    again = retry_plan(manifest, store.results(spec.job_id))
+    assert [t.index for chunk in again for t in chunk.tasks] == [0]
+    second = [r for chunk in again for r in run(store, chunk, worker="w-2")]
+    assert ran(second) == [6, 7]  # call 5 succeeded on attempt 1: its value stands
+    assert [(r.task_index, r.status, r.attempt) for r in second] == [(0, SUCCEEDED, 2)]
+    futures = unrolled(follow(spec, store, store.results(spec.job_id)), spec, store)
+    assert [f.result(timeout=0) for f in futures] == [50, 60, 70, 80, 90, 100]
+
+
+def test_a_packed_call_gets_the_seed_it_would_get_as_a_task(store: LocalStore) -> None:
+    _, alone = make_job(store, seeds, list(range(5)), chunksize=5)
+    single = {r.task_index: serialization.loads(store.load_value(r)) for r in run(store, alone[0])}
+    spec, manifest = make_packed_job(store, seeds, list(range(5)), pack=2)
+    job = follow(spec, store, [r for chunk in manifest for r in run(store, chunk)])
+    packed = [f.result(timeout=0) for f in unrolled(job, spec, store)]
+    assert packed == [single[i] for i in range(5)]
+    assert len({seed for seed, _ in packed}) == 5
