@@ -54,9 +54,16 @@ SCOPE: dict[str, set[str] | None] = {
     # the runtime's record path: a task's outcome becomes one stored record, directly or
     # through a sink: the local worker's group commit, the AWS worker's page flusher
     "runtime.py": {"_user_frames", "exception_fields", "WorkerRuntime.run_chunk",
-                   "WorkerRuntime._call", "WorkerRuntime._record", "WorkerRuntime._run_one",
-                   "WorkerRuntime._finish", "WorkerRuntime.settle"},
+                   "WorkerRuntime._call", "WorkerRuntime._call_pack", "WorkerRuntime._record",
+                   "WorkerRuntime._run_one", "WorkerRuntime._finish", "WorkerRuntime.settle"},
     "backends/local/worker.py": {"GroupCommitter._commit"},
+    # a packed chunk (map's chunksize): its calls' outcomes, seeds and first successes on the
+    # worker, one record for them, and each call's result or exception on the client
+    "packing.py": {"run_pack", "LazyGlobalSeeds.__init__", "LazyGlobalSeeds._seed",
+                   "LazyGlobalSeeds._real", "LazyGlobalSeeds._wrap", "LazyGlobalSeeds.restore",
+                   "_earlier", "encode", "finish_record", "PackOutcome.error",
+                   "element_record", "is_outcome", "outcome", "element_futures",
+                   "element_range"},
     "backends/aws/flusher.py": {"PageFlusher.__call__", "PageFlusher.flush"},
 }
 
@@ -134,6 +141,7 @@ class _FreezeOutOfScope(cst.CSTTransformer):
     def __init__(self, keep: set[str]) -> None:
         self.keep = keep
         self.classes: list[str] = []
+        self.functions: list[str] = []  # the functions this one is nested in, qualified
 
     def visit_ClassDef(self, node: cst.ClassDef) -> bool:
         self.classes.append(node.name.value)
@@ -143,11 +151,17 @@ class _FreezeOutOfScope(cst.CSTTransformer):
         self.classes.pop()
         return updated
 
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        self.functions.append(".".join([*self.classes, node.name.value]))
+        return True
+
     def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef
                           ) -> cst.FunctionDef:
-        name = ".".join([*self.classes, updated.name.value])
+        name = self.functions.pop()
         body = updated.body
-        if name in self.keep or not isinstance(body, cst.IndentedBlock):
+        # a function nested in one in scope is part of it (element_futures' settle)
+        if name in self.keep or any(outer in self.keep for outer in self.functions) or \
+                not isinstance(body, cst.IndentedBlock):
             return updated
         header = body.header.with_changes(whitespace=cst.SimpleWhitespace("  "),
                                           comment=cst.Comment("# pragma: no mutate block"))
