@@ -1,11 +1,14 @@
-"""Flake runs: every test of a file N times in a row inside its file (see docs/testing.md).
+"""Flake runs: every test of a file N times in a row, inside its file or alone.
 
-pytest-repeat's ``--count=N`` (function scope) runs each test N times back to back while the
-file's other tests and its module fixtures run as in a normal run; one pytest process per
-file. Results accumulate in a JSON file so a long campaign can be stopped and resumed, and
-``report`` prints the table docs/testing.md records.
+pytest-repeat's ``--count=N`` (function scope) runs each test N times back to back. Inside
+its file (the default), the file's other tests and its module fixtures run as in a normal
+run: one pytest process per file. ``--alone`` runs each test in a pytest process of its
+own (its fixtures made for it alone), N times in a row. Results accumulate in a JSON file
+so a long campaign can be stopped and resumed; ``report`` prints the table
+docs/testing.md records.
 
     python tests/flake_runs.py run --count 20 tests/test_cli.py tests/test_api.py
+    python tests/flake_runs.py run --alone --count 20 tests/test_cli.py
     python tests/flake_runs.py report
 """
 
@@ -49,12 +52,24 @@ def _counts(junit: Path) -> dict[str, Any]:
     return {"passed": passed, "failed": len(failed), "skipped": skipped, "failures": failed}
 
 
-def run(files: list[str], count: int, timeout: float) -> int:
-    """Each file in its own pytest, each test ``count`` times; returns how many files failed."""
+def _tests_of(name: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--collect-only", name], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    # A parametrized test runs with all its parameters: pytest-repeat renames the ids
+    # (``test[a]`` becomes ``test[a-1-20]``), so ``test[a]`` would select nothing.
+    tests = [line.split("[")[0] for line in done.stdout.splitlines() if "::" in line]
+    return list(dict.fromkeys(tests))
+
+
+def run(files: list[str], count: int, timeout: float, alone: bool = False) -> int:
+    """Each file (or test, ``alone``) in its own pytest, each test ``count`` times; returns
+    how many runs failed."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    targets = [test for name in files for test in _tests_of(name)] if alone else files
     bad = 0
-    for name in files:
-        junit = RESULTS.parent / (Path(name).stem + ".xml")
+    for name in targets:
+        junit = RESULTS.parent / (name.replace("/", "_").replace(":", "_") + ".xml")
         load = os.getloadavg()[0]
         started = time.monotonic()
         try:
@@ -69,7 +84,7 @@ def run(files: list[str], count: int, timeout: float) -> int:
         except subprocess.TimeoutExpired:
             outcome = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
             tail, code = f"stopped after {timeout:.0f} s", "timeout"
-        entry = {"file": name, "count": count, "returncode": code,
+        entry = {"file": name, "alone": alone, "count": count, "returncode": code,
                  "seconds": round(time.monotonic() - started, 1),
                  "load": [round(load, 1), round(os.getloadavg()[0], 1)],
                  "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -84,9 +99,27 @@ def run(files: list[str], count: int, timeout: float) -> int:
 
 
 def report() -> None:
+    """Inside-the-file runs a row each; alone runs summed per file."""
+    entries: list[dict[str, Any]] = []
+    for entry in _load():
+        if not entry.get("alone"):
+            entries.append(entry)
+            continue
+        name = entry["file"].split("::")[0] + " (each test alone)"
+        same = next((e for e in entries if e["file"] == name and e["count"] == entry["count"]),
+                    None)
+        if same is None:
+            entries.append({**entry, "file": name, "failures": list(entry["failures"])})
+            continue
+        for key in ("passed", "failed", "skipped", "seconds"):
+            same[key] += entry[key]
+        same["failures"] += entry["failures"]
+        same["load"] = [same["load"][0], entry["load"][1]]
+        if entry["returncode"] == "timeout":
+            same["returncode"] = "timeout"
     print("| file | runs | passed | failed | skipped | wall time | load (start, end) |")
     print("|---|---|---|---|---|---|---|")
-    for entry in _load():
+    for entry in entries:
         minutes, seconds = divmod(int(entry["seconds"]), 60)
         failed = str(entry["failed"])
         if entry["failures"]:
@@ -103,13 +136,15 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run")
     runner.add_argument("--count", type=int, default=20)
+    runner.add_argument("--alone", action="store_true",
+                        help="each test in a pytest process of its own")
     runner.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds for one file's whole run")
     runner.add_argument("files", nargs="+")
     commands.add_parser("report")
     args = parser.parse_args()
     if args.command == "run":
-        return 1 if run(args.files, args.count, args.timeout) else 0
+        return 1 if run(args.files, args.count, args.timeout, args.alone) else 0
     report()
     return 0
 
