@@ -135,7 +135,6 @@ def run_pack(fn: Callable[..., Any], calls: list[tuple[Any, ...]], spec: JobSpec
     return PackRun(values, failures)
 
 
-_SEEDING_NAMES = frozenset({"seed", "setstate", "set_state"})
 _targets: list[tuple[Any, str]] | None = None
 
 
@@ -162,17 +161,19 @@ def _global_rng_functions() -> list[tuple[Any, str]]:
 
 
 class LazyGlobalSeeds:
-    """Seeds the global RNGs for a packed chunk's call only if the call draws from them.
+    """Seeds the global RNGs for a packed chunk's call only if the call uses them.
 
     A task seeds ``random`` and numpy's legacy global RNG from its own seed before it
     starts (``context.running``), so a seeded job's draws do not depend on how it was
     chunked. That costs tens of microseconds, far more than a short call, and most calls
     never draw. For the length of a packed chunk, each module-level function bound to a
-    global RNG (``random.random``, ``np.random.rand``, ...) is replaced by a wrapper that
-    seeds them, once per call, from the running call's seed before its first draw; a call
-    that seeds them itself (``random.seed``, ``setstate``) keeps what it set. A function
-    bound by name before the chunk (``from random import random`` at import) bypasses
-    the wrapper and draws from the chunk's stream, seeded once for its first call.
+    global RNG (``random.random``, ``np.random.rand``, ``random.seed``, ...) is replaced by
+    a wrapper that seeds both, once per call, from the running call's seed before the
+    call's first use of either, then does what was asked: so a call that seeds one of them
+    itself (``random.seed(x)``) keeps its choice there and still finds the other seeded
+    from its own seed, as a task of its own would. A function bound by name before the
+    chunk (``from random import random`` at import) bypasses the wrapper and draws from
+    the chunk's stream, seeded once for its first call.
     """
 
     def __init__(self, ctx: ElementContext) -> None:
@@ -182,7 +183,7 @@ class LazyGlobalSeeds:
         for module, name in _global_rng_functions():
             real = getattr(module, name)
             self.saved.append((module, name, real))
-            setattr(module, name, self._wrap(real, name in _SEEDING_NAMES))
+            setattr(module, name, self._wrap(real))
 
     def _seed(self) -> None:
         index = self.ctx.task_index
@@ -200,19 +201,14 @@ class LazyGlobalSeeds:
                 return real
         return getattr(module, name)
 
-    def _wrap(self, real: Callable[..., Any], seeds: bool) -> Callable[..., Any]:
+    def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
         ctx = self.ctx
-        if seeds:
-            def own(*args: Any, **kwargs: Any) -> Any:
-                self.seeded = ctx.task_index  # the call seeds them itself: keep its choice
-                return real(*args, **kwargs)
-            return own
 
-        def draw(*args: Any, **kwargs: Any) -> Any:
+        def use(*args: Any, **kwargs: Any) -> Any:
             if self.seeded != ctx.task_index:
                 self._seed()
             return real(*args, **kwargs)
-        return draw
+        return use
 
     def restore(self) -> None:
         for module, name, real in reversed(self.saved):

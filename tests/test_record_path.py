@@ -32,6 +32,7 @@ import fanout
 from fanout import packing, serialization
 from fanout.backends.local.store import LocalStore
 from fanout.collector import JobRun, RemoteTraceback, rebuild_exception, resolve
+from fanout.dependencies import dumps_call
 from fanout.errors import RemoteError, SerializationError, StoreError, TaskTimeout
 from fanout.future import Future
 from fanout.manifest import plan_job, write_payload
@@ -86,6 +87,54 @@ def checkpointing(x: int) -> int:
 
 def seeds(_: int) -> tuple[int, float]:
     return fanout.task_seed(), random.random()
+
+
+def draws(x: int) -> tuple[Any, ...]:
+    """The global RNGs every way a task may use them: plain draws, positional and keyword
+    arguments, numpy's legacy functions, and a call that seeds one of them itself."""
+    if x % 2:  # its own seed for ``random``, before any draw; numpy keeps the task's seed
+        random.seed(x)
+        return (fanout.task_seed(), float(numpy.random.random()), random.random(),
+                random.randint(0, 10**9))
+    ours = (fanout.task_seed(), random.random(), random.random(), random.randint(0, 10**9),
+            random.gauss(mu=0.0, sigma=1.0), float(numpy.random.random()))
+    numpy.random.seed(seed=x)
+    return (*ours, float(numpy.random.random()), random.random())
+
+
+STATE = 0  # set by ``set_state`` (the executor's initializer), read by ``stateful``
+COUNT = 0
+
+
+def set_state(value: int) -> None:
+    global STATE, COUNT
+    STATE, COUNT = value, 0
+
+
+def stateful(x: int) -> tuple[int, int]:
+    """What a task sees of its initializer's globals, and a counter it keeps itself."""
+    global COUNT
+    COUNT += 1
+    return x + STATE, COUNT
+
+
+def interrupted(x: int) -> int:
+    if x == 1:
+        raise KeyboardInterrupt
+    return x
+
+
+def resuming(x: int) -> int:
+    """Checkpoints and fails on its first attempt; the retry resumes from its own checkpoint."""
+    saved = fanout.restore()
+    if saved is None:
+        fanout.checkpoint(x * 100)
+        raise RuntimeError(f"call {x}, first attempt")
+    return int(saved)
+
+
+def lock_at_one(x: int) -> Any:
+    return threading.Lock() if x == 1 else x
 
 
 def scaled(x: int, factor: int = 1, offset: int = 0) -> int:
@@ -154,15 +203,18 @@ def make_job(store: LocalStore, fn: Any, items: list[Any], chunksize: int = 10,
 
 
 def make_packed_job(store: LocalStore, fn: Any, items: list[Any], pack: int,
-                    seed: int = 42) -> tuple[JobSpec, list[Chunk]]:
-    """What ``map(fn, items, chunksize=pack)`` submits: one task per ``pack`` calls."""
-    job_id = f"packed-{fn.__name__}"
+                    seed: int = 42, initializer: str | None = None
+                    ) -> tuple[JobSpec, list[Chunk]]:
+    """What ``map(fn, items, chunksize=pack)`` submits: one task per ``pack`` calls (an
+    item may be a future: the call then reads that task's stored result)."""
+    job_id = f"packed{pack}-{fn.__name__}"
     store.write_object(job_id, "function.pkl", serialization.dumps_function(fn))
     groups = [[(x,) for x in items[i:i + pack]] for i in range(0, len(items), pack)]
     with store.open_payload(job_id, "payload-0.bin") as out:
-        refs = write_payload(out, [serialization.dumps_call((g,), {}) for g in groups], seed)
+        refs = write_payload(out, [dumps_call((g,), {}, store)[0] for g in groups], seed)
     spec, manifest = plan_job(job_id, "map", fn.__name__, refs,
-                              TaskOptions(chunksize=2, pack=pack), seed)
+                              TaskOptions(chunksize=2, pack=pack, initializer=initializer),
+                              seed)
     store.create_job(spec, manifest, None)
     return spec, manifest
 
@@ -736,12 +788,26 @@ def test_a_packed_chunk_is_one_record_and_each_call_keeps_its_outcome(store: Loc
     per_call = packing.element_records(store.results(spec.job_id), 3, store.load_value)
     assert [(r.task_index, r.status) for r in per_call] == [
         (i, FAILED if i in (3, 4) else SUCCEEDED) for i in range(7)]
+    # a call's record is the one it would have as a task of its own: the success beside
+    # two failures carries no exception, the failures their own
+    assert [serialization.loads(store.load_value(r)) for r in per_call
+            if r.status == SUCCEEDED] == [0, 10, 20, 50, 60]
+    assert all((r.exc_type, r.exc_message, r.traceback, r.exc_pickle, r.value_ref, r.extra)
+               == (None, None, None, None, None, {}) for r in per_call if r.status == SUCCEEDED)
+    assert [(r.exc_type, r.exc_message, r.value) for r in per_call if r.status == FAILED] == [
+        ("builtins.ValueError", "task 3 is bad", None),
+        (f"{__name__}.Unpicklable", "4: no", None)]
+    assert "in work" in (per_call[4].traceback or "") and per_call[4].exc_pickle is None
     assert packing.final_counts(stored, 3, 7) == {SUCCEEDED: 5, FAILED: 2}
 
 
+@pytest.mark.parametrize("limit", [None, 64], ids=["in-record", "blob"])
 def test_a_packed_retry_reruns_only_the_calls_that_failed(
-        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        limit: int | None) -> None:
     monkeypatch.setenv("FAIL_ONCE_DIR", str(tmp_path))
+    if limit is not None:  # the chunk's outcomes in a value blob, not in its record
+        store.max_record_value_bytes = limit
     spec, manifest = make_packed_job(store, counted, [5, 6, 7, 8, 9, 10], pack=3)
     first = [r for chunk in manifest for r in run(store, chunk)]
     assert [r.status for r in first] == [FAILED, SUCCEEDED]
@@ -752,15 +818,90 @@ def test_a_packed_retry_reruns_only_the_calls_that_failed(
     second = [r for chunk in again for r in run(store, chunk, worker="w-2")]
     assert ran(second) == [6, 7]  # call 5 succeeded on attempt 1: its value stands
     assert [(r.task_index, r.status, r.attempt) for r in second] == [(0, SUCCEEDED, 2)]
+    assert (first[0].value_ref is not None) is (limit is not None)
     futures = unrolled(follow(spec, store, store.results(spec.job_id)), spec, store)
     assert [f.result(timeout=0) for f in futures] == [50, 60, 70, 80, 90, 100]
 
 
-def test_a_packed_call_gets_the_seed_it_would_get_as_a_task(store: LocalStore) -> None:
-    _, alone = make_job(store, seeds, list(range(5)), chunksize=5)
+def test_a_packed_call_draws_what_it_would_draw_as_a_task(store: LocalStore) -> None:
+    """Seeds and global RNGs per call, however the calls are packed (fanout.packing)."""
+    _, alone = make_job(store, draws, list(range(7)), chunksize=7)
     single = {r.task_index: serialization.loads(store.load_value(r)) for r in run(store, alone[0])}
-    spec, manifest = make_packed_job(store, seeds, list(range(5)), pack=2)
-    job = follow(spec, store, [r for chunk in manifest for r in run(store, chunk)])
-    packed = [f.result(timeout=0) for f in unrolled(job, spec, store)]
-    assert packed == [single[i] for i in range(5)]
-    assert len({seed for seed, _ in packed}) == 5
+    assert len({v[0] for v in single.values()}) == 7
+    assert len({v[1:3] for v in single.values()}) == 7
+    for pack in (2, 3):
+        spec, manifest = make_packed_job(store, draws, list(range(7)), pack=pack)
+        job = follow(spec, store, [r for chunk in manifest for r in run(store, chunk)])
+        packed = [f.result(timeout=0) for f in unrolled(job, spec, store)]
+        assert packed == [single[i] for i in range(7)], f"pack={pack}"
+    # the global RNGs are the module's own again once the chunk is done
+    assert random.random.__self__ is random._inst  # type: ignore[attr-defined]
+    assert numpy.random.random.__self__ is numpy.random.mtrand._rand  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("pack", [0, 2], ids=["tasks", "packed"])
+def test_a_call_reads_its_input_futures_and_its_initializers_globals(store: LocalStore,
+                                                                     pack: int) -> None:
+    upstream, up_manifest = make_job(store, work, [7])
+    run(store, up_manifest[0])
+    source = Future(upstream.job_id, 0, store)  # type: ignore[arg-type]
+    items: list[Any] = [source, 1, 2, 3]
+    initializer = serialization.dumps_initializer(set_state, (1000,))
+    if pack:
+        spec, manifest = make_packed_job(store, stateful, items, pack=pack,
+                                         initializer=initializer)
+    else:
+        job_id = "tasks-stateful"
+        store.write_object(job_id, "function.pkl", serialization.dumps_function(stateful))
+        with store.open_payload(job_id, "payload-0.bin") as out:
+            refs = write_payload(out, [dumps_call((x,), {}, store)[0] for x in items], 42)
+        spec, manifest = plan_job(job_id, "map", "stateful", refs,
+                                  TaskOptions(chunksize=4, initializer=initializer), 42)
+        store.create_job(spec, manifest, None)
+    assert len(manifest) == 1  # one worker runs them all, in order
+    job = follow(spec, store, run(store, manifest[0]))
+    futures = unrolled(job, spec, store) if pack else [job.future(i) for i in range(4)]
+    # the initializer's globals are shared once per loaded function, so the calls'
+    # own counter keeps counting across the job's tasks (the stdlib's worker globals)
+    assert [f.result(timeout=0) for f in futures] == [(1070, 1), (1001, 2), (1002, 3),
+                                                     (1003, 4)]
+
+
+def test_a_packed_call_interrupted_is_its_failure_unless_the_caller_pressed_ctrl_c(
+        store: LocalStore) -> None:
+    _, manifest = make_packed_job(store, interrupted, [0, 1, 2], pack=3)
+    [record] = run(store, manifest[0])
+    assert record.exc_type == "builtins.KeyboardInterrupt"
+    assert record.extra == {packing.ELEMENTS: 3, packing.FAILURES: 1}
+    # the inline backend runs chunks in the caller's thread: Ctrl-C stops the map there
+    inline = WorkerRuntime(store, "w-inline")
+    inline.interruptible = True
+    with pytest.raises(KeyboardInterrupt):
+        inline.run_chunk(replace(manifest[0], attempt=2))
+    # ...and any other exception is still the one call's outcome
+    _, manifest = make_packed_job(store, work, [2, 3, 5], pack=3)
+    told: list[ResultRecord] = []
+    inline.run_chunk(manifest[0], on_result=told.append)
+    assert [(r.status, r.extra) for r in told] == [
+        (FAILED, {packing.ELEMENTS: 3, packing.FAILURES: 1})]
+
+
+def test_a_packed_call_resumes_from_its_own_checkpoint(store: LocalStore) -> None:
+    spec, manifest = make_packed_job(store, resuming, [1, 2, 3], pack=3)
+    [first] = run(store, manifest[0])
+    assert first.extra == {packing.ELEMENTS: 3, packing.FAILURES: 3}
+    [again] = run(store, retry_plan(manifest, [first])[0], worker="w-2")
+    assert (again.status, again.attempt) == (SUCCEEDED, 2)
+    futures = unrolled(follow(spec, store, [again]), spec, store)
+    assert [f.result(timeout=0) for f in futures] == [100, 200, 300]
+
+
+def test_a_packed_call_whose_result_cannot_be_pickled_fails_alone(store: LocalStore) -> None:
+    spec, manifest = make_packed_job(store, lock_at_one, [0, 1, 2], pack=3)
+    [record] = run(store, manifest[0])
+    assert record.status == FAILED and record.exc_type == "fanout.errors.SerializationError"
+    assert record.extra == {packing.ELEMENTS: 3, packing.FAILURES: 1}
+    futures = unrolled(follow(spec, store, [record]), spec, store)
+    assert futures[0].result(timeout=0) == 0 and futures[2].result(timeout=0) == 2
+    exc = futures[1].exception(timeout=0)
+    assert isinstance(exc, SerializationError) and "_thread.lock" in str(exc)
