@@ -8,6 +8,7 @@ modules' guarantee-holding parts is marked ``# pragma: no mutate block``: mutant
 only where fanout's promises live, and the score is about those.
 
     python tests/mutation_scope.py stage build/mutation    # before `mutmut run` there
+    python tests/mutation_scope.py restage build/mutation  # the code changed: keep results
     python tests/mutation_scope.py score build/mutation    # after: the score, survivors
 """
 
@@ -193,6 +194,32 @@ def stage(target: Path) -> None:
         path.write_text(module.visit(_FreezeOutOfScope(keep)).code)
 
 
+def restage(target: Path) -> None:
+    """Bring a staged copy up to date and keep mutmut's results: files whose content
+    changed are replaced (a new mtime: mutmut then makes that file's mutants again and
+    re-runs only those of functions whose code changed); tests changed or added are
+    picked up by ``mutmut run``, which collects stats for new tests. Survivors of unchanged
+    functions keep their verdict: re-run them by name (``mutmut run NAME...``)."""
+    fresh = target.with_name(target.name + ".next")
+    stage(fresh)
+    for path in sorted(fresh.rglob("*")):
+        if path.is_dir():
+            continue
+        relative = path.relative_to(fresh)
+        old = target / relative
+        if not old.exists() or old.read_bytes() != path.read_bytes():
+            old.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, old)
+            print(f"updated {relative}")
+    for top in ("src", *PROJECT_FILES):
+        for path in sorted((target / top).rglob("*") if (target / top).is_dir() else []):
+            if path.is_file() and not (fresh / path.relative_to(target)).exists() \
+                    and "__pycache__" not in path.parts:
+                path.unlink()
+                print(f"removed {path.relative_to(target)}")
+    shutil.rmtree(fresh)
+
+
 def in_scope(mutant: str) -> bool:
     """Whether SCOPE names the function of a mutant (``fanout.collector.xǁJobRunǁadd__mutmut_3``
     is ``JobRun.add`` in ``collector.py``; ``fanout.seeding.x_derive_seed__mutmut_1`` is
@@ -242,12 +269,15 @@ def score(target: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("stage", "score"):
+    if len(argv) != 3 or argv[1] not in ("stage", "restage", "score"):
         print(__doc__, file=sys.stderr)
         return 2
     target = Path(argv[2]).resolve()
     if argv[1] == "stage":
         stage(target)
+        return 0
+    if argv[1] == "restage":
+        restage(target)
         return 0
     return score(target)
 
