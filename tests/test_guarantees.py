@@ -247,9 +247,16 @@ def test_the_reduce_record_and_the_poll_cursor_keep_the_documented_layout(
     store = aws_store(aws)
     before_ms = int(time.time() * 1000)
     store.put_result(record(job_id, SUCCEEDED, 1, "task-0"))
-    reduced = ResultRecord(job_id, REDUCE_INDEX, SUCCEEDED, 1, "w", 1.0, 2.0, value=b"sum")
+    polled, first_cursor = store.results_since(job_id, 0)
+    assert [r.task_index for r in polled] == [0]
+    # every field of the reduce record, an empty worker id and output included
+    reduced = ResultRecord(job_id, REDUCE_INDEX, SUCCEEDED, 1, "", 1.0, 2.0, value=b"sum",
+                           stdout="reduced\n", stderr="warned\n", extra={"n": 2})
     assert store.put_result(reduced) is reduced
     after_ms = int(time.time() * 1000)
+    # the next poll, from the cursor the first one returned, finds it
+    polled, next_cursor = store.results_since(job_id, first_cursor)
+    assert polled == [reduced] and first_cursor <= next_cursor <= after_ms
     raw = store.dynamodb.get_item(TableName=store.table, ConsistentRead=True,
                                   Key={"job_id": {"S": job_id}, "item": {"S": "reduce"}})
     assert raw["Item"]["value"]["B"] == b"sum"

@@ -905,3 +905,16 @@ def test_a_packed_call_whose_result_cannot_be_pickled_fails_alone(store: LocalSt
     assert futures[0].result(timeout=0) == 0 and futures[2].result(timeout=0) == 2
     exc = futures[1].exception(timeout=0)
     assert isinstance(exc, SerializationError) and "_thread.lock" in str(exc)
+
+
+def test_a_packed_chunk_whose_outcomes_cannot_load_here_fails_its_calls(store: LocalStore
+                                                                        ) -> None:
+    spec, manifest = make_packed_job(store, work, [0, 1], pack=2)
+    [record] = run(store, manifest[0])
+    futures = [Future(spec.job_id, 0, store)]  # type: ignore[arg-type]
+    job = JobRun(spec, futures, lambda r: b"not a pickle")
+    job.deliver(record)
+    exc = job.future(0).exception(timeout=0)
+    assert isinstance(exc, SerializationError) and "cannot be unpickled" in str(exc)
+    calls = unrolled(job, spec, store)
+    assert [type(f.exception(timeout=0)) for f in calls] == [SerializationError] * 2
