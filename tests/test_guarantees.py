@@ -257,6 +257,16 @@ def test_the_reduce_record_and_the_poll_cursor_keep_the_documented_layout(
     # the next poll, from the cursor the first one returned, finds it
     polled, next_cursor = store.results_since(job_id, first_cursor)
     assert polled == [reduced] and first_cursor <= next_cursor <= after_ms
+    # a failed reduce and one whose value is a blob come back whole too
+    failed = ResultRecord(f"{job_id}-failed", REDUCE_INDEX, FAILED, 2, "host/7", 1.0, 2.0,
+                          exc_type="builtins.ValueError", exc_message="bad reduce",
+                          traceback="Traceback (most recent call last):\n  ...\nValueError",
+                          exc_pickle=b"\x80\x05pickled")
+    blob = ResultRecord(f"{job_id}-blob", REDUCE_INDEX, SUCCEEDED, 1, "w", 1.0, 2.0,
+                        value_ref=f"{job_id}-blob/values/reduce.pkl")
+    for other in (failed, blob):
+        assert store.put_result(other) is other
+        assert store.result(other.job_id, REDUCE_INDEX) == other
     raw = store.dynamodb.get_item(TableName=store.table, ConsistentRead=True,
                                   Key={"job_id": {"S": job_id}, "item": {"S": "reduce"}})
     assert raw["Item"]["value"]["B"] == b"sum"
