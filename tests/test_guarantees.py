@@ -69,6 +69,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyStore]:
         yield aws_store(request.getfixturevalue("aws"))
 
 
+@pytest.fixture(params=[0, REDUCE_INDEX], ids=["task", "reduce"])
+def task(request: pytest.FixtureRequest) -> int:
+    """The rule holds for a task's record (a page entry on DynamoDB) and for the reduce
+    record (an item of its own there, written by its own conditional put)."""
+    index: int = request.param
+    return index
+
+
 @pytest.fixture
 def job_id(request: pytest.FixtureRequest) -> str:
     """A job of its own for every test (the DynamoDB table is shared by the module)."""
@@ -102,41 +110,42 @@ def put(store: TaskStore, rec: ResultRecord) -> tuple[str, int, str] | None:
 # -- first success wins; no attempt writes twice ---------------------------------------------
 
 
-def test_a_success_is_never_replaced_by_a_later_attempt(store: AnyStore, job_id: str) -> None:
-    assert put(store, record(job_id, SUCCEEDED, 1, "first")) == (SUCCEEDED, 1, "first")
+def test_a_success_is_never_replaced_by_a_later_attempt(store: AnyStore, job_id: str,
+                                                        task: int) -> None:
+    assert put(store, record(job_id, SUCCEEDED, 1, "first", task)) == (SUCCEEDED, 1, "first")
     # A second attempt that ran anyway (a Lambda timeout whose task finished, then Batch):
     # its different value must not replace the first success, and the caller learns which
     # record stands.
-    assert put(store, record(job_id, SUCCEEDED, 2, "second")) == (SUCCEEDED, 1, "first")
-    assert put(store, record(job_id, FAILED, 3, "third")) == (SUCCEEDED, 1, "first")
-    assert put(store, record(job_id, CANCELLED, 4, "cancel")) == (SUCCEEDED, 1, "first")
-    assert origin(store.result(job_id, 0)) == (SUCCEEDED, 1, "first")
+    assert put(store, record(job_id, SUCCEEDED, 2, "second", task)) == (SUCCEEDED, 1, "first")
+    assert put(store, record(job_id, FAILED, 3, "third", task)) == (SUCCEEDED, 1, "first")
+    assert put(store, record(job_id, CANCELLED, 4, "cancel", task)) == (SUCCEEDED, 1, "first")
+    assert origin(store.result(job_id, task)) == (SUCCEEDED, 1, "first")
 
 
-def test_a_later_attempt_replaces_a_failure_once(store: AnyStore, job_id: str) -> None:
-    assert put(store, record(job_id, FAILED, 1, "boom")) == (FAILED, 1, "boom")
-    assert put(store, record(job_id, SUCCEEDED, 2, "fixed")) == (SUCCEEDED, 2, "fixed")
-    assert put(store, record(job_id, SUCCEEDED, 3, "again")) == (SUCCEEDED, 2, "fixed")
-    assert [origin(r) for r in store.results(job_id)] == [(SUCCEEDED, 2, "fixed")]
+def test_a_later_attempt_replaces_a_failure_once(store: AnyStore, job_id: str, task: int) -> None:
+    assert put(store, record(job_id, FAILED, 1, "boom", task)) == (FAILED, 1, "boom")
+    assert put(store, record(job_id, SUCCEEDED, 2, "fixed", task)) == (SUCCEEDED, 2, "fixed")
+    assert put(store, record(job_id, SUCCEEDED, 3, "again", task)) == (SUCCEEDED, 2, "fixed")
+    assert origin(store.result(job_id, task)) == (SUCCEEDED, 2, "fixed")
 
 
-def test_an_attempt_never_writes_twice(store: AnyStore, job_id: str) -> None:
-    assert put(store, record(job_id, FAILED, 1, "boom-1")) == (FAILED, 1, "boom-1")
+def test_an_attempt_never_writes_twice(store: AnyStore, job_id: str, task: int) -> None:
+    assert put(store, record(job_id, FAILED, 1, "boom-1", task)) == (FAILED, 1, "boom-1")
     # The same attempt delivered again (a re-driven chunk) with another outcome: ignored.
-    assert put(store, record(job_id, FAILED, 1, "boom-1b")) == (FAILED, 1, "boom-1")
-    assert put(store, record(job_id, SUCCEEDED, 1, "late-1")) == (FAILED, 1, "boom-1")
-    assert put(store, record(job_id, FAILED, 2, "boom-2")) == (FAILED, 2, "boom-2")
+    assert put(store, record(job_id, FAILED, 1, "boom-1b", task)) == (FAILED, 1, "boom-1")
+    assert put(store, record(job_id, SUCCEEDED, 1, "late-1", task)) == (FAILED, 1, "boom-1")
+    assert put(store, record(job_id, FAILED, 2, "boom-2", task)) == (FAILED, 2, "boom-2")
     # A straggler of an earlier attempt arrives after a later one: it is stale.
-    assert put(store, record(job_id, SUCCEEDED, 1, "stale-1")) == (FAILED, 2, "boom-2")
-    assert origin(store.result(job_id, 0)) == (FAILED, 2, "boom-2")
+    assert put(store, record(job_id, SUCCEEDED, 1, "stale-1", task)) == (FAILED, 2, "boom-2")
+    assert origin(store.result(job_id, task)) == (FAILED, 2, "boom-2")
 
 
 def test_a_cancellation_that_lands_first_stands_for_its_attempt(store: AnyStore,
-                                                                 job_id: str) -> None:
-    assert put(store, record(job_id, CANCELLED, 1, "cancel")) == (CANCELLED, 1, "cancel")
-    assert put(store, record(job_id, SUCCEEDED, 1, "too-late")) == (CANCELLED, 1, "cancel")
+                                                                 job_id: str, task: int) -> None:
+    assert put(store, record(job_id, CANCELLED, 1, "cancel", task)) == (CANCELLED, 1, "cancel")
+    assert put(store, record(job_id, SUCCEEDED, 1, "too-late", task)) == (CANCELLED, 1, "cancel")
     # A retry is a later attempt: it may replace the cancellation.
-    assert put(store, record(job_id, SUCCEEDED, 2, "retried")) == (SUCCEEDED, 2, "retried")
+    assert put(store, record(job_id, SUCCEEDED, 2, "retried", task)) == (SUCCEEDED, 2, "retried")
 
 
 def test_a_batch_of_puts_applies_the_rule_record_by_record(store: AnyStore,
@@ -484,21 +493,24 @@ def test_retry_on_aws_reruns_only_unfinished_tasks(aws: EmulatedAws, tmp_path: P
 # -- an interrupted Batch attempt (AWS only) -------------------------------------------------
 
 
-def test_an_interruption_never_hides_a_final_record(aws: EmulatedAws, job_id: str) -> None:
+def test_an_interruption_never_hides_a_final_record(aws: EmulatedAws, job_id: str,
+                                                    task: int) -> None:
     # Batch's SIGTERM handler stores a ``running`` record for the interrupted attempt. It may
     # stand in for nothing final: a cancellation (written with attempt 1 while attempt 2 was
     # being stopped) stays, and any final record replaces an interruption.
     store = aws_store(aws)
-    assert put(store, record(job_id, CANCELLED, 1, "cancelled")) == (CANCELLED, 1, "cancelled")
-    assert put(store, record(job_id, RUNNING, 2, "interrupted")) == (CANCELLED, 1, "cancelled")
+    cancelled = (CANCELLED, 1, "cancelled")
+    assert put(store, record(job_id, CANCELLED, 1, "cancelled", task)) == cancelled
+    assert put(store, record(job_id, RUNNING, 2, "interrupted", task)) == cancelled
     other = job_id + "-b"
-    assert put(store, record(other, RUNNING, 2, "interrupted")) == (RUNNING, 2, "interrupted")
-    assert put(store, record(other, RUNNING, 2, "again")) == (RUNNING, 2, "interrupted")
-    assert put(store, record(other, CANCELLED, 1, "cancelled")) == (CANCELLED, 1, "cancelled")
+    assert put(store, record(other, RUNNING, 2, "interrupted", task)) == (RUNNING, 2, "interrupted")
+    assert put(store, record(other, RUNNING, 2, "again", task)) == (RUNNING, 2, "interrupted")
+    assert put(store, record(other, RUNNING, 3, "later", task)) == (RUNNING, 3, "later")
+    assert put(store, record(other, CANCELLED, 1, "cancelled", task)) == (CANCELLED, 1, "cancelled")
     third = job_id + "-c"
-    assert put(store, record(third, RUNNING, 1, "interrupted")) == (RUNNING, 1, "interrupted")
-    assert put(store, record(third, SUCCEEDED, 2, "retried")) == (SUCCEEDED, 2, "retried")
-    assert put(store, record(third, RUNNING, 3, "late")) == (SUCCEEDED, 2, "retried")
+    assert put(store, record(third, RUNNING, 1, "interrupted", task)) == (RUNNING, 1, "interrupted")
+    assert put(store, record(third, SUCCEEDED, 2, "retried", task)) == (SUCCEEDED, 2, "retried")
+    assert put(store, record(third, RUNNING, 3, "late", task)) == (SUCCEEDED, 2, "retried")
 
 
 # -- a record too large for its page entry -----------------------------------------------------
