@@ -529,13 +529,21 @@ def test_keyword_arguments_reach_the_task(store: LocalStore) -> None:
         13, 23]
 
 
-def test_the_runtime_says_which_task_runs_and_when_none_does(store: LocalStore) -> None:
-    spec, manifest = make_job(store, scaled, [0, 1])
-    seen: list[tuple[str, int] | None] = []
+@pytest.mark.parametrize("python", [None, "2.7.18"], ids=["runs", "cannot-run"])
+def test_the_runtime_says_which_task_runs_and_when_none_does(store: LocalStore,
+                                                             python: str | None) -> None:
+    """A local worker's supervisor charges a death to the task these calls name, also
+    for tasks that fail before they start (here: a Python version the job cannot load)."""
+    spec, manifest = make_job(store, scaled, [0, 1], python=python)
+    chunk = replace(manifest[0], attempt=3)
+    seen: list[tuple[Any, ...] | None] = []
     runtime = WorkerRuntime(store, "w-1", on_start=lambda ctx: seen.append(
-        None if ctx is None else (ctx.job_id, ctx.task_index)))
-    runtime.run_chunk(manifest[0])
-    assert seen == [(spec.job_id, 0), None, (spec.job_id, 1), None]
+        None if ctx is None else (ctx.job_id, ctx.task_index, ctx.attempt, ctx.seed,
+                                  ctx.store)))
+    runtime.run_chunk(chunk)
+    seeds = [t.seed for t in chunk.tasks]
+    assert seen == [(spec.job_id, 0, 3, seeds[0], store), None,
+                    (spec.job_id, 1, 3, seeds[1], store), None]
 
 
 def test_a_timeout_is_enforced_only_when_the_runtime_is_asked_to(store: LocalStore) -> None:
