@@ -44,6 +44,15 @@ def eventually(condition: Callable[[], object], timeout: float = 30.0, what: str
         time.sleep(0.01)
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child the test will Ctrl-C: SIGINT at its default, so Python
+    installs its KeyboardInterrupt handler. A shell's ``&`` starts the suite with SIGINT
+    ignored, children inherit that, and the child would never see the test's Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_file(path: str, timeout: float = 60.0) -> bool:
     """Inside a task: block until ``path`` exists (an event from the test), bounded."""
     deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import fanout
 from fanout.backends.local.store import LocalStore
 
 import tasks
+from conftest import default_sigint
 
 TESTS = Path(__file__).parent
 
@@ -227,7 +228,8 @@ def test_dashboard_prints_its_url_once_keeps_the_token_out_and_stops_quietly(
     proc = subprocess.Popen(
         [sys.executable, "-m", "fanout.cli", "dashboard", "--port", str(port),
          "--token-file", str(token_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+        preexec_fn=default_sigint)
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()

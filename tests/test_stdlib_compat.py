@@ -30,7 +30,7 @@ import pytest
 import fanout
 from fanout.testing import emulated_aws
 
-from conftest import eventually
+from conftest import default_sigint, eventually
 
 TESTS = Path(__file__).parent
 
@@ -406,7 +406,7 @@ def test_ctrl_c_stops_an_inline_job_and_cancels_the_rest(tmp_path: Path) -> None
     env = {**os.environ, "FANOUT_HOME": str(home)}
     env.pop("FANOUT_BACKEND", None)
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         eventually(lambda: (marks / "started-0").exists() or proc.poll() is not None,
                    timeout=60, what="the first task to start")
