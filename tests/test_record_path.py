@@ -60,6 +60,18 @@ class Unpicklable(Exception):
         super().__init__(f"{code}: {why}")
 
 
+class BrokenNotes(Exception):
+    """An exception the traceback module cannot format (its ``__notes__`` raise)."""
+
+    @property
+    def __notes__(self) -> list[str]:  # type: ignore[override]
+        raise ValueError("notes broken")
+
+
+def broken_notes(x: int) -> int:
+    raise BrokenNotes(f"task {x} failed")
+
+
 def work(x: int) -> int:
     if x == 3:
         raise ValueError(f"task {x} is bad")
@@ -926,3 +938,12 @@ def test_a_packed_chunk_whose_outcomes_cannot_load_here_fails_its_calls(store: L
     assert isinstance(exc, SerializationError) and "cannot be unpickled" in str(exc)
     calls = unrolled(job, spec, store)
     assert [type(f.exception(timeout=0)) for f in calls] == [SerializationError] * 2
+
+
+def test_an_exception_the_traceback_module_cannot_format_still_names_itself(
+        store: LocalStore) -> None:
+    _, manifest = make_job(store, broken_notes, [1])
+    [stored] = run(store, manifest[0])
+    assert stored.status == FAILED and stored.exc_type == f"{__name__}.BrokenNotes"
+    assert stored.exc_message == "task 1 failed"
+    assert stored.traceback == "BrokenNotes: task 1 failed\n"  # the type and message, at least
