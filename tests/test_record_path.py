@@ -29,11 +29,11 @@ import pytest
 import tqdm
 
 import fanout
-from fanout import packing, serialization
+from fanout import packing, records, serialization
 from fanout.backends.local.store import LocalStore
 from fanout.collector import JobRun, RemoteTraceback, rebuild_exception, resolve
 from fanout.dependencies import dumps_call
-from fanout.errors import RemoteError, SerializationError, StoreError, TaskTimeout
+from fanout.errors import RemoteError, SerializationError, StoreError, TaskTimeout, WorkerLost
 from fanout.future import Future
 from fanout.manifest import plan_job, write_payload
 from fanout.options import TaskOptions
@@ -936,8 +936,21 @@ def test_a_packed_chunk_whose_outcomes_cannot_load_here_fails_its_calls(store: L
     job.deliver(record)
     exc = job.future(0).exception(timeout=0)
     assert isinstance(exc, SerializationError) and "cannot be unpickled" in str(exc)
+    assert str(exc).endswith("Import the modules that define the results' types here.")
     calls = unrolled(job, spec, store)
     assert [type(f.exception(timeout=0)) for f in calls] == [SerializationError] * 2
+
+
+def test_a_packed_chunk_lost_as_a_whole_fails_each_call_with_that_error(store: LocalStore
+                                                                         ) -> None:
+    """A worker that died mid-chunk leaves no outcomes: the chunk's record is the loss."""
+    spec, _ = make_packed_job(store, work, [0, 1, 2], pack=3)
+    lost = records.lost(spec.job_id, 0, 1, WorkerLost("the worker died"))
+    assert lost.value is None and lost.value_ref is None
+    job = follow(spec, store, [lost])
+    calls = unrolled(job, spec, store)
+    assert [type(f.exception(timeout=0)) for f in calls] == [WorkerLost] * 3
+    assert packing.final_counts([lost], 3, 3) == {FAILED: 3}
 
 
 def test_an_exception_the_traceback_module_cannot_format_still_names_itself(
