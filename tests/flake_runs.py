@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
 import subprocess
@@ -89,9 +90,11 @@ def run(files: list[str], count: int, timeout: float, alone: bool = False) -> in
                  "load": [round(load, 1), round(os.getloadavg()[0], 1)],
                  "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                  **outcome, "tail": tail}
-        results = _load()
-        results.append(entry)
-        RESULTS.write_text(json.dumps(results, indent=1))
+        with open(RESULTS.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # several campaigns may share the file
+            results = _load()
+            results.append(entry)
+            RESULTS.write_text(json.dumps(results, indent=1))
         print(f"{name}: {outcome['passed']} passed, {outcome['failed']} failed, "
               f"{outcome['skipped']} skipped, {entry['seconds']} s", flush=True)
         bad += code not in (0, 5)

