@@ -143,6 +143,30 @@ def test_a_dynamodb_item_over_400_kb_is_refused(aws: EmulatedAws) -> None:
     assert error_code(refused) == "ValidationException"
 
 
+def test_a_dynamodb_parameter_outside_its_enum_is_refused(aws: EmulatedAws) -> None:
+    """moto ignores a value the API model does not allow; DynamoDB refuses the request
+    (fanout/testing/validation.py). fanout's page writes ask for ALL_OLD."""
+    dynamodb = aws.client("dynamodb")
+    table = aws.outputs["ResultsTableName"]
+    key = {"job_id": {"S": "enum"}, "item": {"S": "x"}}
+    dynamodb.put_item(TableName=table, Item={**key, "n": {"N": "1"}})
+    for value in ("all_old", "OLD"):
+        with pytest.raises(ClientError) as refused:
+            dynamodb.update_item(TableName=table, Key=key, UpdateExpression="SET n = :n",
+                                 ConditionExpression="n = :old",
+                                 ExpressionAttributeValues={":n": {"N": "2"}, ":old": {"N": "0"}},
+                                 ReturnValuesOnConditionCheckFailure=value)
+        assert error_code(refused) == "ValidationException"
+        assert "ALL_OLD, NONE" in str(refused.value)
+    with pytest.raises(ClientError) as lost:
+        dynamodb.update_item(TableName=table, Key=key, UpdateExpression="SET n = :n",
+                             ConditionExpression="n = :old",
+                             ExpressionAttributeValues={":n": {"N": "2"}, ":old": {"N": "0"}},
+                             ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert error_code(lost) == "ConditionalCheckFailedException"
+    assert lost.value.response["Item"]["n"] == {"N": "1"}  # what the page writes read back
+
+
 def slow_square(x: int) -> int:
     time.sleep(0.3)
     return x * x

@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .validation import invalid_value
+
 DYNAMODB_PARTITION_WCU = 1000
 DYNAMODB_PARTITION_RCU = 3000
 S3_PREFIX_PUT_PER_S = 3500
@@ -307,6 +309,13 @@ def _dynamodb_error(exc: Throttled) -> tuple[str, list[tuple[str, str]], bytes]:
                                ("Content-Length", str(len(body)))], body
 
 
+def _validation_error(message: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    body = json.dumps({"__type": "com.amazon.coral.validate#ValidationException",
+                       "message": message}).encode()
+    return "400 Bad Request", [("Content-Type", "application/x-amz-json-1.0"),
+                               ("Content-Length", str(len(body)))], body
+
+
 def _s3_error(exc: Throttled) -> tuple[str, list[tuple[str, str]], bytes]:
     body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message>"
@@ -316,7 +325,8 @@ def _s3_error(exc: Throttled) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 def throttled(app: Any, tracker: LimitTracker | None) -> Any:
-    """WSGI middleware: serialize DynamoDB, apply the scaled limits when ``tracker`` is set."""
+    """WSGI middleware: refuse DynamoDB requests AWS would refuse (``validation.py``),
+    serialize DynamoDB, apply the scaled limits when ``tracker`` is set."""
     dynamo_lock = threading.Lock()
 
     def middleware(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -328,6 +338,11 @@ def throttled(app: Any, tracker: LimitTracker | None) -> Any:
             environ["wsgi.input"] = io.BytesIO(raw)
             operation = target.split(".")[-1]
             body = json.loads(raw or b"{}")
+            problem = invalid_value("dynamodb", operation, body)
+            if problem is not None:
+                status, headers, payload = _validation_error(problem)
+                start_response(status, headers)
+                return [payload]
             with dynamo_lock:
                 if tracker is not None:
                     try:
