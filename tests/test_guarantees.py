@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ import pytest
 import fanout
 from fanout import serialization
 from fanout.backends.aws.config import AwsConfig
-from fanout.backends.aws.pages import ENTRY_MAX_BYTES, page_item
+from fanout.backends.aws.pages import ENTRY_MAX_BYTES, page_item, worker_ref
 from fanout.backends.aws.store import POLL_OVERLAP_MS, AwsStore
 from fanout.backends.local.store import LocalStore
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
@@ -527,6 +528,30 @@ def page_entry(store: AwsStore, job_id: str, task: int) -> tuple[dict[str, Any],
     return raw, raw[f"t{task - page * layout.page_tasks}"]["M"]
 
 
+def test_a_page_item_carries_its_ttl_its_written_stamp_and_worker_names(
+        aws: EmulatedAws, job_id: str) -> None:
+    """The page's own attributes (pages.py's format): the table's TTL attribute, the
+    millisecond the page was written (the poll cursor follows it), and each worker id once
+    under a ``W<crc32>`` name, even one whose name is all digits after the W."""
+    store = aws_store(aws)
+    # a worker id whose reference looks like an entry's number, "W" + 8 decimal digits
+    worker = next(w for w in (f"host/{n}" for n in range(100_000))
+                  if worker_ref(w)[1:].isdigit())
+    before_ms = int(time.time() * 1000)
+    mine = record(job_id, SUCCEEDED, 1, "paged")
+    mine.worker_id = worker
+    assert store.put_result(mine) is mine
+    after_ms = int(time.time() * 1000)
+    raw, entry = page_entry(store, job_id, 0)
+    assert entry["w"] == {"S": "@" + worker_ref(worker)} and raw[worker_ref(worker)] == {
+        "S": worker}
+    assert before_ms <= int(raw["written"]["N"]) <= after_ms
+    ttl = store.dynamodb.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
+    expires = int(raw[ttl["AttributeName"]]["N"])
+    assert before_ms // 1000 + 90 * 86400 <= expires <= after_ms // 1000 + 90 * 86400 + 1
+    assert store.results(job_id) == [mine] and store.result(job_id, 0) == mine
+
+
 def spilled_objects(store: AwsStore, job_id: str) -> list[str]:
     listing = store.s3.list_objects_v2(Bucket=store.bucket, Prefix=f"jobs/{job_id}/records/")
     return sorted(o["Key"] for o in listing.get("Contents", []))
@@ -549,7 +574,9 @@ def test_a_record_too_large_for_its_entry_is_kept_whole_in_s3(aws: EmulatedAws,
     worker = entry["w"]["S"]
     assert worker.startswith("@W") and raw[worker[1:]] == {"S": "worker-big"}
     ref = entry["R"]["S"]
-    assert ref.startswith(f"{job_id}/records/")
+    # records/<the task's S3 prefix shard>/<task>.a<attempt>.<8 hex digits>.pkl
+    shard = store.layout(job_id).prefix(0)
+    assert re.fullmatch(rf"{re.escape(job_id)}/records/{shard}/0\.a1\.[0-9a-f]{{8}}\.pkl", ref)
     assert pickle.loads(store.get_object(job_id, ref.split("/", 1)[1])) == big
     assert store.result(job_id, 0) == big and store.results(job_id) == [big]
     assert store.finished_tasks(job_id, [0]) == set()
