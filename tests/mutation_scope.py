@@ -176,6 +176,17 @@ EQUIVALENT: dict[str, str] = {
         [f"fanout.backends.aws.pages.x_decode__mutmut_{n}" for n in (17, 18)],
         "'or' for 'and' around the @W reference: every caller passes the page, and a worker "
         "id without '@' never equals a page attribute's name after its first character"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.store.xǁAwsStoreǁ_put_page__mutmut_{n}"
+         for n in (115, 116, 117, 118, 119, 120)],
+        "a lost page write's entries read again with GetItem instead of taken from the "
+        "refusal: the same item, strongly consistent (one more read only)"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.store.xǁAwsStoreǁ_put_page__mutmut_{n}"
+         for n in (121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131)],
+        "the GetItem fallback after a refusal without the item: never runs, since the "
+        "write asks for ALL_OLD and a refused condition implies the page exists, so "
+        "DynamoDB (and the emulation, which validates the parameter) return it"),
     "fanout.backends.aws.store.xǁAwsStoreǁresults__mutmut_13":
         "'and' for 'AND' in a KeyConditionExpression: the expression's keywords are not case "
         "sensitive (moto accepts both; not checkable against DynamoDB offline)",

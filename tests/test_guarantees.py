@@ -70,10 +70,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyStore]:
         yield aws_store(request.getfixturevalue("aws"))
 
 
-@pytest.fixture(params=[0, REDUCE_INDEX], ids=["task", "reduce"])
+@pytest.fixture(params=[0, 1001, REDUCE_INDEX], ids=["task", "later-page", "reduce"])
 def task(request: pytest.FixtureRequest) -> int:
-    """The rule holds for a task's record (a page entry on DynamoDB) and for the reduce
-    record (an item of its own there, written by its own conditional put)."""
+    """The rule holds for a task's record (a page entry on DynamoDB: on the first page and
+    on a later one, whose entries are numbered from the page's first task) and for the
+    reduce record (an item of its own there, written by its own conditional put)."""
     index: int = request.param
     return index
 
