@@ -28,6 +28,7 @@ from fanout.backends.aws.config import AwsConfig
 from fanout.backends.aws.pages import ENTRY_MAX_BYTES, page_item, worker_ref
 from fanout.backends.aws.store import POLL_OVERLAP_MS, AwsStore
 from fanout.backends.local.store import LocalStore
+from fanout.errors import StoreError
 from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
 from fanout.protocol import (
@@ -551,6 +552,26 @@ def test_a_page_item_carries_its_ttl_its_written_stamp_and_worker_names(
     expires = int(raw[ttl["AttributeName"]]["N"])
     assert before_ms // 1000 + 90 * 86400 <= expires <= after_ms // 1000 + 90 * 86400 + 1
     assert store.results(job_id) == [mine] and store.result(job_id, 0) == mine
+
+
+def test_a_page_write_that_can_never_land_fails_fast_with_a_store_error(
+        aws: EmulatedAws, job_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the re-read entries and the write condition ever disagreed (a bug), the write
+    would be refused for ever: it gives up after PAGE_WRITE_ROUNDS with an error that
+    says so, and stores nothing. The disagreement is made by approving every entry."""
+    from fanout.backends.aws import store as aws_store_module
+
+    store = aws_store(aws)
+    store.put_result(record(job_id, SUCCEEDED, 1, "first"))
+    monkeypatch.setattr(aws_store_module, "may_replace", lambda stored, rec: True)
+    with pytest.raises(StoreError) as refused:
+        store.put_result(record(job_id, SUCCEEDED, 2, "second"))
+    assert str(refused.value) == (
+        f"the write of page 0 of job {job_id} was refused "
+        f"{aws_store_module.PAGE_WRITE_ROUNDS} times although each re-read allowed it: the "
+        "stored entries and the write condition disagree (a bug, or another writer changing "
+        "this page as fast); the records are not stored, so their tasks count as unfinished")
+    assert origin(store.result(job_id, 0)) == (SUCCEEDED, 1, "first")
 
 
 def spilled_objects(store: AwsStore, job_id: str) -> list[str]:
