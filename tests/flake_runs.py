@@ -19,6 +19,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -126,7 +127,13 @@ def report() -> None:
         minutes, seconds = divmod(int(entry["seconds"]), 60)
         failed = str(entry["failed"])
         if entry["failures"]:
-            failed += " (" + ", ".join(sorted(set(entry["failures"]))) + ")"
+            # one name per test: pytest-repeat's "-k-N" suffix and the module path dropped
+            names = {re.sub(r"-\d+-\d+\]$", "]", re.sub(r"\[\d+-\d+\]$", "",
+                                                         f.rsplit("::", 1)[-1]))
+                     for f in entry["failures"]}
+            failed += " (" + ", ".join(sorted(names)) + ")"
+        if entry.get("note"):
+            failed += f"; {entry['note']}"
         if entry["returncode"] == "timeout":
             failed += " (stopped: timeout)"
         print(f"| `{entry['file']}` | x{entry['count']} | {entry['passed']} | {failed} | "
