@@ -292,17 +292,19 @@ def test_a_wide_job_ramps_its_map_and_lambda_never_throttles(aws: EmulatedAws,
     def watch(execution_arn: str) -> None:
         """Touch the marker once the Lambda Map Run is at its full width (the raise)."""
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            runs = sfn.list_map_runs(executionArn=execution_arn)["mapRuns"]
-            lambda_runs = [r for r in runs if "/LambdaChunks:" in r["mapRunArn"]]
-            if lambda_runs:
-                width = sfn.describe_map_run(mapRunArn=lambda_runs[0]["mapRunArn"])[
-                    "maxConcurrency"]
-                if width == RAMP_CHUNKS:
-                    raised.append(width)
-                    break
-            time.sleep(0.2)  # polling the emulation, with a deadline
-        marker.touch()
+        try:
+            while time.monotonic() < deadline:
+                runs = sfn.list_map_runs(executionArn=execution_arn)["mapRuns"]
+                lambda_runs = [r for r in runs if "/LambdaChunks:" in r["mapRunArn"]]
+                if lambda_runs:
+                    width = sfn.describe_map_run(mapRunArn=lambda_runs[0]["mapRunArn"])[
+                        "maxConcurrency"]
+                    if width == RAMP_CHUNKS:
+                        raised.append(width)
+                        break
+                time.sleep(0.2)  # polling the emulation, with a deadline
+        finally:
+            marker.touch()  # the held chunks end even if this watch failed
 
     machine = aws.backend_options["state_machine_arn"]
     with fanout.Executor(backend="aws", progress=False, chunksize=1,

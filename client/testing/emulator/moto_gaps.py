@@ -1,6 +1,7 @@
 """What moto 5.2 lacks, filled in here and only here: Batch ``submitJob.sync`` casing,
-a dropped connection retried as the SDK does, memoised ``jsonpath_ng`` parses, and a
-Distributed Map that follows ``UpdateMapRun``'s ``maxConcurrency`` while it runs."""
+a dropped connection retried as the SDK does, memoised ``jsonpath_ng`` parses, a
+Distributed Map that follows ``UpdateMapRun``'s ``maxConcurrency`` while it runs, and
+``ListMapRuns`` on an execution whose interpreter has not started yet."""
 
 from __future__ import annotations
 
@@ -176,3 +177,23 @@ def following_map_run(job_pool_class: Any, unlimited: int) -> Any:
         env.stack.append([closed.job_output for closed in pool.get_closed_jobs()])
 
     return map_run
+
+
+def listing_map_runs_early(original: Any) -> Any:
+    """moto's ``list_map_runs``, answering an execution that has no interpreter yet.
+
+    Right after StartExecution, moto's execution has no environment until its worker
+    thread starts, and ``list_map_runs`` fails with an AttributeError (an HTTP 500). AWS
+    answers such an execution like any other without Map Runs: an empty ``mapRuns`` list
+    (docs.aws.amazon.com/step-functions/latest/apireference/API_ListMapRuns.html).
+    """
+    @functools.wraps(original)
+    def list_map_runs(self: Any, execution_arn: str) -> dict[str, Any]:
+        execution = self.describe_execution(execution_arn=execution_arn)
+        worker = getattr(execution, "exec_worker", None)
+        if worker is None or getattr(worker, "env", None) is None:
+            return {"mapRuns": []}
+        result: dict[str, Any] = original(self, execution_arn)
+        return result
+
+    return list_map_runs

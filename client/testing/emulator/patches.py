@@ -17,6 +17,7 @@ from .bridge import Bridge, TooManyRequestsError
 from .moto_gaps import (
     client_modules,
     following_map_run,
+    listing_map_runs_early,
     memo_parse,
     normalise_batch_parameters,
     normalise_batch_response,
@@ -158,6 +159,8 @@ def install_patches(stack: contextlib.ExitStack, bridge: Bridge,
 
     stack.enter_context(patched(distributed.DistributedIterationComponent, "_map_run",
                                  following_map_run(JobPool, DEFAULT_MAX_CONCURRENCY_VALUE)))
+    stack.enter_context(patched(StepFunctionsParserBackend, "list_map_runs",
+                                 listing_map_runs_early(StepFunctionsParserBackend.list_map_runs)))
     from moto.stepfunctions.parser.asl.utils import json_path
 
     parse = json_path.parse  # type: ignore[attr-defined]
