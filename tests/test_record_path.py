@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -118,7 +119,9 @@ STATE = 0  # set by ``set_state`` (the executor's initializer), read by ``statef
 COUNT = 0
 
 
-def set_state(value: int) -> None:
+def set_state(value: int, token: str = "") -> None:
+    """``token`` makes the initializer's text unique per test, so no earlier test's run of
+    it in this process (the runtime remembers initializers by their text) stands in."""
     global STATE, COUNT
     STATE, COUNT = value, 0
 
@@ -866,7 +869,7 @@ def test_a_call_reads_its_input_futures_and_its_initializers_globals(store: Loca
     run(store, up_manifest[0])
     source = Future(upstream.job_id, 0, store)  # type: ignore[arg-type]
     items: list[Any] = [source, 1, 2, 3]
-    initializer = serialization.dumps_initializer(set_state, (1000,))
+    initializer = serialization.dumps_initializer(set_state, (1000, uuid.uuid4().hex))
     if pack:
         spec, manifest = make_packed_job(store, stateful, items, pack=pack,
                                          initializer=initializer)
@@ -898,12 +901,39 @@ def test_a_packed_call_interrupted_is_its_failure_unless_the_caller_pressed_ctrl
     inline.interruptible = True
     with pytest.raises(KeyboardInterrupt):
         inline.run_chunk(replace(manifest[0], attempt=2))
-    # ...and any other exception is still the one call's outcome
+    # ...and any other exception is still the one call's (or task's) outcome
     _, manifest = make_packed_job(store, work, [2, 3, 5], pack=3)
     told: list[ResultRecord] = []
     inline.run_chunk(manifest[0], on_result=told.append)
     assert [(r.status, r.extra) for r in told] == [
         (FAILED, {packing.ELEMENTS: 3, packing.FAILURES: 1})]
+    _, manifest = make_job(store, work, [3, 5])
+    told = []
+    inline.run_chunk(manifest[0], on_result=told.append)
+    assert [(r.status, r.exc_type) for r in told] == [
+        (FAILED, "builtins.ValueError"), (SUCCEEDED, None)]
+
+
+@pytest.mark.parametrize("pack", [0, 2], ids=["task", "packed"])
+def test_a_value_blob_that_cannot_be_written_fails_the_task_with_that_error(
+        store: LocalStore, pack: int) -> None:
+    """A result too large for its record goes to a blob; when that write fails (here the
+    blob directory's place is taken by a file) the task's record says so, and a packed
+    chunk's record is a loss for each of its calls, not outcomes it does not hold."""
+    store.max_record_value_bytes = 10
+    spec, manifest = (make_packed_job(store, big, [0, 1], pack=pack) if pack
+                      else make_job(store, big, [0, 1]))
+    store.job_dir(spec.job_id).mkdir(parents=True, exist_ok=True)
+    (store.job_dir(spec.job_id) / "values").write_bytes(b"not a directory")
+    stored = run(store, manifest[0])
+    # the store names itself and the disk: a StoreError
+    assert {(r.status, r.exc_type) for r in stored} == {(FAILED, "fanout.errors.StoreError")}
+    assert all(r.value is None and r.value_ref is None for r in stored)
+    if pack:
+        assert packing.ELEMENTS not in stored[0].extra
+        job = follow(spec, store, stored)
+        assert [type(f.exception(timeout=0)) for f in unrolled(job, spec, store)] == [
+            StoreError] * 2
 
 
 def test_a_packed_call_resumes_from_its_own_checkpoint(store: LocalStore) -> None:
