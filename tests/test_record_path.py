@@ -110,7 +110,7 @@ def draws(x: int) -> tuple[Any, ...]:
         return (fanout.task_seed(), float(numpy.random.random()), random.random(),
                 random.randint(0, 10**9))
     ours = (fanout.task_seed(), random.random(), random.random(), random.randint(0, 10**9),
-            random.gauss(mu=0.0, sigma=1.0), float(numpy.random.random()))
+            random.gauss(mu=5.0, sigma=2.0), float(numpy.random.random()))
     numpy.random.seed(seed=x)
     return (*ours, float(numpy.random.random()), random.random())
 
