@@ -187,6 +187,51 @@ EQUIVALENT: dict[str, str] = {
         "the GetItem fallback after a refusal without the item: never runs, since the "
         "write asks for ALL_OLD and a refused condition implies the page exists, so "
         "DynamoDB (and the emulation, which validates the parameter) return it"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.pages.x_encode__mutmut_{n}" for n in (93, 95)],
+        "json.dumps without compact separators for an entry's extra: the same value reads "
+        "back (a few bytes more)"),
+    "fanout.backends.aws.pages.x_condition__mutmut_34":
+        "' and ' for ' AND ' between a page write's clauses: the expression's keywords are "
+        "not case sensitive (moto accepts both; not checkable against DynamoDB offline)",
+    "fanout.backends.aws.store.x_task_key__mutmut_2":
+        "task_key always 'reduce': every caller passes REDUCE_INDEX (tasks live in pages)",
+    **dict.fromkeys(
+        [f"fanout.backends.aws.store.xǁAwsStoreǁ_entry__mutmut_{n}" for n in (16, 18)],
+        "a spilled record pickled with the default protocol (4) instead of 5: the same "
+        "record loads back"),
+    "fanout.backends.aws.store.xǁAwsStoreǁ_put_page__mutmut_180":
+        "pending = None after a landed write: the loop and the check after it read only "
+        "its truth, and None is false as [] is",
+    **dict.fromkeys(
+        ["fanout.backends.aws.store.xǁAwsStoreǁ_put_page__mutmut_97",
+         *[f"fanout.backends.aws.store.xǁAwsStoreǁ_put_reduce__mutmut_{n}"
+           for n in (6, 15, 18)]],
+        "lower-case SET/OR/AND in an expression: its keywords are not case sensitive "
+        "(moto accepts both; not checkable against DynamoDB offline)"),
+    **dict.fromkeys(
+        [f"fanout.backends.aws.store.xǁAwsStoreǁ_reduce_record__mutmut_{n}"
+         for n in (101, 103, 105, 107, 112, 114, 116, 118, 120, 125, 128, 130, 132, 134, 139)],
+        "the defaults for a reduce item without stdout, stderr or extra: _reduce_item always "
+        "writes all three, so no item of today's format lacks them"),
+    **dict.fromkeys(
+        [f"fanout.packing.x_element_futures__mutmut_{n}" for n in (19, 22, 27)],
+        "zip strict or not over range(skip, count) and a list made from the same range: "
+        "never of different lengths"),
+    "fanout.packing.x_element_futures__mutmut_33":
+        "k <= len(values): k runs below count, the chunk's number of calls, which is "
+        "len(values) for every chunk that has outcomes",
+    "fanout.packing.x_encode__mutmut_6":
+        "'' instead of None for a failed call's value: a failed call's outcome is its "
+        "exception, its value is never read",
+    **dict.fromkeys(
+        ["fanout.packing.x_run_pack__mutmut_22",
+         "fanout.packing.xǁLazyGlobalSeedsǁ__init____mutmut_2"],
+        "the chunk's context starts without the first call's index (so LazyGlobalSeeds "
+        "counts no call as seeded): each call sets its index before it runs, and the first "
+        "call's first draw then seeds the RNGs with the seed the runner already used"),
+    "fanout.packing.xǁLazyGlobalSeedsǁrestore__mutmut_8":
+        "saved = None after restoring: restore runs once per chunk, in run_pack's finally",
     "fanout.backends.aws.store.xǁAwsStoreǁresults__mutmut_13":
         "'and' for 'AND' in a KeyConditionExpression: the expression's keywords are not case "
         "sensitive (moto accepts both; not checkable against DynamoDB offline)",
