@@ -334,18 +334,22 @@ def test_a_schedule_over_an_s3_prefix_runs_one_task_per_object(ex: fanout.Execut
     # folder markers, as the S3 console makes them: not objects to run on
     for marker in ("today/", "today/archive/"):
         s3.put_object(Bucket="portfolio-data", Key=marker, Body=b"")
-    ex.schedule("per-file", tasks.identity, "s3://portfolio-data/today/", rate="rate(1 day)")
+    name = f"per-file-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    ex.schedule(name, tasks.identity, "s3://portfolio-data/today/", rate="rate(1 day)")
     remote = aws.client("scheduler").get_schedule(
-        Name="per-file", GroupName=aws.backend_options["schedule_group"])
+        Name=name, GroupName=aws.backend_options["schedule_group"])
     aws.client("stepfunctions").start_execution(
         stateMachineArn=remote["Target"]["Arn"], name=uuid.uuid4().hex,
         input=remote["Target"]["Input"])
     backend = ex.backend
-    eventually(lambda: backend.schedule_runs("per-file"), what="the run")
-    job_id = backend.schedule_runs("per-file")[0]["job_id"]
-    job = fanout.Job.attach(job_id, backend="aws", **aws.backend_options)
-    assert sorted(job.results(timeout=120)) == [
-        f"s3://portfolio-data/today/{name}" for name in ("a.csv", "b.csv", "c.csv")]
+    try:
+        eventually(lambda: backend.schedule_runs(name), what="the run")
+        job_id = backend.schedule_runs(name)[0]["job_id"]
+        job = fanout.Job.attach(job_id, backend="aws", **aws.backend_options)
+        assert sorted(job.results(timeout=120)) == [
+            f"s3://portfolio-data/today/{key}" for key in ("a.csv", "b.csv", "c.csv")]
+    finally:
+        backend.delete_schedule(name)
 
 
 @pytest.mark.parametrize("tier", ["lambda", "batch"])
