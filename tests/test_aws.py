@@ -203,10 +203,11 @@ def test_configure_reads_the_stack_outputs(aws: EmulatedAws, tmp_path: Path) -> 
     cloudformation = aws.client("cloudformation")
     body = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
             "Outputs": {key: {"Value": value} for key, value in aws.outputs.items()}}
-    cloudformation.create_stack(StackName="fanout-test", TemplateBody=json.dumps(body))
+    stack = f"fanout-test-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    cloudformation.create_stack(StackName=stack, TemplateBody=json.dumps(body))
     home = tmp_path / "configured"
     out = subprocess.run([sys.executable, "-m", "fanout.cli", "--home", str(home), "configure",
-                          "--stack", "fanout-test"], capture_output=True, text=True,
+                          "--stack", stack], capture_output=True, text=True,
                          timeout=120, env={**os.environ, **aws.env}, check=True)
     assert "wrote" in out.stdout
     saved = json.loads((home / "aws.json").read_text())
@@ -261,11 +262,12 @@ def test_the_client_can_leave_and_the_job_goes_on(aws: EmulatedAws, tmp_path: Pa
 def test_schedules_fire_as_ordinary_jobs(ex: fanout.Executor, aws: EmulatedAws,
                                          tmp_path: Path) -> None:
     options = aws.backend_options
-    spec = ex.schedule("nightly-risk", tasks.square, [1, 2, 3], cron="cron(0 2 * * ? *)",
+    name = f"nightly-risk-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    spec = ex.schedule(name, tasks.square, [1, 2, 3], cron="cron(0 2 * * ? *)",
                        timezone="Europe/Zurich", reducer=sum)
     assert spec.enabled and spec.next_fire
     scheduler, sfn = aws.client("scheduler"), aws.client("stepfunctions")
-    remote = scheduler.get_schedule(Name="nightly-risk", GroupName=options["schedule_group"])
+    remote = scheduler.get_schedule(Name=name, GroupName=options["schedule_group"])
     assert remote["ScheduleExpression"] == "cron(0 2 * * ? *)"
     assert remote["ScheduleExpressionTimezone"] == "Europe/Zurich"
     assert remote["Target"]["Arn"] == options["state_machine_arn"]
@@ -279,49 +281,54 @@ def test_schedules_fire_as_ordinary_jobs(ex: fanout.Executor, aws: EmulatedAws,
 
     backend = ex.backend
     fire()
-    eventually(lambda: backend.schedule_runs("nightly-risk"), what="the first run")
-    [run] = backend.schedule_runs("nightly-risk")
+    eventually(lambda: backend.schedule_runs(name), what="the first run")
+    [run] = backend.schedule_runs(name)
     job = fanout.Job.attach(run["job_id"], backend="aws", **options)
     assert job.results(timeout=120) == [1, 4, 9]
     reduced = job.reduce_future()
     assert reduced is not None and reduced.result(timeout=120) == 14
-    eventually(lambda: backend.schedule_runs("nightly-risk")[0]["state"] == "finished",
+    eventually(lambda: backend.schedule_runs(name)[0]["state"] == "finished",
                what="the run to finish")
     fire()
-    eventually(lambda: len(backend.schedule_runs("nightly-risk")) == 2, what="a second run")
-    second = backend.schedule_runs("nightly-risk")[0]["job_id"]
+    eventually(lambda: len(backend.schedule_runs(name)) == 2, what="a second run")
+    second = backend.schedule_runs(name)[0]["job_id"]
     assert second and second != run["job_id"]  # each run is its own job
 
-    assert [s.name for s in backend.list_schedules()] == ["nightly-risk"]
-    assert not backend.set_schedule_enabled("nightly-risk", False).enabled
-    assert scheduler.get_schedule(Name="nightly-risk", GroupName=options["schedule_group"]
+    assert [s.name for s in backend.list_schedules()] == [name]
+    assert not backend.set_schedule_enabled(name, False).enabled
+    assert scheduler.get_schedule(Name=name, GroupName=options["schedule_group"]
                                   )["State"] == "DISABLED"
-    assert backend.set_schedule_enabled("nightly-risk", True).enabled
-    backend.delete_schedule("nightly-risk")
+    assert backend.set_schedule_enabled(name, True).enabled
+    backend.delete_schedule(name)
     with pytest.raises(KeyError):
-        backend.get_schedule("nightly-risk")
+        backend.get_schedule(name)
 
 
 def test_a_scheduled_run_is_skipped_while_the_previous_one_runs(
         ex: fanout.Executor, aws: EmulatedAws, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    ex.schedule("slow-one", tasks.block_until, [str(gate)], rate="rate(5 minutes)")
+    name = f"slow-one-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    ex.schedule(name, tasks.block_until, [str(gate)], rate="rate(5 minutes)")
     remote = aws.client("scheduler").get_schedule(
-        Name="slow-one", GroupName=aws.backend_options["schedule_group"])
+        Name=name, GroupName=aws.backend_options["schedule_group"])
     sfn = aws.client("stepfunctions")
     def fire() -> None:
         sfn.start_execution(stateMachineArn=remote["Target"]["Arn"], name=uuid.uuid4().hex,
                             input=remote["Target"]["Input"])
 
-    fire()
     backend = ex.backend
-    eventually(lambda: backend.schedule_runs("slow-one"), what="the first run")
-    fire()
-    eventually(lambda: len(backend.schedule_runs("slow-one")) == 2, what="the second firing")
-    assert [r["state"] for r in backend.schedule_runs("slow-one")] == ["skipped", "running"]
-    gate.touch()
-    first = backend.schedule_runs("slow-one")[1]["job_id"]
-    fanout.Job.attach(first, backend="aws", **aws.backend_options).results(timeout=120)
+    try:
+        fire()
+        eventually(lambda: backend.schedule_runs(name), what="the first run")
+        fire()
+        eventually(lambda: len(backend.schedule_runs(name)) == 2, what="the second firing")
+        assert [r["state"] for r in backend.schedule_runs(name)] == ["skipped", "running"]
+        gate.touch()
+        first = backend.schedule_runs(name)[1]["job_id"]
+        fanout.Job.attach(first, backend="aws", **aws.backend_options).results(timeout=120)
+    finally:
+        gate.touch()
+        backend.delete_schedule(name)
 
 
 def test_a_schedule_over_an_s3_prefix_runs_one_task_per_object(ex: fanout.Executor,
@@ -393,15 +400,16 @@ def test_tasks_import_numpy_on_both_tiers(aws: EmulatedAws, tier: str) -> None:
 
 def test_a_schedule_outlives_the_payload_expiry(aws: EmulatedAws) -> None:
     options = aws.backend_options
+    name = f"monthly-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
     with fanout.Executor(backend="aws", progress=False, **options) as ex:
-        ex.schedule("monthly", tasks.square, [2, 3], cron="cron(0 3 1 * ? *)")
+        ex.schedule(name, tasks.square, [2, 3], cron="cron(0 3 1 * ? *)")
         backend = ex.backend
-        aws.fire_schedule("monthly")
-        eventually(lambda: backend.schedule_runs("monthly"), what="the first run")
-        first = backend.schedule_runs("monthly")[0]["job_id"]
+        aws.fire_schedule(name)
+        eventually(lambda: backend.schedule_runs(name), what="the first run")
+        first = backend.schedule_runs(name)[0]["job_id"]
         job = fanout.Job.attach(first, backend="aws", **options)
         assert job.results(timeout=120) == [4, 9]
-        eventually(lambda: backend.schedule_runs("monthly")[0]["state"] == "finished",
+        eventually(lambda: backend.schedule_runs(name)[0]["state"] == "finished",
                    what="the first run to finish")
         # Past PayloadRetentionDays (30): the lifecycle rule removes every job object, as
         # on AWS; the schedule's own definition must survive it.
@@ -410,12 +418,15 @@ def test_a_schedule_outlives_the_payload_expiry(aws: EmulatedAws) -> None:
         assert removed["objects"] > 0
         left = s3.list_objects_v2(Bucket=options["bucket"], Prefix=f"jobs/{first}/")
         assert left.get("KeyCount", 0) == 0
-        aws.fire_schedule("monthly")
-        eventually(lambda: len(backend.schedule_runs("monthly")) == 2, what="a later run")
-        later = backend.schedule_runs("monthly")[0]["job_id"]
+        aws.fire_schedule(name)
+        # a later run, not a second one: the emulated clock is the module's, so on a
+        # repeat it is past ResultRetentionDays and TTL has taken the first run's record
+        eventually(lambda: [r for r in backend.schedule_runs(name) if r["job_id"] != first],
+                   what="a later run")
+        later = backend.schedule_runs(name)[0]["job_id"]
         assert later and later != first
         assert fanout.Job.attach(later, backend="aws", **options).results(timeout=120) == [4, 9]
-        backend.delete_schedule("monthly")
+        backend.delete_schedule(name)
 
 
 def test_a_schedule_stored_by_an_older_release_keeps_firing(aws: EmulatedAws) -> None:
