@@ -154,11 +154,14 @@ class Supervisor:
                 )
                 for dispatch in self._pull_submits(idle or self._stopping):
                     self._add(dispatch)
-                if (self._stopping and not self._queue and not self._busy()
-                        and not self._held and self._next_submit_deadline() is None):
+                if self._may_stop():
                     break
                 self._spawn_workers()
                 self._assign()
+                if self._may_stop():
+                    # _assign may have dropped the last queued chunks (their tasks were
+                    # settled meanwhile, e.g. cancelled): nothing would wake the wait then
+                    break
                 self._wait_and_handle()
                 self._enforce_timeouts()
             self._close_unfinished()
@@ -178,6 +181,11 @@ class Supervisor:
                 self._wake_closed = True
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+
+    def _may_stop(self) -> bool:
+        """Shutting down and nothing is left: no chunk queued, running or held, no submit."""
+        return (self._stopping and not self._queue and not self._busy() and not self._held
+                and self._next_submit_deadline() is None)
 
     def _busy(self) -> bool:
         return any(w.inflight for w in self._workers)
