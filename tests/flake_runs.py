@@ -118,6 +118,8 @@ def report() -> None:
         for key in ("passed", "failed", "skipped", "seconds"):
             same[key] += entry[key]
         same["failures"] += entry["failures"]
+        if entry.get("note"):
+            same["note"] = "; ".join(filter(None, [same.get("note"), entry["note"]]))
         same["load"] = [same["load"][0], entry["load"][1]]
         if entry["returncode"] == "timeout":
             same["returncode"] = "timeout"
