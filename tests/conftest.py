@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,12 @@ def ex(home: Path) -> Iterator[fanout.Executor]:
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def unique(name: str) -> str:
+    """``name`` made unique per run: an emulation lives for its module, and a repeated test
+    (``--count``) must not meet what its earlier run left there."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def eventually(condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:

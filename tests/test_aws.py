@@ -21,7 +21,7 @@ from fanout.protocol import SUCCEEDED
 from fanout.testing import EmulatedAws, emulated_aws
 
 import tasks
-from conftest import eventually
+from conftest import eventually, unique
 
 TESTS = Path(__file__).parent
 
@@ -203,7 +203,7 @@ def test_configure_reads_the_stack_outputs(aws: EmulatedAws, tmp_path: Path) -> 
     cloudformation = aws.client("cloudformation")
     body = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
             "Outputs": {key: {"Value": value} for key, value in aws.outputs.items()}}
-    stack = f"fanout-test-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    stack = unique("fanout-test")
     cloudformation.create_stack(StackName=stack, TemplateBody=json.dumps(body))
     home = tmp_path / "configured"
     out = subprocess.run([sys.executable, "-m", "fanout.cli", "--home", str(home), "configure",
@@ -262,7 +262,7 @@ def test_the_client_can_leave_and_the_job_goes_on(aws: EmulatedAws, tmp_path: Pa
 def test_schedules_fire_as_ordinary_jobs(ex: fanout.Executor, aws: EmulatedAws,
                                          tmp_path: Path) -> None:
     options = aws.backend_options
-    name = f"nightly-risk-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    name = unique("nightly-risk")
     spec = ex.schedule(name, tasks.square, [1, 2, 3], cron="cron(0 2 * * ? *)",
                        timezone="Europe/Zurich", reducer=sum)
     assert spec.enabled and spec.next_fire
@@ -307,7 +307,7 @@ def test_schedules_fire_as_ordinary_jobs(ex: fanout.Executor, aws: EmulatedAws,
 def test_a_scheduled_run_is_skipped_while_the_previous_one_runs(
         ex: fanout.Executor, aws: EmulatedAws, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    name = f"slow-one-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    name = unique("slow-one")
     ex.schedule(name, tasks.block_until, [str(gate)], rate="rate(5 minutes)")
     remote = aws.client("scheduler").get_schedule(
         Name=name, GroupName=aws.backend_options["schedule_group"])
@@ -341,7 +341,7 @@ def test_a_schedule_over_an_s3_prefix_runs_one_task_per_object(ex: fanout.Execut
     # folder markers, as the S3 console makes them: not objects to run on
     for marker in ("today/", "today/archive/"):
         s3.put_object(Bucket="portfolio-data", Key=marker, Body=b"")
-    name = f"per-file-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    name = unique("per-file")
     ex.schedule(name, tasks.identity, "s3://portfolio-data/today/", rate="rate(1 day)")
     remote = aws.client("scheduler").get_schedule(
         Name=name, GroupName=aws.backend_options["schedule_group"])
@@ -400,7 +400,7 @@ def test_tasks_import_numpy_on_both_tiers(aws: EmulatedAws, tier: str) -> None:
 
 def test_a_schedule_outlives_the_payload_expiry(aws: EmulatedAws) -> None:
     options = aws.backend_options
-    name = f"monthly-{uuid.uuid4().hex[:8]}"  # the module's emulation outlives this test
+    name = unique("monthly")
     with fanout.Executor(backend="aws", progress=False, **options) as ex:
         ex.schedule(name, tasks.square, [2, 3], cron="cron(0 3 1 * ? *)")
         backend = ex.backend

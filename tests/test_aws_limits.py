@@ -23,7 +23,7 @@ import fanout
 from fanout.protocol import SUCCEEDED
 from fanout.testing import EmulatedAws, emulated_aws, limits
 
-from conftest import eventually
+from conftest import eventually, unique
 
 DEFINITION = Path(__file__).resolve().parent.parent / "statemachine" / "fanout.asl.json"
 RETENTION_DAYS = 7
@@ -41,7 +41,7 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
 def role_arn(aws: EmulatedAws) -> str:
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action":
              "sts:AssumeRole", "Principal": {"Service": "states.amazonaws.com"}}]}
-    return str(aws.client("iam").create_role(RoleName=f"limits-{uuid.uuid4().hex[:8]}",
+    return str(aws.client("iam").create_role(RoleName=unique("limits"),
                                              AssumeRolePolicyDocument=json.dumps(trust)
                                              )["Role"]["Arn"])
 

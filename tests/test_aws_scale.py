@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +36,8 @@ from fanout.manifest import PAYLOAD_OBJECT, plan_job, write_payload
 from fanout.options import TaskOptions
 from fanout.testing import EmulatedAws, emulated_aws
 from fanout.testing.throttling import LimitTracker, Throttled
+
+from conftest import unique
 
 SCALE = 100
 WORKERS = 100
@@ -139,7 +140,7 @@ def test_pages_on_sharded_keys_carry_the_scaled_10000_way_job(aws: EmulatedAws) 
     assert aws.limits is not None
     before = dict(aws.limits.throttles)
     writes_before = updates(aws)
-    job_id = f"scale-pages-{uuid.uuid4().hex[:8]}"
+    job_id = unique("scale-pages")
     seen, errors, store = run_wide_job(aws, job_id, None)
     throttled = {k: v - before.get(k, 0) for k, v in aws.limits.throttles.items()
                  if v != before.get(k, 0)}
@@ -157,7 +158,7 @@ def test_the_old_key_design_throttles_at_the_same_scale(aws: EmulatedAws) -> Non
     """One item per task under one key: 100 writes/s against a scaled 10 per key."""
     assert aws.limits is not None
     before = dict(aws.limits.throttles)
-    _seen, _errors, _ = run_wide_job(aws, f"scale-old-{uuid.uuid4().hex[:8]}", Layout(1, 1, 1))
+    _seen, _errors, _ = run_wide_job(aws, unique("scale-old"), Layout(1, 1, 1))
     throttled = {k: v - before.get(k, 0) for k, v in aws.limits.throttles.items()}
     assert throttled.get("TableWriteKeyRangeThroughputExceeded", 0) > 0
     assert throttled.get("IndexWriteKeyRangeThroughputExceeded", 0) > 0

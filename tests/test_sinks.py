@@ -12,7 +12,6 @@ refuses a write is a real refusal (a string SQLite cannot encode, a table that i
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -31,6 +30,8 @@ from fanout.backends.local.store import LocalStore
 from fanout.protocol import FAILED, SUCCEEDED, Chunk, ResultRecord, TaskRef
 from fanout.runtime import WorkerRuntime
 from fanout.testing import EmulatedAws
+
+from conftest import unique
 
 
 def record(job_id: str, task: int, status: str, attempt: int, value: str,
@@ -199,11 +200,6 @@ def test_a_record_the_store_cannot_take_for_a_bug_is_reported_at_once(
 @pytest.fixture(scope="module")
 def aws(offline_aws: EmulatedAws) -> EmulatedAws:
     return offline_aws
-
-
-def unique(name: str) -> str:
-    """A job of its own for every run of a test (the emulated table lives for the module)."""
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def aws_store(aws: EmulatedAws, job_id: str) -> AwsStore:
