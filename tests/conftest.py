@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 import fanout
@@ -40,6 +41,15 @@ def unique(name: str) -> str:
     """``name`` made unique per run: an emulation lives for its module, and a repeated test
     (``--count``) must not meet what its earlier run left there."""
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (or is a zombie waiting for its parent). Checking
+    ``pid_exists`` and then reading the status races with the exit in between: read once."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def eventually(condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:

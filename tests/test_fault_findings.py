@@ -24,7 +24,7 @@ from fanout.backends.local.store import LocalStore
 from fanout.protocol import CANCELLED, FAILED, SUCCEEDED
 
 import tasks
-from conftest import eventually, tmpfs
+from conftest import eventually, process_gone, tmpfs
 
 TESTS = Path(__file__).parent
 FANOUT = [sys.executable, "-m", "fanout.cli"]
@@ -171,7 +171,7 @@ def test_4_a_stall_that_exhausts_retries_says_what_happened(home: Path,
         os.kill(pid, signal.SIGSTOP)
         with pytest.raises(fanout.WorkerLost, match="no heartbeat for 1s"):
             future.result(timeout=30)
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert process_gone(pid)
 
 
 def test_4_a_task_busy_in_c_holding_the_gil_is_not_a_stall(home: Path) -> None:
@@ -396,9 +396,8 @@ def test_4_a_stopped_idle_worker_is_replaced(home: Path) -> None:
         assert list(ex.map(tasks.square, range(4))) == [0, 1, 4, 9]
         victim = ex.backend.worker_pids()[0]  # type: ignore[attr-defined]
         os.kill(victim, signal.SIGSTOP)  # idle: its map is done
-        eventually(lambda: not psutil.pid_exists(victim)
-                   or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE,
-                   timeout=30, what="the stopped idle worker to be killed")
+        eventually(lambda: process_gone(victim), timeout=30,
+                   what="the stopped idle worker to be killed")
         assert list(ex.map(tasks.square, range(6))) == [0, 1, 4, 9, 16, 25]
         assert victim not in ex.backend.worker_pids()  # type: ignore[attr-defined]
 

@@ -28,7 +28,7 @@ from fanout.backends.local.store import LocalStore
 from fanout.backends.local.watchdog import STARTUP_GRACE_SECONDS
 from fanout.protocol import SUCCEEDED
 
-from conftest import tmpfs
+from conftest import process_gone, tmpfs
 
 TESTS = Path(__file__).parent
 N = 800
@@ -97,7 +97,7 @@ class Controller:
     def signal_a_worker(self, sig: signal.Signals) -> None:
         """Send ``sig`` to a random worker; a stopped one must then be killed by the watchdog."""
         victims = [p for p in workers_of(self.home)
-                   if p.pid not in self.stopped and p.status() != psutil.STATUS_ZOMBIE]
+                   if p.pid not in self.stopped and not process_gone(p.pid)]
         if not victims:
             return
         victim = self.rng.choice(victims)
@@ -108,7 +108,7 @@ class Controller:
                 self.stopped.append(victim.pid)
                 # A worker stopped while starting gets the watchdog's start-up grace on top.
                 deadline = time.monotonic() + STARTUP_GRACE_SECONDS + 3 * STALL + 15
-                while psutil.pid_exists(victim.pid) and victim.status() != psutil.STATUS_ZOMBIE:
+                while not process_gone(victim.pid):
                     assert time.monotonic() < deadline, "the stopped worker was never killed"
                     time.sleep(0.05)
 
