@@ -19,7 +19,7 @@ from fanout.backends.local.store import LocalStore
 from fanout.backends.local.worker import GROUP_MAX_RECORDS
 from fanout.protocol import SUCCEEDED
 
-from conftest import eventually, wait_for_file
+from conftest import eventually, process_gone, wait_for_file
 
 
 def tiny(x: int, log: str, block_at: int, started: str, go: str) -> int:
@@ -61,7 +61,7 @@ def test_killing_a_worker_costs_at_most_its_uncommitted_group(ex: fanout.Executo
                what="the blocking task to start")
     pid = int(Path(started).read_text())
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: not _alive(pid), what="the killed worker to be gone")
+    eventually(lambda: process_gone(pid), what="the killed worker to be gone")
     Path(go).touch()
     assert list(results) == list(range(n))
     records = LocalStore(home).results(results.job_id)
@@ -75,15 +75,3 @@ def test_killing_a_worker_costs_at_most_its_uncommitted_group(ex: fanout.Executo
     rerun = [x for x, count in runs.items() if count > 1]
     assert block_at in rerun
     assert len(rerun) <= GROUP_MAX_RECORDS + 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead for our purpose
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
