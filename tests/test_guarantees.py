@@ -9,6 +9,7 @@ SQLite store and the DynamoDB store (moto, with the table the template defines).
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
 import os
@@ -421,6 +422,47 @@ def test_an_aws_worker_reads_a_chunks_arguments_with_one_ranged_get(aws: Emulate
     stored = store.results(job_id)
     assert [serialization.loads(store.load_value(r)) for r in stored] == [1, 4, 7, 10, 13]
     assert {r.worker_id for r in stored} == {"w-aws"}
+
+
+def announce_and_wait(x: int) -> int:
+    print(x)
+    time.sleep(0.1)
+    return x
+
+
+def test_a_tasks_output_stays_its_own_while_pages_flush_behind_it(
+        aws: EmulatedAws, job_id: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An AWS worker captures a task's output from ``sys.stdout``, and the page flusher's
+    timer thread writes pages while the next task runs: nothing that thread does may print.
+    It used to add a task-duration metric per stored record, and Powertools prints a
+    metric's values once it holds 100 - into the running task's output, lost to CloudWatch."""
+    from fanout.backends.aws import flusher, handlers
+
+    assert handlers.metrics is not None  # Powertools is in the dev extra
+    n = 105  # the 100th duration is stored while task 100 or 101 runs
+    store = aws_store(aws)
+    with io.BytesIO() as out:
+        refs = write_payload(out, [serialization.dumps_call((x,), {}) for x in range(n)], 7)
+        store.put_object(job_id, PAYLOAD_OBJECT, out.getvalue())
+    spec, manifest = plan_job(job_id, "map", "announce_and_wait", refs,
+                              TaskOptions(chunksize=n), 7)
+    store.put_bundle(spec, serialization.dumps_function(announce_and_wait), None)
+    # The timer writes a record 0.05 s after it is buffered (10 s on AWS, where tasks last
+    # minutes): here, too, while the next task runs.
+    monkeypatch.setattr(handlers, "PageFlusher",
+                        functools.partial(flusher.PageFlusher, max_age=0.05))
+    handlers.metrics.clear_metrics()
+    capsys.readouterr()
+    try:
+        handlers.run_chunk(manifest[0], "w-metrics", store)
+        printed = capsys.readouterr().out
+    finally:
+        handlers.metrics.clear_metrics()
+    assert [r.stdout for r in store.results(job_id)] == [f"{i}\n" for i in range(n)]
+    # The metrics are not lost: Powertools printed the first 100 durations, after the tasks.
+    emf = [json.loads(line) for line in printed.splitlines() if '"_aws"' in line]
+    assert [len(m["TaskDuration"]) for m in emf if "TaskDuration" in m] == [100]
 
 
 def test_a_truncated_payload_fails_each_task_of_the_chunk(aws: EmulatedAws,

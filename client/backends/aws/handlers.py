@@ -123,10 +123,15 @@ def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
     counts = {"ran": 0, "failed": 0, "skipped": len(done)}
     runtime = _warm_runtime(store, worker_id)
 
+    durations: list[float] = []
+
     def tally(record: ResultRecord, stored: ResultRecord) -> None:
+        # Also called on the flusher's timer thread while the next task runs, with that
+        # task's output captured from sys.stdout: no metric is added here, because
+        # Powertools prints a metric's values once it holds 100, wherever stdout points.
         counts["ran"] += 1
         counts["failed"] += stored.status == FAILED
-        _metric("TaskDuration", stored.duration * 1000, "Milliseconds")
+        durations.append(stored.duration * 1000)
 
     # Results are written a page at a time (flusher.py), not one item per task.
     flusher = PageFlusher(store, runtime, chunk, tally)
@@ -143,6 +148,8 @@ def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
     finally:
         runtime.sink = None
         flusher.close()
+    for milliseconds in durations:
+        _metric("TaskDuration", milliseconds, "Milliseconds")
     _metric("TasksRun", counts["ran"])
     _metric("TaskFailures", counts["failed"])
     if chunk.attempt > 1 or done:
