@@ -77,20 +77,15 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedAws]:
 
 
 @pytest.fixture(autouse=True)
-def workers_quiet_between_tasks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_metrics_from_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers here are threads of one process, and a task's output is captured from
-    ``sys.stdout``, which on AWS is its worker's own and here is shared: what one worker
-    prints after its chunk (its CloudWatch metrics, 3-8 KB here, as Powertools' one
+    ``sys.stdout``, which on AWS is its worker's own and here is shared. Powertools' one
     ``Metrics`` object collects all 100 threads' task durations and prints them at 100
-    values, and its "chunk finished" log line) landed in another's running task, in that
-    task's page entry, and made its page write 4-8 write units where AWS makes 1. That put
-    a shard key at 6-9 of its 10 units per second and throttled 2 page writes in 1 run of
-    20. Here the handlers run as without Powertools' metrics, logging warnings only."""
+    values (3-8 KB): into another worker's running task, its page entry, making that page
+    write 4-8 write units where AWS makes 1. That put a shard key at 6-9 of its 10 units
+    per second and throttled 2 page writes in 1 run of 20. Here the handlers run as they
+    do without Powertools' metrics."""
     monkeypatch.setattr(handlers, "metrics", None)
-    level = handlers.logger.level
-    handlers.logger.setLevel("WARNING")
-    yield
-    handlers.logger.setLevel(level)
 
 
 def run_wide_job(aws: EmulatedAws, job_id: str, layout: Layout | None

@@ -25,6 +25,7 @@ import pytest
 
 import fanout
 from fanout import serialization
+from fanout.backends.aws import flusher, handlers
 from fanout.backends.aws.config import AwsConfig
 from fanout.backends.aws.pages import ENTRY_MAX_BYTES, page_item, worker_ref
 from fanout.backends.aws.store import POLL_OVERLAP_MS, AwsStore
@@ -436,9 +437,8 @@ def test_a_tasks_output_stays_its_own_while_pages_flush_behind_it(
     """An AWS worker captures a task's output from ``sys.stdout``, and the page flusher's
     timer thread writes pages while the next task runs: nothing that thread does may print.
     It used to add a task-duration metric per stored record, and Powertools prints a
-    metric's values once it holds 100 - into the running task's output, lost to CloudWatch."""
-    from fanout.backends.aws import flusher, handlers
-
+    metric's values once it holds 100 - into the running task's output, lost to CloudWatch.
+    The metric is now added on the chunk's thread once the task's capture has ended."""
     assert handlers.metrics is not None  # Powertools is in the dev extra
     n = 105  # the 100th duration is stored while task 100 or 101 runs
     store = aws_store(aws)
@@ -460,7 +460,7 @@ def test_a_tasks_output_stays_its_own_while_pages_flush_behind_it(
     finally:
         handlers.metrics.clear_metrics()
     assert [r.stdout for r in store.results(job_id)] == [f"{i}\n" for i in range(n)]
-    # The metrics are not lost: Powertools printed the first 100 durations, after the tasks.
+    # The metrics are not lost: Powertools printed the first 100 durations, between tasks.
     emf = [json.loads(line) for line in printed.splitlines() if '"_aws"' in line]
     assert [len(m["TaskDuration"]) for m in emf if "TaskDuration" in m] == [100]
 

@@ -7,6 +7,7 @@ Powertools gives structured logs (the job id as correlation id) and EMF metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -84,8 +85,11 @@ def _metric(name: str, value: float, unit: str = "Count") -> None:
 
 
 def _flush_metrics() -> None:
+    """Print the metrics to the process's stdout: Batch's SIGTERM handler flushes while a
+    task's output is captured (``sys.stdout`` is then that task's, about to be lost)."""
     if metrics is not None:
-        metrics.flush_metrics()
+        with contextlib.redirect_stdout(sys.__stdout__ or sys.stdout):
+            metrics.flush_metrics()
 
 
 _runtimes: dict[tuple[int, int], WorkerRuntime] = {}
@@ -123,22 +127,21 @@ def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
     counts = {"ran": 0, "failed": 0, "skipped": len(done)}
     runtime = _warm_runtime(store, worker_id)
 
-    durations: list[float] = []
-
     def tally(record: ResultRecord, stored: ResultRecord) -> None:
-        # Also called on the flusher's timer thread while the next task runs, with that
-        # task's output captured from sys.stdout: no metric is added here, because
-        # Powertools prints a metric's values once it holds 100, wherever stdout points.
+        # Also called on the flusher's timer thread while the next task runs, its output
+        # captured from sys.stdout: so no metric is added here (Powertools prints a
+        # metric's values once it holds 100, wherever sys.stdout points), but in sink().
         counts["ran"] += 1
         counts["failed"] += stored.status == FAILED
-        durations.append(stored.duration * 1000)
 
     # Results are written a page at a time (flusher.py), not one item per task.
     flusher = PageFlusher(store, runtime, chunk, tally)
 
     def sink(record: ResultRecord) -> None:
+        """On the chunk's thread, after the task's output capture has ended."""
         if extra:
             record.extra.update(extra.get(record.task_index, {}))
+        _metric("TaskDuration", record.duration * 1000, "Milliseconds")
         flusher(record)
 
     runtime.sink = sink
@@ -148,8 +151,6 @@ def run_chunk(chunk: Chunk, worker_id: str, store: AwsStore | None = None,
     finally:
         runtime.sink = None
         flusher.close()
-    for milliseconds in durations:
-        _metric("TaskDuration", milliseconds, "Milliseconds")
     _metric("TasksRun", counts["ran"])
     _metric("TaskFailures", counts["failed"])
     if chunk.attempt > 1 or done:
