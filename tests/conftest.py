@@ -43,11 +43,16 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def process_gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (or is a zombie waiting for its parent). Checking
-    ``pid_exists`` and then reading the status races with the exit in between: read once."""
+def process_gone(process: int | psutil.Process) -> bool:
+    """Whether a process has exited (or is a zombie waiting for its parent). Checking
+    ``pid_exists`` and then reading the status races with the exit in between: read once.
+
+    Pass the ``psutil.Process`` when the answer is wanted long after the pid was learnt:
+    pids wrap (at 32,768 here, within minutes when the machine is busy), and a bare pid may
+    by then name another process; a ``psutil.Process`` knows its own by its start time."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        proc = process if isinstance(process, psutil.Process) else psutil.Process(process)
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
 

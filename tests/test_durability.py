@@ -63,7 +63,7 @@ def test_client_killed_mid_job_then_attach_and_retry(home: Path, tmp_path: Path)
     proc.wait(timeout=30)
     # Orphaned workers finish the task in hand (and store it), then notice and exit.
     psutil.wait_procs(workers, timeout=30)
-    assert all(process_gone(w.pid) for w in workers)
+    assert all(process_gone(w) for w in workers)
 
     attached = fanout.Job.attach(job_id)
     assert attached.info.orphaned

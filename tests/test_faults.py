@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import fanout
@@ -21,7 +21,7 @@ from conftest import eventually, process_gone
 def test_sigkill_random_workers_during_a_2000_task_map(home: Path) -> None:
     n = 2000
     rng = random.Random(1234)
-    kills: list[int] = []
+    kills: list[psutil.Process] = []
     with fanout.Executor(max_workers=2, retries=10, progress=False) as ex:
         results = ex.map(tasks.spin, [0.002] * n)
         futures = results.futures
@@ -39,10 +39,11 @@ def test_sigkill_random_workers_during_a_2000_task_map(home: Path) -> None:
                 pids = ex.backend.worker_pids()  # type: ignore[attr-defined]
                 if pids:
                     victim = rng.choice(pids)
-                    try:
-                        os.kill(victim, signal.SIGKILL)
-                        kills.append(victim)
-                    except ProcessLookupError:
+                    try:  # kept as a psutil.Process: by the end its pid may be another's
+                        proc = psutil.Process(victim)
+                        proc.send_signal(signal.SIGKILL)
+                        kills.append(proc)
+                    except psutil.NoSuchProcess:
                         pass
 
         thread = threading.Thread(target=killer)
@@ -57,7 +58,7 @@ def test_sigkill_random_workers_during_a_2000_task_map(home: Path) -> None:
 
     assert values == [0.002] * n
     assert len(kills) >= 8, "the killer should have found workers to kill"
-    assert all(process_gone(pid) for pid in kills)
+    assert all(process_gone(proc) for proc in kills)
     # Exactly one stored result per task, all of them successes, whatever was retried.
     assert [r.task_index for r in records] == list(range(n))
     assert {r.status for r in records} == {SUCCEEDED}

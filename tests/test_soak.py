@@ -80,7 +80,7 @@ class Controller:
         self.disk = disk
         self.rng = rng
         self.store = LocalStore(home)
-        self.stopped: list[int] = []
+        self.stopped: list[psutil.Process] = []
         self.log: list[str] = []
         self.survivors: list[int] = []
 
@@ -97,7 +97,7 @@ class Controller:
     def signal_a_worker(self, sig: signal.Signals) -> None:
         """Send ``sig`` to a random worker; a stopped one must then be killed by the watchdog."""
         victims = [p for p in workers_of(self.home)
-                   if p.pid not in self.stopped and not process_gone(p.pid)]
+                   if p.pid not in {s.pid for s in self.stopped} and not process_gone(p)]
         if not victims:
             return
         victim = self.rng.choice(victims)
@@ -105,10 +105,10 @@ class Controller:
             victim.send_signal(sig)
             self.log.append(f"{sig.name} {victim.pid}")
             if sig == signal.SIGSTOP:
-                self.stopped.append(victim.pid)
+                self.stopped.append(victim)
                 # A worker stopped while starting gets the watchdog's start-up grace on top.
                 deadline = time.monotonic() + STARTUP_GRACE_SECONDS + 3 * STALL + 15
-                while not process_gone(victim.pid):
+                while not process_gone(victim):
                     assert time.monotonic() < deadline, "the stopped worker was never killed"
                     time.sleep(0.05)
 
@@ -126,13 +126,13 @@ class Controller:
         filler.unlink()
 
     def release_stopped(self) -> None:
-        """No stopped process may outlive the test (the watchdog should have killed them)."""
+        """No stopped process may outlive the test (the watchdog should have killed them).
+        Each is known by its ``psutil.Process``, not its pid, which by now may be another's."""
         survivors: list[int] = []
-        for pid in self.stopped:
+        for proc in self.stopped:
             with _quiet():
-                proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    survivors.append(pid)
+                if not process_gone(proc):
+                    survivors.append(proc.pid)
                     proc.kill()
         self.survivors = survivors
 
