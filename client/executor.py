@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import shutil
@@ -230,11 +231,18 @@ class MapIterator(Iterator[Any]):
         the chunk's outcome, its per-call future if ``futures`` made one), as the stdlib's
         map pops it from its chunk: a yielded result is not kept alive by the iterator."""
         assert self._unrolled is not None and self._chunk is not None
-        self._unrolled.values[offset] = None
         if self._calls:
             made = self._calls.get(self._chunk.task_index)
             if made is not None:
+                # The chunk's done callback settles the call futures from these values,
+                # and this thread may run before it (the chunk's waiters wake before its
+                # callbacks run): settle the call first, so it never reads a freed value.
+                call = made[offset]
+                if call is not None and not call.done():
+                    with contextlib.suppress(concurrent.futures.InvalidStateError):
+                        call.set_result(self._unrolled.values[offset])
                 made[offset] = None
+        self._unrolled.values[offset] = None
 
     def close(self) -> None:
         """Cancel the tasks not yet started, as closing the stdlib's map generator does."""

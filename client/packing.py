@@ -29,6 +29,7 @@ the others run again, so a call's first success stands.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import random
 import sys
@@ -436,10 +437,13 @@ def element_futures(chunk: Future, first: int, count: int, source: ElementLogs,
             if future.done():
                 continue
             error = packed.error(k)
-            if error is not None:
-                future.set_exception(error)
-            elif k < len(packed.values):
-                future.set_result(packed.values[k])
+            # The map's iterator settles a call itself before it frees the call's value
+            # (executor.MapIterator._forget), possibly between the check above and here.
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if error is not None:
+                    future.set_exception(error)
+                elif k < len(packed.values):
+                    future.set_result(packed.values[k])
         # The chunk's future keeps this callback (and so this list) for as long as it
         # lives; the per-call futures, and the results they hold, must not live that long.
         futures.clear()
