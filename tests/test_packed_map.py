@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,34 @@ def test_per_call_futures_only_when_asked(ex: fanout.Executor, home: Path) -> No
     results = ex.map(tasks.square, range(8), chunksize=4)
     assert next(results) == 0
     assert [f.result(timeout=60) for f in results.futures] == [i * i for i in range(1, 8)]
+
+
+def test_a_calls_future_keeps_its_value_when_the_iterator_yields_it_first(
+        ex: fanout.Executor, tmp_path: Path) -> None:
+    """A chunk's future wakes the map's iterator before it runs the callback that settles
+    the calls' futures, and the iterator frees each value it yields. Here that callback is
+    held on the collector's thread after call 0 until the iterator has yielded (and freed)
+    every value: the calls' futures must still hold their values, not None (the race
+    ``test_aws.py`` hit once in 540 runs)."""
+    gate = tmp_path / "gate"
+    values = [10, 11, 12, 13]
+    results = ex.map(tasks.block_until, [str(gate)] * 4, values, chunksize=4)
+    futures = results.futures
+    iterating = threading.get_ident()
+    release = threading.Event()
+
+    def hold(_: object) -> None:
+        # Only on the thread settling the chunk: the iterator may settle call 0 itself.
+        if threading.get_ident() != iterating:
+            release.wait(60)
+
+    futures[0].add_done_callback(hold)
+    gate.touch()
+    try:
+        assert list(results) == values
+    finally:
+        release.set()
+    assert [f.result(timeout=60) for f in futures] == values
 
 
 def test_seeds_and_rngs_of_a_call_do_not_depend_on_chunking(home: Path) -> None:
