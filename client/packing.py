@@ -413,10 +413,15 @@ class ElementLogs:
         return where() if callable(where) else ("object", id(self.source))
 
 
-def element_futures(chunk: Future, first: int, count: int, source: ElementLogs,
-                    skip: int = 0) -> list[Future]:
-    """Futures of calls ``first + skip .. first + count - 1``, settled from ``chunk``'s."""
-    futures = [Future(chunk.job_id, first + k, source) for k in range(skip, count)]
+def element_futures(chunk: Future, first: int, count: int, source: ElementLogs) -> list[Future]:
+    """Futures of calls ``first .. first + count - 1``, settled from ``chunk``'s.
+
+    A call's future may be settled before the chunk's callback reaches it: cancelled by its
+    user, or by the map's iterator, which settles each call it yields before it frees the
+    value (``executor.MapIterator._forget``), possibly while this callback runs on another
+    thread. So each is settled unless it is done, as one step: the first outcome stands.
+    """
+    futures = [Future(chunk.job_id, first + k, source) for k in range(count)]
 
     def settle(done: concurrent.futures.Future[Any]) -> None:
         try:
@@ -429,16 +434,12 @@ def element_futures(chunk: Future, first: int, count: int, source: ElementLogs,
             return
         except BaseException as exc:
             for future in futures:
-                if not future.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_exception(exc)
             futures.clear()
             return
-        for k, future in zip(range(skip, count), futures, strict=False):
-            if future.done():
-                continue
+        for k, future in enumerate(futures):
             error = packed.error(k)
-            # The map's iterator settles a call itself before it frees the call's value
-            # (executor.MapIterator._forget), possibly between the check above and here.
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 if error is not None:
                     future.set_exception(error)

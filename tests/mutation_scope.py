@@ -214,11 +214,7 @@ EQUIVALENT: dict[str, str] = {
          for n in (101, 103, 105, 107, 112, 114, 116, 118, 120, 125, 128, 130, 132, 134, 139)],
         "the defaults for a reduce item without stdout, stderr or extra: _reduce_item always "
         "writes all three, so no item of today's format lacks them"),
-    **dict.fromkeys(
-        [f"fanout.packing.x_element_futures__mutmut_{n}" for n in (19, 22, 27)],
-        "zip strict or not over range(skip, count) and a list made from the same range: "
-        "never of different lengths"),
-    "fanout.packing.x_element_futures__mutmut_33":
+    "fanout.packing.x_element_futures__mutmut_19":
         "k <= len(values): k runs below count, the chunk's number of calls, which is "
         "len(values) for every chunk that has outcomes",
     "fanout.packing.x_encode__mutmut_6":

@@ -31,6 +31,7 @@ import tqdm
 
 import fanout
 from fanout import packing, records, serialization
+from fanout.backends.local.backend import LocalBackend
 from fanout.backends.local.store import LocalStore
 from fanout.collector import JobRun, RemoteTraceback, rebuild_exception, resolve
 from fanout.dependencies import dumps_call
@@ -238,7 +239,7 @@ def unrolled(job: JobRun, spec: JobSpec, store: LocalStore) -> list[Future]:
     """Every call's future, settled from its chunk's, as ``results.futures`` makes them."""
     pack = spec.options.pack
     calls = packing.element_count(store, spec)
-    logs = packing.ElementLogs(store, pack)  # type: ignore[arg-type]
+    logs = packing.ElementLogs(LocalBackend(home=str(store.home)), pack)  # reads its records
     return [f for k in range(spec.n_tasks) for f in packing.element_futures(
         job.future(k), pack * k, min(pack, calls - pack * k), logs)]
 
@@ -800,6 +801,9 @@ def test_a_packed_chunk_is_one_record_and_each_call_keeps_its_outcome(store: Loc
     assert chunk.values == [None, None, 50] and sorted(chunk.failures) == [0, 1]
     futures = unrolled(job, spec, store)
     assert [f.task_index for f in futures] == list(range(7))
+    assert {f.job_id for f in futures} == {spec.job_id}
+    # a call's output is its chunk's: calls 3-5 are chunk 1
+    assert [futures[i].logs("stdout") for i in (2, 5)] == [stored[0].stdout, stored[1].stdout]
     assert [futures[i].result(timeout=0) for i in (0, 1, 2, 5, 6)] == [0, 10, 20, 50, 60]
     exc = futures[3].exception(timeout=0)
     assert type(exc) is ValueError and str(exc) == "task 3 is bad"
@@ -981,6 +985,34 @@ def test_a_packed_chunk_lost_as_a_whole_fails_each_call_with_that_error(store: L
     calls = unrolled(job, spec, store)
     assert [type(f.exception(timeout=0)) for f in calls] == [WorkerLost] * 3
     assert packing.final_counts([lost], 3, 3) == {FAILED: 3}
+
+
+@pytest.mark.parametrize("chunk", ["outcomes", "lost"])
+def test_a_calls_future_settled_before_its_chunk_keeps_that_and_the_rest_still_settle(
+        store: LocalStore, chunk: str) -> None:
+    """A call's future can be done before its chunk's callback reaches it: cancelled by its
+    user, or settled by the map's iterator, which yields a call (and settles its future)
+    as soon as the chunk's future wakes it, before that callback may have run. It keeps
+    what it has, and the calls after it still get their own outcomes."""
+    spec, manifest = make_packed_job(store, work, [0, 1, 2], pack=3)
+    job = follow(spec, store, [])
+    calls = unrolled(job, spec, store)
+    assert not any(f.done() for f in calls)
+    assert calls[0].cancel()
+    calls[1].set_result("settled first")
+    if chunk == "outcomes":
+        run(store, manifest[0])
+        delivered = store.results(spec.job_id)
+    else:
+        delivered = [records.lost(spec.job_id, 0, 1, WorkerLost("the worker died"))]
+    for record in delivered:
+        job.deliver(record)
+    assert calls[0].cancelled()
+    assert calls[1].result(timeout=0) == "settled first"
+    if chunk == "outcomes":
+        assert calls[2].result(timeout=0) == 20
+    else:
+        assert type(calls[2].exception(timeout=0)) is WorkerLost
 
 
 def test_an_exception_the_traceback_module_cannot_format_still_names_itself(
